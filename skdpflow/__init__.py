@@ -1,0 +1,26 @@
+"""skdpflow: differentially private synthetic tables from a shared-conditioner spline flow.
+
+>>> from skdpflow import DPFlowSynthesizer, load_demo
+>>> synth = DPFlowSynthesizer(epsilon=1.0, random_state=0).fit(load_demo())  # doctest: +SKIP
+>>> fake = synth.sample(1000)  # doctest: +SKIP
+"""
+
+from ._validation import InvalidDataError, NotFittedError
+from .datasets import load_demo, load_demo_domain
+from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
+from .privacy.accounting import PrivacyBudgetError
+from .synthesizer import DPFlowSynthesizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DPFlowSynthesizer",
+    "Domain",
+    "ColumnDomain",
+    "DataDerivedDomainWarning",
+    "InvalidDataError",
+    "NotFittedError",
+    "PrivacyBudgetError",
+    "load_demo",
+    "load_demo_domain",
+]

@@ -1,0 +1,129 @@
+"""Hyperparameter constraints and data checks, in one place (scikit-learn's way)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+from sklearn.exceptions import NotFittedError
+
+__all__ = [
+    "Interval",
+    "Options",
+    "InvalidDataError",
+    "NotFittedError",
+    "validate_params",
+]
+
+
+class InvalidDataError(ValueError):
+    """The training frame cannot be used; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"The data cannot be used:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A numeric range constraint: ``kind`` is ``Real`` or ``Integral``."""
+
+    kind: type
+    left: float | None
+    right: float | None
+    closed: str = "both"  # "left", "right", "both", "neither"
+    allow_inf: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        if isinstance(value, Real) and math.isnan(value):
+            return False
+        if math.isinf(value) and value > 0 and self.allow_inf:
+            return True
+        left_ok = self.left is None or (
+            value >= self.left if self.closed in ("left", "both") else value > self.left
+        )
+        right_ok = self.right is None or (
+            value <= self.right if self.closed in ("right", "both") else value < self.right
+        )
+        return left_ok and right_ok
+
+    def __str__(self) -> str:
+        kind = "an int" if self.kind is Integral else "a float"
+        lo = "-inf" if self.left is None else self.left
+        hi = "inf" if self.right is None else self.right
+        lb = "[" if self.closed in ("left", "both") and self.left is not None else "("
+        rb = "]" if self.closed in ("right", "both") and self.right is not None else ")"
+        extra = " or inf" if self.allow_inf else ""
+        return f"{kind} in the range {lb}{lo}, {hi}{rb}{extra}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """A constraint to a fixed set of values."""
+
+    values: frozenset
+
+    def __contains__(self, value: Any) -> bool:
+        try:
+            return value in self.values
+        except TypeError:
+            return False
+
+    def __str__(self) -> str:
+        return "a str among " + "{" + ", ".join(repr(v) for v in sorted(self.values)) + "}"
+
+
+class _NoneOr:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __contains__(self, value: Any) -> bool:
+        return value is None or value in self.inner
+
+    def __str__(self) -> str:
+        return f"{self.inner} or None"
+
+
+class _IntOrGenerator:
+    """``random_state``: None, an int, or a numpy ``RandomState`` / ``Generator``."""
+
+    def __contains__(self, value: Any) -> bool:
+        import numpy as np
+
+        if value is None or isinstance(value, (np.random.RandomState, np.random.Generator)):
+            return True
+        return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+
+    def __str__(self) -> str:
+        return "an int >= 0, a numpy RandomState or Generator, or None"
+
+
+def none_or(inner: Any) -> _NoneOr:
+    return _NoneOr(inner)
+
+
+RANDOM_STATE = _IntOrGenerator()
+
+
+def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, Any]) -> None:
+    """Raise a scikit-learn-style error for the first parameter outside its constraint."""
+    for name, constraint in constraints.items():
+        value = params[name]
+        if value not in constraint:
+            kind = TypeError if _is_type_error(value, constraint) else ValueError
+            raise kind(
+                f"The {name!r} parameter of {owner} must be {constraint}. Got {value!r} instead."
+            )
+
+
+def _is_type_error(value: Any, constraint: Any) -> bool:
+    if isinstance(constraint, Interval):
+        return isinstance(value, bool) or not isinstance(value, constraint.kind)
+    if isinstance(constraint, Options):
+        return not isinstance(value, str)
+    return False

@@ -1,0 +1,272 @@
+"""The public domain of a table: what may be known about each column without the data.
+
+A :class:`Domain` declares, per column, numeric or datetime bounds, whether the column is
+integer, the list of categories, and whether values may be missing. Everything in it is
+treated as **public**: it shapes the encoder without costing privacy budget. When no
+domain is given, :meth:`Domain.from_data` reads it from the data, which the differential
+privacy guarantee then does not cover (a ``UserWarning`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning"]
+
+KINDS = ("numerical", "categorical", "boolean", "datetime")
+# Bounds with a spread above this (and a lower bound >= 0) get a log1p transform: heavy tails.
+LOG_SPREAD = 1000.0
+
+
+class DataDerivedDomainWarning(UserWarning):
+    """The domain was read from the private data: the guarantee excludes it."""
+
+
+@dataclass
+class ColumnDomain:
+    """Public facts about one column.
+
+    Parameters
+    ----------
+    type : {"numerical", "categorical", "boolean", "datetime"}
+    min, max : float or str, optional
+        Bounds of a numerical or datetime column (datetimes as ISO strings).
+    integer : bool, default=False
+        Numerical values are whole numbers.
+    categories : list, optional
+        Every value a categorical column may take.
+    nullable : bool, default=False
+        The column may hold missing values.
+    transform : {"auto", "none", "log"}, default="auto"
+        Numerical only: ``"log"`` encodes ``log1p(x - min)``; ``"auto"`` picks it from the
+        public bounds when ``min >= 0`` and ``max - min > 1000``.
+    """
+
+    type: str
+    min: Any = None
+    max: Any = None
+    integer: bool = False
+    categories: list | None = None
+    nullable: bool = False
+    transform: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.type not in KINDS:
+            raise ValueError(f"Column type must be one of {KINDS}, got {self.type!r}.")
+        if self.type in ("numerical", "datetime"):
+            if self.min is None or self.max is None:
+                raise ValueError(f"A {self.type} column needs both 'min' and 'max'.")
+            lo, hi = self.numeric_bounds()
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ValueError(f"Invalid bounds min={self.min!r}, max={self.max!r}.")
+        if self.type == "categorical":
+            if not self.categories:
+                raise ValueError("A categorical column needs a non-empty 'categories' list.")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError("The 'categories' list has duplicates.")
+            if any(_is_missing(c) for c in self.categories):
+                raise ValueError("Declare missing values with 'nullable': true, not as a category.")
+        if self.type == "boolean":
+            self.categories = [False, True]
+        if self.transform not in ("auto", "none", "log"):
+            raise ValueError(f"transform must be 'auto', 'none' or 'log', got {self.transform!r}.")
+
+    def numeric_bounds(self) -> tuple[float, float]:
+        """Bounds as floats (datetimes in days since the epoch)."""
+        if self.type == "datetime":
+            return _to_days(self.min), _to_days(self.max)
+        return float(self.min), float(self.max)
+
+    def uses_log(self) -> bool:
+        if self.type != "numerical" or self.transform == "none":
+            return False
+        if self.transform == "log":
+            return True
+        lo, hi = self.numeric_bounds()
+        return lo >= 0 and hi - lo > LOG_SPREAD
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.type == "boolean":
+            out.pop("categories", None)
+        if self.type != "numerical":
+            out.pop("integer", None)
+            out.pop("transform", None)
+        if self.type in ("numerical", "datetime"):
+            out.pop("categories", None)
+        out = {k: _jsonable(v) for k, v in out.items()}
+        return out
+
+
+@dataclass
+class Domain:
+    """Public domain of a table: one :class:`ColumnDomain` per column, in column order."""
+
+    columns: dict[str, ColumnDomain] = field(default_factory=dict)
+    data_derived: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, dict[str, Any]]) -> Domain:
+        """Build from ``{column: {"type": ..., ...}}`` (the JSON form)."""
+        if isinstance(spec, Domain):
+            return spec
+        if not isinstance(spec, dict):
+            raise TypeError(f"A domain must be a Domain or a dict, got {type(spec).__name__}.")
+        columns = {}
+        for name, col in spec.items():
+            if not isinstance(col, dict) or "type" not in col:
+                raise ValueError(f"Domain entry for {name!r} must be a dict with a 'type' key.")
+            try:
+                columns[name] = ColumnDomain(**col)
+            except TypeError as exc:
+                raise ValueError(f"Domain entry for {name!r}: {exc}") from None
+            except ValueError as exc:
+                raise ValueError(f"Domain entry for {name!r}: {exc}") from None
+        return cls(columns)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: col.to_dict() for name, col in self.columns.items()}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Domain:
+        """Read the JSON form from a file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_data(cls, data: pd.DataFrame, columns: list[str] | None = None) -> Domain:
+        """Read bounds, categories and missingness from the data itself.
+
+        This is **not** differentially private: the result depends on individual rows
+        (the extreme values, every category that occurs). Use it only when those facts are
+        public anyway, or to draft a domain to edit by hand.
+        """
+        columns = list(data.columns) if columns is None else columns
+        empty = [name for name in columns if data[name].isna().all()]
+        if empty:
+            from ._validation import InvalidDataError
+
+            raise InvalidDataError([
+                f"column {name!r} is entirely missing: declare its domain (with "
+                "nullable=True) or drop it" for name in empty])
+        out = {}
+        for name in columns:
+            out[name] = _infer_column(data[name], name)
+        return cls(out, data_derived=tuple(columns))
+
+    def __getitem__(self, name: str) -> ColumnDomain:
+        return self.columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
+def column_kind(series: pd.Series) -> str:
+    """The kind of a column from its dtype alone (the schema is public)."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
+        return "numerical"
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+        return "categorical"
+    if dtype == object:
+        return "categorical"
+    raise TypeError(f"dtype {dtype} is not supported")
+
+
+def resolve_domain(
+    data: pd.DataFrame, domain: Domain | dict | str | Path | None, warn: bool = True
+) -> Domain:
+    """The domain to use for ``data``: the declared one, completed from the data if needed."""
+    if isinstance(domain, (str, Path)):
+        domain = Domain.load(domain)
+    declared = Domain.from_dict(domain) if domain is not None else Domain()
+    extra = [c for c in declared.columns if c not in data.columns]
+    if extra:
+        raise ValueError(f"The domain declares columns that are not in the data: {extra}.")
+    missing = [c for c in data.columns if c not in declared.columns]
+    columns = {}
+    if missing:
+        inferred = Domain.from_data(data, missing)
+        if warn:
+            warnings.warn(
+                f"No public domain was declared for {len(missing)} column(s) {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}: their bounds, categories and "
+                "missingness are read from the data, and the differential-privacy guarantee "
+                "does not cover them. Pass domain=... to fit to declare them.",
+                DataDerivedDomainWarning,
+                stacklevel=3,
+            )
+    for name in data.columns:
+        columns[name] = declared.columns[name] if name in declared else inferred.columns[name]
+    return Domain(columns, data_derived=tuple(missing))
+
+
+def _infer_column(series: pd.Series, name: str) -> ColumnDomain:
+    kind = column_kind(series)
+    nullable = bool(series.isna().any())
+    values = series.dropna()
+    if kind == "boolean" or (kind == "categorical" and _looks_boolean(values)):
+        return ColumnDomain("boolean", nullable=nullable)
+    if kind == "categorical":
+        cats = list(pd.unique(values))
+        try:
+            cats = sorted(cats)
+        except TypeError:
+            cats = sorted(cats, key=str)
+        return ColumnDomain("categorical", categories=[_jsonable(c) for c in cats],
+                            nullable=nullable)
+    if kind == "datetime":
+        lo, hi = values.min(), values.max()
+        return ColumnDomain("datetime", min=str(lo), max=str(hi), nullable=nullable)
+    numbers = values.to_numpy(dtype=float)
+    integer = pd.api.types.is_integer_dtype(series.dtype) or bool(
+        len(numbers) and np.all(numbers == np.round(numbers))
+    )
+    lo, hi = float(numbers.min()), float(numbers.max())
+    if integer:
+        lo, hi = int(lo), int(hi)
+    return ColumnDomain("numerical", min=lo, max=hi, integer=integer, nullable=nullable)
+
+
+def _looks_boolean(values: pd.Series) -> bool:
+    if values.dtype != object or len(values) == 0:
+        return False
+    return all(isinstance(v, (bool, np.bool_)) for v in values)
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _to_days(value: Any) -> float:
+    return pd.Timestamp(value).value / 86_400e9
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, pd.Timestamp):
+        return str(value)
+    return value

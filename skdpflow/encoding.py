@@ -1,0 +1,426 @@
+"""Encode a mixed-type table into cells of the unit cube, and decode back.
+
+Two layers:
+
+1. **Types (RDT).** An RDT ``HyperTransformer`` turns categories and booleans into integer
+   codes (``OrderedLabelEncoder`` with the declared order), datetimes into timestamps
+   (``UnixTimestampEncoder``) and numbers into floats (``FloatFormatter``), with a
+   ``<column>.is_null`` indicator for nullable columns. It is fitted on a *public skeleton*
+   frame built from the :class:`~skdpflow.domain.Domain` only, so no statistic of the
+   private rows is stored in it (RDT would otherwise keep means, null rates, category
+   frequencies, min/max and a seed hashed from the first values).
+2. **Shape (DP marginals).** Each encoded dimension maps a value to a cell ``[lo, hi]`` of
+   ``[0, 1]`` from the noisy 1-way marginals (:mod:`skdpflow.marginals`): a category (or a
+   point mass, or "missing") to an interval whose width is its noisy frequency; a number
+   through its public-bound transform and its noisy CDF. Training draws ``u`` uniformly in
+   the cell (dequantization) and feeds ``z = Phi^-1(u)`` to the flow, so the untrained
+   identity flow already reproduces the released marginals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import rdt
+from rdt.transformers import FloatFormatter, OrderedLabelEncoder, UnixTimestampEncoder
+from scipy.special import ndtr, ndtri
+
+from .domain import ColumnDomain, Domain
+from .marginals import (
+    ATOM_THRESHOLD,
+    ColumnMarginal,
+    HistogramSpec,
+    bin_index,
+    histogram_spec,
+    transform_forward,
+    transform_inverse,
+    transform_log_derivative,
+)
+
+__all__ = ["TypeLayer", "TableEncoder"]
+
+U_EPS = 1e-7  # keeps Phi^-1(u) finite
+NS_PER_DAY = 86_400e9
+MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
+
+
+class TypeLayer:
+    """RDT set-up from a public domain: raw frame <-> numeric codes, and back."""
+
+    def __init__(self, domain: Domain, dtypes: dict[str, object]) -> None:
+        self.domain = domain
+        self.dtypes = dict(dtypes)
+        self.hyper = rdt.HyperTransformer()
+        sdtypes, transformers = {}, {}
+        for name, col in domain.columns.items():
+            sdtypes[name], transformers[name] = _rdt_transformer(col)
+        self.hyper.set_config({"sdtypes": sdtypes, "transformers": transformers})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.hyper.fit(self.skeleton())
+
+    def skeleton(self) -> pd.DataFrame:
+        """A frame of public values only: bounds, midpoints, each category, a missing row."""
+        columns = {}
+        for name, col in self.domain.columns.items():
+            if col.type in ("categorical", "boolean"):
+                values = list(col.categories)
+            elif col.type == "datetime":
+                values = [pd.Timestamp(col.min), pd.Timestamp(col.max)]
+            else:
+                lo, hi = col.numeric_bounds()
+                values = [lo, hi, (lo + hi) / 2]
+            if col.nullable:
+                values.append(None)
+            columns[name] = values
+        size = max(len(v) for v in columns.values())
+        frame = {}
+        for name, values in columns.items():
+            values = (values * size)[:size]
+            col = self.domain[name]
+            if col.type == "datetime":
+                frame[name] = pd.to_datetime(pd.Series(values))
+            elif col.type == "numerical":
+                frame[name] = pd.Series(values, dtype=float)
+            else:
+                frame[name] = pd.Series(values, dtype=object)
+        return pd.DataFrame(frame)
+
+    def clean(self, data: pd.DataFrame) -> pd.DataFrame:
+        """Clip to declared bounds and check categories; never widens the domain."""
+        out = {}
+        problems = []
+        for name, col in self.domain.columns.items():
+            series = data[name]
+            isna = series.isna().to_numpy()
+            if isna.any() and not col.nullable:
+                problems.append(f"column {name!r} has missing values but its domain says "
+                                "nullable=False")
+            if col.type == "numerical":
+                lo, hi = col.numeric_bounds()
+                values = pd.to_numeric(series, errors="coerce").astype(float).clip(lo, hi)
+                if col.integer:
+                    values = values.round()
+                out[name] = values
+            elif col.type == "datetime":
+                values = pd.to_datetime(series, errors="coerce")
+                if getattr(values.dt, "tz", None) is not None:
+                    values = values.dt.tz_convert(None)
+                lo, hi = pd.Timestamp(col.min), pd.Timestamp(col.max)
+                out[name] = values.clip(lo, hi)
+            else:
+                declared = pd.Index(col.categories, dtype=object)
+                values = series.astype(object)
+                unknown = ~values.isin(declared) & ~isna
+                if col.type == "boolean":
+                    values = values.map(lambda v: v if pd.isna(v) else bool(v))
+                    unknown = ~values.isin([False, True]) & ~isna
+                if unknown.any():
+                    problems.append(f"column {name!r} has values outside its declared "
+                                    "categories; add them to the domain")
+                out[name] = values.where(~isna, np.nan)
+        if problems:
+            from ._validation import InvalidDataError
+
+            raise InvalidDataError(problems)
+        return pd.DataFrame(out, index=data.index)
+
+    def transform(self, data: pd.DataFrame) -> pd.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.hyper.transform(self.clean(data))
+
+    def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = self.hyper.reverse_transform(codes)
+        return pd.DataFrame({n: _restore_dtype(raw[n], self.domain[n], self.dtypes.get(n))
+                             for n in self.domain.columns})
+
+
+def _rdt_transformer(col: ColumnDomain) -> tuple[str, object]:
+    generation = "from_column" if col.nullable else None
+    if col.type in ("categorical", "boolean"):
+        order = list(col.categories) + ([np.nan] if col.nullable else [])
+        return "categorical", OrderedLabelEncoder(order=order)
+    lo, hi = col.numeric_bounds()
+    if col.type == "datetime":
+        fill = (lo + hi) / 2 * NS_PER_DAY
+        return "datetime", UnixTimestampEncoder(
+            missing_value_replacement=fill, missing_value_generation=generation)
+    return "numerical", FloatFormatter(
+        missing_value_replacement=(lo + hi) / 2, missing_value_generation=generation)
+
+
+def _restore_dtype(series: pd.Series, col: ColumnDomain, dtype: object) -> pd.Series:
+    has_na = bool(series.isna().any())
+    if col.type == "numerical":
+        values = pd.to_numeric(series, errors="coerce")
+        if dtype is not None and pd.api.types.is_integer_dtype(dtype):
+            return values.round().astype("Int64" if has_na else dtype)
+        if dtype is not None and pd.api.types.is_float_dtype(dtype):
+            return values.astype(dtype)
+        return values.round() if col.integer else values
+    if col.type == "datetime":
+        values = pd.to_datetime(series)
+        if dtype is not None and not pd.api.types.is_datetime64_any_dtype(dtype):
+            return values.astype(str).where(values.notna(), None)
+        return values
+    if col.type == "boolean":
+        values = series.map(lambda v: v if pd.isna(v) else bool(v))
+        if dtype is not None and pd.api.types.is_bool_dtype(dtype) and not has_na:
+            return values.astype(bool)
+        if isinstance(dtype, pd.BooleanDtype):
+            return values.astype("boolean")
+        return values.astype(object)
+    if isinstance(dtype, pd.CategoricalDtype):
+        return pd.Categorical(series, categories=dtype.categories, ordered=dtype.ordered)
+    if dtype is not None and pd.api.types.is_string_dtype(dtype) and dtype != object:
+        return series.astype(dtype)
+    if dtype is not None and pd.api.types.is_numeric_dtype(dtype) and not has_na:
+        return series.astype(dtype)
+    return series.astype(object)
+
+
+@dataclass
+class _Dim:
+    """One encoded dimension: a discrete code set, or a numerical CDF."""
+
+    name: str
+    edges: np.ndarray  # discrete: cumulative probabilities (len k+1); numerical: t-space edges
+    cdf: np.ndarray | None = None  # numerical only: CDF at the t-space edges
+
+    @property
+    def discrete(self) -> bool:
+        return self.cdf is None
+
+
+@dataclass
+class _Codec:
+    """How one column becomes dimensions: an optional mode dim and an optional value dim."""
+
+    name: str
+    col: ColumnDomain
+    modes: list = field(default_factory=list)  # "value", atom values, "null"
+    mode_dim: _Dim | None = None
+    value_dim: _Dim | None = None
+    integer: bool = False
+
+
+class TableEncoder:
+    """Maps the typed frame (RDT output) to cells in ``[0, 1]^D`` and back.
+
+    Parameters
+    ----------
+    domain : Domain
+    marginals : list of ColumnMarginal
+        The released 1-way marginals, one per column, in domain order.
+    """
+
+    def __init__(self, domain: Domain, marginals: list[ColumnMarginal]) -> None:
+        self.domain = domain
+        self.codecs = [_make_codec(name, domain[name], m)
+                       for name, m in zip(domain.columns, marginals)]
+        self.dims: list[_Dim] = []
+        for codec in self.codecs:
+            self.dims += [d for d in (codec.mode_dim, codec.value_dim) if d is not None]
+
+    @property
+    def n_dims(self) -> int:
+        return len(self.dims)
+
+    def cells(self, typed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cells ``[lo, hi]`` per row and dim, and log du/dx summed over point-valued dims."""
+        n = len(typed)
+        lows, highs, logjac = [], [], np.zeros(n)
+        for codec in self.codecs:
+            values, is_null = _typed_column(typed, codec)
+            if codec.col.type in ("categorical", "boolean"):
+                codes = np.asarray(values, dtype=np.int64)
+                lo, hi = _interval(codec.mode_dim, codes)
+                if codec.mode_dim is not None:
+                    lows.append(lo)
+                    highs.append(hi)
+                continue
+            mode = np.zeros(n, dtype=np.int64)
+            for k, m in enumerate(codec.modes):
+                if m == "null":
+                    mode[is_null] = k
+                elif m != "value":
+                    mode[(values == m) & ~is_null] = k
+            if codec.mode_dim is not None:
+                lo, hi = _interval(codec.mode_dim, mode)
+                lows.append(lo)
+                highs.append(hi)
+            if codec.value_dim is not None:
+                is_value = np.array([m == "value" for m in codec.modes])[mode]
+                lo, hi, lj = _numeric_cell(codec, values, is_value)
+                lows.append(lo)
+                highs.append(hi)
+                logjac += lj
+        if not lows:
+            return np.zeros((n, 0)), np.zeros((n, 0)), logjac
+        return np.stack(lows, 1), np.stack(highs, 1), logjac
+
+    def decode(self, z: np.ndarray) -> pd.DataFrame:
+        """Latent-space rows (``z = Phi^-1(u)``) to the typed frame that RDT reverses."""
+        u = ndtr(np.asarray(z, dtype=float))
+        n = len(u)
+        out = {}
+        j = 0
+        for codec in self.codecs:
+            name = codec.name
+            if codec.col.type in ("categorical", "boolean"):
+                if codec.mode_dim is not None:
+                    codes = _locate(codec.mode_dim.edges, u[:, j])
+                    j += 1
+                else:
+                    codes = np.zeros(n, dtype=np.int64)
+                out[name] = codes
+                continue
+            mode = np.zeros(n, dtype=np.int64)
+            if codec.mode_dim is not None:
+                mode = _locate(codec.mode_dim.edges, u[:, j])
+                j += 1
+            lo, hi = codec.col.numeric_bounds()
+            values = np.full(n, (lo + hi) / 2)
+            if codec.value_dim is not None:
+                d = codec.value_dim
+                t = np.interp(u[:, j], d.cdf, d.edges)
+                values = np.clip(transform_inverse(t, codec.col), lo, hi)
+                if codec.integer:
+                    values = np.clip(np.round(values), np.ceil(lo), np.floor(hi))
+                j += 1
+            is_null = np.zeros(n, dtype=bool)
+            for k, m in enumerate(codec.modes):
+                if m == "null":
+                    is_null = mode == k
+                elif m != "value":
+                    values[mode == k] = m
+            if codec.col.type == "datetime":
+                values = values * NS_PER_DAY
+            out[name] = values
+            if codec.col.nullable:
+                out[f"{name}.is_null"] = is_null.astype(float)
+        return pd.DataFrame(out)
+
+
+def _typed_column(typed: pd.DataFrame, codec: _Codec) -> tuple[np.ndarray, np.ndarray]:
+    values = typed[codec.name].to_numpy(dtype=float)
+    if codec.col.type == "datetime":
+        values = values / NS_PER_DAY
+    null_col = f"{codec.name}.is_null"
+    is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed else \
+        np.zeros(len(values), dtype=bool)
+    return values, is_null
+
+
+def _make_codec(name: str, col: ColumnDomain, marginal: ColumnMarginal) -> _Codec:
+    spec, probs = marginal.spec, marginal.probs
+    if spec.kind == "discrete":
+        dim = _discrete_dim(name, probs) if len(probs) > 1 else None
+        return _Codec(name, col, mode_dim=dim)
+    n_atoms = len(spec.atoms)
+    p_null = probs[-1] if spec.nullable else 0.0
+    p_atoms = probs[:n_atoms]
+    p_bins = probs[n_atoms:len(probs) - int(spec.nullable)].copy()
+    modes, mode_probs = ["value"], [0.0]
+    atoms = []
+    if len(spec.edges) == 0:  # constant column: its one value is a mode of its own
+        modes, mode_probs = [float(spec.atoms[0])], [float(p_atoms[0])]
+    else:
+        unit = n_atoms == 0 and spec.integer
+        candidates = (_unit_values(spec, col) if unit else spec.atoms)
+        cand_probs = p_bins if unit else p_atoms
+        for a, p in zip(candidates, cand_probs):
+            if p >= ATOM_THRESHOLD:
+                atoms.append((float(a), float(p)))
+            elif not unit:  # merge an unselected candidate back into its bin
+                t = transform_forward(np.array([a]), col)[0]
+                k = int(np.clip(np.searchsorted(spec.edges, t, side="right") - 1, 0,
+                                len(p_bins) - 1))
+                p_bins[k] += p
+        if unit:
+            for a, _ in atoms:
+                p_bins[int(round(a - col.numeric_bounds()[0]))] = 0.0
+        mode_probs[0] = float(p_bins.sum())
+        for a, p in atoms:
+            modes.append(a)
+            mode_probs.append(p)
+    if spec.nullable:
+        modes.append("null")
+        mode_probs.append(float(p_null))
+    codec = _Codec(name, col, modes=modes, integer=spec.integer)
+    if len(modes) > 1:
+        codec.mode_dim = _discrete_dim(f"{name}.mode", np.array(mode_probs))
+    if len(spec.edges):
+        mass = np.maximum(p_bins, 0.0)
+        mass = mass / mass.sum() if mass.sum() > 0 else np.full(len(mass), 1 / len(mass))
+        mass = mass + MIN_CONT_MASS
+        cdf = np.concatenate([[0.0], np.cumsum(mass)])
+        codec.value_dim = _Dim(f"{name}.value", spec.edges.astype(float), cdf / cdf[-1])
+    return codec
+
+
+def _unit_values(spec: HistogramSpec, col: ColumnDomain) -> np.ndarray:
+    lo, _ = col.numeric_bounds()
+    return lo + np.arange(len(spec.edges) - 1)
+
+
+def _discrete_dim(name: str, probs: np.ndarray) -> _Dim:
+    probs = np.maximum(np.asarray(probs, dtype=float), 1e-9)
+    edges = np.concatenate([[0.0], np.cumsum(probs / probs.sum())])
+    edges[-1] = 1.0
+    return _Dim(name, edges)
+
+
+def _interval(dim: _Dim | None, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if dim is None:
+        return np.zeros(len(codes)), np.ones(len(codes))
+    return dim.edges[codes], dim.edges[codes + 1]
+
+
+def _locate(edges: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2)
+
+
+def _numeric_cell(codec: _Codec, values: np.ndarray, is_value: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d, col = codec.value_dim, codec.col
+    n = len(values)
+    lo, hi, logjac = np.zeros(n), np.ones(n), np.zeros(n)
+    x = values[is_value]
+    if codec.integer:
+        lo[is_value] = _cdf(d, transform_forward(x - 0.5, col))
+        hi[is_value] = _cdf(d, transform_forward(x + 0.5, col))
+    else:
+        t = transform_forward(x, col)
+        u = _cdf(d, t)
+        lo[is_value] = hi[is_value] = u
+        k = np.clip(np.searchsorted(d.edges, t, side="right") - 1, 0, len(d.edges) - 2)
+        density = (d.cdf[k + 1] - d.cdf[k]) / (d.edges[k + 1] - d.edges[k])
+        logjac[is_value] = np.log(density) + transform_log_derivative(x, col)
+    return lo, hi, logjac
+
+
+def _cdf(d: _Dim, t: np.ndarray) -> np.ndarray:
+    return np.interp(t, d.edges, d.cdf)
+
+
+def dequantize(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """``z = Phi^-1(u)`` with ``u`` uniform in each cell (midpoint when ``rng`` is None)."""
+    w = 0.5 if rng is None else rng.random(lo.shape)
+    u = np.clip(lo + w * (hi - lo), U_EPS, 1 - U_EPS)
+    return ndtri(u)
+
+
+def cell_log_volume(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sum over cells of log(hi - lo), with point cells contributing 0."""
+    width = hi - lo
+    return np.where(width > 0, np.log(np.maximum(width, 1e-300)), 0.0).sum(1)
+
+
+__all__ += ["dequantize", "cell_log_volume", "histogram_spec", "bin_index"]

@@ -1,0 +1,303 @@
+"""Tests for skdpflow.privacy.dpsgd against a naive one-row-at-a-time loop (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from skdpflow.privacy import dpsgd
+from skdpflow.privacy.dpsgd import DPSGDStep, linear_sq_norms, poisson_batches
+
+DTYPE = torch.float64
+
+
+class TiedToy(nn.Module):
+    """One MLP called T times per row on different inputs, like the flow's conditioner."""
+
+    def __init__(self, stages: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 5)
+        )
+        masks = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]])
+        self.register_buffer("masks", masks[:stages])
+        self.register_buffer("codes", torch.linspace(-1, 1, 2 * stages).reshape(stages, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        state, extra = x, x.new_zeros(x.shape[0])
+        for mask, code in zip(self.masks, self.codes, strict=True):
+            inp = torch.cat([state * mask, code.expand(x.shape[0], 2)], dim=1)
+            out = self.net(inp)
+            state = state * torch.exp(0.3 * torch.tanh(out[:, 4:5])) + torch.sin(out[:, :4])
+            extra = extra + out[:, 4] ** 2
+        return (state**2).sum(1) + nn.functional.softplus(extra)
+
+
+class PlainToy(nn.Module):
+    """A plain MLP, each layer used once; the last layer has no bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        return torch.logsumexp(out, dim=1) + 0.5 * out[:, 0] ** 2
+
+
+MODELS = {"tied": TiedToy, "plain": PlainToy}
+
+
+def _make(kind: str, batch: int, seed: int = 0) -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(seed)
+    model = MODELS[kind]().to(DTYPE)
+    x = 1.5 * torch.randn(batch, 4, dtype=DTYPE)
+    return model, x
+
+
+def _naive_grads(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
+    """Per-row gradients, one backward per row (the reference)."""
+    rows = []
+    for i in range(x.shape[0]):
+        model.zero_grad(set_to_none=True)
+        model(x[i : i + 1])[0].backward()
+        rows.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+def _naive_sq_norms(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {n: torch.stack([r[n].square().sum() for r in rows]) for n in rows[0]}
+
+
+def _record_losses(step: DPSGDStep, model: nn.Module, x: Tensor) -> Tensor:
+    with step.record():
+        return model(x)
+
+
+@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
+def test_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
+    model, x = _make(kind, batch)
+    expected = _naive_sq_norms(_naive_grads(model, x))
+    step = DPSGDStep(model, 1.0, 0.0, batch, norm_strategy=strategy)
+
+    got = step.per_sample_sq_norms(_record_losses(step, model, x))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-8, atol=0.0)
+
+    info = step.step(_record_losses(step, model, x))
+    total = torch.stack(list(expected.values())).sum(0).sqrt()
+    torch.testing.assert_close(info["norms"], total, rtol=1e-8, atol=0.0)
+    assert info["batch_size"] == batch
+
+
+def test_auto_strategy_chooses_cheaper_form() -> None:
+    assert dpsgd._choose_strategy(3, 16, 16) == "gram"
+    assert dpsgd._choose_strategy(6, 64, 460) == "gram"
+    assert dpsgd._choose_strategy(50, 4, 3) == "materialise"
+
+
+def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    original = torch.einsum
+
+    def spy(*args: object) -> Tensor:
+        calls.append("materialise")
+        return original(*args)
+
+    monkeypatch.setattr(dpsgd.torch, "einsum", spy)
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(5, 40, 3, dtype=DTYPE, generator=g)  # T=40 uses of a 3->2 layer
+    d = torch.randn(5, 40, 2, dtype=DTYPE, generator=g)
+    auto, _ = linear_sq_norms(h, d, bias=False)
+    assert calls == ["materialise"]
+    gram, _ = linear_sq_norms(h, d, bias=False, strategy="gram")
+    assert calls == ["materialise"]
+    reference = torch.stack([(d[i].T @ h[i]).square().sum() for i in range(5)])
+    torch.testing.assert_close(auto, reference, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(gram, reference, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("kind", ["tied", "plain"])
+def test_noise_free_step_equals_hand_clip_and_average(kind: str) -> None:
+    model, x = _make(kind, 23)
+    rows = _naive_grads(model, x)
+    norms = torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows])
+    clip = float(norms.median())
+    assert (norms > clip).any() and (norms < clip).any()
+    expected_batch_size = 17.5  # q * n, deliberately not the realised batch size
+
+    step = DPSGDStep(model, clip, 0.0, expected_batch_size)
+    info = step.step(_record_losses(step, model, x))
+
+    coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+    for name, p in model.named_parameters():
+        by_hand = sum(c * r[name] for c, r in zip(coef, rows, strict=True)) / expected_batch_size
+        torch.testing.assert_close(p.grad, by_hand, rtol=1e-10, atol=1e-14)
+    assert info["clipped_fraction"] == pytest.approx(float((norms > clip).double().mean()))
+
+
+def test_unclipped_step_equals_plain_gradient() -> None:
+    model, x = _make("tied", 19)
+    model.zero_grad()
+    (model(x).sum() / 7.0).backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    step = DPSGDStep(model, math.inf, 0.0, 7.0)
+    info = step.step(_record_losses(step, model, x))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], rtol=1e-10, atol=1e-14)
+    assert info["clipped_fraction"] == 0.0
+
+
+def _noisy_grads(model: nn.Module, x: Tensor, sigma: float, seed: int) -> Tensor:
+    step = DPSGDStep(model, 0.7, sigma, 12.0, generator=torch.Generator().manual_seed(seed))
+    step.step(_record_losses(step, model, x))
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+class WideSquare(nn.Module):
+    """Enough parameters (>10^4) to estimate the noise standard deviation to ~1%."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(100, 100), nn.Tanh(), nn.Linear(100, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(1) ** 2
+
+
+def test_noise_scale_and_reproducibility() -> None:
+    torch.manual_seed(0)
+    model = WideSquare().to(DTYPE)
+    x = torch.randn(9, 100, dtype=DTYPE)
+    clean = _noisy_grads(model, x, 0.0, seed=3)
+    noisy = _noisy_grads(model, x, 1.3, seed=3)
+    noise = noisy - clean
+    assert noise.numel() > 10_000
+    assert noise.std().item() == pytest.approx(1.3 * 0.7 / 12.0, rel=0.05)
+    assert abs(noise.mean().item()) < 4 * 1.3 * 0.7 / 12.0 / math.sqrt(noise.numel())
+    assert torch.equal(noisy, _noisy_grads(model, x, 1.3, seed=3))
+    assert not torch.equal(noisy, _noisy_grads(model, x, 1.3, seed=4))
+
+
+def test_poisson_batches_statistics() -> None:
+    n, q, steps = 50, 0.2, 2000
+    batches = list(poisson_batches(n, q, steps, torch.Generator().manual_seed(0)))
+    counts = torch.zeros(n)
+    for idx in batches:
+        assert idx.dtype == torch.int64
+        counts[idx] += 1
+    freq = counts / steps
+    assert (freq - q).abs().max() < 4 * math.sqrt(q * (1 - q) / steps)
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
+    assert abs(sizes.mean() - q * n) < 4 * math.sqrt(n * q * (1 - q) / steps)
+    again = list(poisson_batches(n, q, steps, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_empty_batches_happen_and_step_handles_them() -> None:
+    batches = list(poisson_batches(10, 0.05, 50, torch.Generator().manual_seed(0)))
+    assert any(len(b) == 0 for b in batches)
+
+    model, x = _make("tied", 10)
+    sigma, clip, ebs = 2.0, 0.5, 0.5
+    step = DPSGDStep(model, clip, sigma, ebs, generator=torch.Generator().manual_seed(5))
+    info = step.step(_record_losses(step, model, x[batches[0][:0]]))  # forward on zero rows
+    assert info["batch_size"] == 0 and info["clipped_fraction"] == 0.0
+    with_forward = [p.grad.clone() for p in model.parameters()]
+
+    step = DPSGDStep(model, clip, sigma, ebs, generator=torch.Generator().manual_seed(5))
+    step.step_empty()  # no forward at all
+    for p, g in zip(model.parameters(), with_forward, strict=True):
+        assert p.grad.shape == p.shape
+        torch.testing.assert_close(p.grad, g, rtol=0.0, atol=0.0)
+    noise = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert noise.std().item() == pytest.approx(sigma * clip / ebs, rel=0.15)
+
+    quiet = DPSGDStep(model, clip, 0.0, ebs)
+    quiet.step_empty()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Embedding(5, 3), nn.LayerNorm(3), nn.Conv1d(1, 1, 2)],
+    ids=["embedding", "layernorm", "conv"],
+)
+def test_unsupported_trainable_layer_raises(layer: nn.Module) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), layer)
+    with pytest.raises(
+        TypeError, match=f"no fast per-row gradient rule for {type(layer).__name__}"
+    ):
+        DPSGDStep(model, 1.0, 1.0, 10.0)
+
+
+def test_linear_subclass_and_shared_parameters_raise() -> None:
+    class MaskedLinear(nn.Linear):
+        pass
+
+    with pytest.raises(TypeError, match="MaskedLinear"):
+        DPSGDStep(nn.Sequential(MaskedLinear(3, 3)), 1.0, 1.0, 10.0)
+    first, second = nn.Linear(3, 3), nn.Linear(3, 3)
+    second.weight = first.weight
+    with pytest.raises(TypeError, match="shared"):
+        DPSGDStep(nn.Sequential(first, second), 1.0, 1.0, 10.0)
+
+
+def test_frozen_or_parameter_free_layers_are_allowed() -> None:
+    embedding = nn.Embedding(5, 3).requires_grad_(False)
+    model = nn.Sequential(nn.LayerNorm(3, elementwise_affine=False), nn.Linear(3, 2))
+    DPSGDStep(nn.ModuleList([model, embedding]), 1.0, 1.0, 10.0)
+
+
+def test_nothing_per_row_survives_a_step() -> None:
+    model, x = _make("tied", 8)
+    attrs_before = {n: dict(vars(p)) for n, p in model.named_parameters()}
+    step = DPSGDStep(model, 0.5, 1.0, 8.0, generator=torch.Generator().manual_seed(0))
+    with step.record():
+        losses = model(x)
+        assert all(len(layer._forward_hooks) == 1 for layer in step.layers_)
+    assert all(len(layer._forward_hooks) == 0 for layer in step.layers_)
+    assert len(step._uses[step.layers_[0]].inputs) == 3  # one entry per tied use
+    step.step(losses)
+    assert step._uses == {}
+    for name, p in model.named_parameters():
+        assert vars(p) == attrs_before[name] == {}
+        assert p.grad is not None and p.grad.grad_fn is None
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_step_without_record_or_with_bad_shape_raises() -> None:
+    model, x = _make("plain", 4)
+    step = DPSGDStep(model, 1.0, 0.0, 4.0)
+    with pytest.raises(RuntimeError, match="record"):
+        step.step(model(x))
+    with pytest.raises(ValueError, match="shape"):
+        step.step(_record_losses(step, model, x).reshape(2, 2))
+    assert step._uses == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_grad_norm": 0.0},
+        {"noise_multiplier": -1.0},
+        {"expected_batch_size": 0.0},
+        {"max_grad_norm": math.inf, "noise_multiplier": 1.0},
+        {"norm_strategy": "magic"},
+    ],
+)
+def test_invalid_arguments_raise(kwargs: dict) -> None:
+    args = {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "expected_batch_size": 4.0}
+    with pytest.raises(ValueError):
+        DPSGDStep(nn.Linear(2, 2), **{**args, **kwargs})

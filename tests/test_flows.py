@@ -1,0 +1,195 @@
+"""Tests of the shared-conditioner spline coupling flow."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from skdpflow.flows.model import SharedConditionerFlow
+
+
+@pytest.fixture(autouse=True)
+def _float64_seeded() -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _randomize(flow: SharedConditionerFlow, scale: float = 0.3, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=generator))
+
+
+def _std_normal_log_prob(x: Tensor) -> Tensor:
+    return (-0.5 * x.square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _small(features: int, **kwargs: int) -> SharedConditionerFlow:
+    options = {"n_stages": 4, "hidden_size": 16, "n_bins": 5} | kwargs
+    return SharedConditionerFlow(features, **options)
+
+
+def test_log_prob_shape_and_forward() -> None:
+    flow = _small(4)
+    _randomize(flow)
+    x = torch.randn(11, 4)
+    out = flow.log_prob(x)
+    assert out.shape == (11,)
+    torch.testing.assert_close(flow(x), out)
+
+
+def test_ownership_of_parameters_and_buffers() -> None:
+    flow = _small(5)
+    # Opacus needs parameters only in the conditioner and no buffers inside it.
+    assert list(flow.conditioner.buffers()) == []
+    assert list(flow.parameters(recurse=False)) == []
+    assert all(isinstance(m, (nn.Linear, nn.GELU)) for m in flow.conditioner)
+    assert flow.masks.shape == (4, 5)
+    assert set(flow.masks.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("features", [2, 5, 6])
+def test_masks_alternate_complements(features: int) -> None:
+    masks = SharedConditionerFlow(features, n_stages=6).masks
+    for j in range(3):
+        torch.testing.assert_close(masks[2 * j] + masks[2 * j + 1], torch.ones(features))
+        assert abs(masks[2 * j].sum().item() - features / 2) <= 0.5
+
+
+def test_every_parameter_gets_gradient() -> None:
+    flow = _small(5)
+    with torch.no_grad():
+        flow.conditioner[-1].weight.normal_(0.0, 0.1)
+        flow.conditioner[-1].bias.normal_(0.0, 0.1)
+    flow.log_prob(torch.randn(32, 5)).mean().backward()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert (p.grad != 0).any(), name
+
+
+@pytest.mark.parametrize("features", [1, 2, 3, 5])
+def test_log_prob_matches_full_jacobian(features: int) -> None:
+    flow = _small(features, n_stages=5)
+    _randomize(flow)
+    for x in torch.randn(3, features):
+        jac = torch.autograd.functional.jacobian(lambda r: flow.transform(r[None])[0][0], x)
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign > 0
+        z = flow.transform(x[None])[0][0]
+        expected = _std_normal_log_prob(z) + logdet
+        torch.testing.assert_close(flow.log_prob(x[None])[0], expected, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("features", [1, 3, 6])
+def test_inverse_of_transform(features: int) -> None:
+    flow = _small(features)
+    _randomize(flow)
+    x = 2.0 * torch.randn(64, features)
+    z, _ = flow.transform(x)
+    assert not torch.allclose(z, x)
+    x_back = flow.inverse(z)
+    torch.testing.assert_close(flow.transform(x_back)[0], z, atol=1e-10, rtol=0)
+    # Steep random stages amplify rounding in the inverse direction.
+    torch.testing.assert_close(x_back, x, atol=1e-7, rtol=0)
+
+
+def test_density_integrates_to_one_1d() -> None:
+    flow = _small(1)
+    # Larger weights give spikes narrower than any affordable grid.
+    _randomize(flow, scale=0.2)
+    grid = torch.linspace(-8.0, 8.0, 40001)
+    with torch.no_grad():
+        density = flow.log_prob(grid[:, None]).exp()
+    assert density.max() > 0.5  # far from the N(0, 1) peak of 0.4: the flow is not trivial
+    assert abs(torch.trapezoid(density, grid).item() - 1.0) < 1e-5
+
+
+def test_density_integrates_to_one_2d() -> None:
+    flow = _small(2)
+    _randomize(flow, scale=0.15)
+    axis = torch.linspace(-8.0, 8.0, 401)
+    points = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        density = flow.log_prob(points).exp().view(401, 401)
+    total = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis)
+    assert density.max() > 0.5  # N(0, I) peaks at 0.16
+    assert abs(total.item() - 1.0) < 1e-4
+
+
+def test_parameter_count_independent_of_stages() -> None:
+    counts = {
+        sum(p.numel() for p in SharedConditionerFlow(7, n_stages=k).parameters())
+        for k in (1, 3, 6, 12)
+    }
+    assert len(counts) == 1
+
+
+def test_zero_init_is_identity() -> None:
+    flow = SharedConditionerFlow(4)
+    x = 4.0 * torch.randn(20, 4)
+    z, ladj = flow.transform(x)
+    torch.testing.assert_close(z, x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(flow.log_prob(x), _std_normal_log_prob(x), atol=1e-12, rtol=0)
+
+
+def test_state_dict_round_trip() -> None:
+    flow = _small(4, seed=3)
+    _randomize(flow)
+    x = torch.randn(16, 4)
+    fresh = SharedConditionerFlow(**flow.config)
+    fresh.load_state_dict(flow.state_dict())
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))
+    clone = pickle.loads(pickle.dumps(flow))
+    assert torch.equal(clone.log_prob(x), flow.log_prob(x))
+
+
+def test_same_seed_same_model() -> None:
+    state = torch.get_rng_state()
+    a, b = _small(5, seed=7), _small(5, seed=7)
+    # Construction must not consume the global random stream.
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_sample_shape_and_determinism() -> None:
+    flow = _small(3)
+    _randomize(flow)
+    a = flow.sample(50, generator=torch.Generator().manual_seed(5))
+    b = flow.sample(50, generator=torch.Generator().manual_seed(5))
+    c = flow.sample(50, generator=torch.Generator().manual_seed(6))
+    assert a.shape == (50, 3)
+    assert not a.requires_grad
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_rows_are_independent() -> None:
+    flow = _small(4)
+    _randomize(flow)
+    x = torch.randn(10, 4)
+    changed = x.clone()
+    changed[0] = 5.0 * torch.randn(4)
+    before, after = flow.log_prob(x), flow.log_prob(changed)
+    assert before[0] != after[0]
+    assert torch.equal(before[1:], after[1:])
+
+
+def test_float32() -> None:
+    torch.set_default_dtype(torch.float32)
+    flow = _small(3)
+    _randomize(flow)
+    x = torch.randn(8, 3)
+    out = flow.log_prob(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(flow.inverse(flow.transform(x)[0]), x, atol=1e-4, rtol=0)

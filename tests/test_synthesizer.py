@@ -1,0 +1,237 @@
+"""The estimator facade: parameters, errors, reproducibility, end to end, save/load."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+
+from skdpflow import (
+    DataDerivedDomainWarning,
+    DPFlowSynthesizer,
+    InvalidDataError,
+    NotFittedError,
+    PrivacyBudgetError,
+)
+from skdpflow.privacy.accounting import epsilon_spent
+
+FAST = dict(epochs=2, batch_size=64, n_stages=3, hidden_size=16, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from conftest import MIXED_DOMAIN, make_mixed_frame
+
+    frame = make_mixed_frame(600)
+    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, random_state=0, **FAST)
+    synth.fit(frame, domain=MIXED_DOMAIN)
+    return synth, frame
+
+
+def test_init_stores_parameters_unchanged_and_clones():
+    synth = DPFlowSynthesizer(epsilon=3.0, random_state=7, n_stages=4)
+    params = synth.get_params()
+    assert params["epsilon"] == 3.0 and params["n_stages"] == 4
+    copy = clone(synth)
+    assert copy.get_params() == params
+    copy.set_params(epsilon=0.5)
+    assert copy.epsilon == 0.5 and synth.epsilon == 3.0
+
+
+@pytest.mark.parametrize("name, value", [
+    ("epsilon", -1.0), ("epsilon", 0), ("delta", 0.0), ("delta", 1.5), ("epochs", 0),
+    ("batch_size", 0), ("batch_size", 2.5), ("learning_rate", -1e-3), ("max_grad_norm", 0),
+    ("n_stages", 0), ("hidden_size", 0), ("n_bins", 1), ("marginals_fraction", 1.0),
+    ("accountant", "gdp"), ("device", "tpu"), ("random_state", "seed"), ("verbose", 2),
+])
+def test_each_bad_hyperparameter_raises_with_its_name(mixed_frame, name, value):
+    synth = DPFlowSynthesizer(**{name: value})
+    with pytest.raises((ValueError, TypeError), match=f"'{name}' parameter"):
+        synth.fit(mixed_frame)
+
+
+def test_delta_must_be_below_one_over_n(mixed_frame, mixed_domain):
+    with pytest.raises(ValueError, match="'delta'"):
+        DPFlowSynthesizer(delta=0.01, **FAST).fit(mixed_frame, domain=mixed_domain)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (pd.DataFrame(), ValueError, "0 feature"),
+    (pd.DataFrame({"a": []}), ValueError, "0 sample"),
+    (pd.DataFrame({"a": [1.0]}), ValueError, "1 sample"),
+    (pd.DataFrame({0: [1.0, 2.0], 1: [3.0, 4.0]}), TypeError, "strings"),
+    (pd.DataFrame({"a": [[1], [2], [3]]}), InvalidDataError, "unsupported values"),
+    (pd.DataFrame({"a": [1 + 2j, 3j]}), InvalidDataError, "complex"),
+    (pd.DataFrame({"a": [1.0, np.inf, 2.0]}), InvalidDataError, "infinite"),
+    ("not a frame", TypeError, "DataFrame"),
+    (np.arange(5.0), ValueError, "2D"),
+])
+def test_bad_data_raises_a_clear_error(bad, error, match):
+    with pytest.raises(error, match=match):
+        DPFlowSynthesizer(**FAST).fit(bad)
+
+
+def test_all_missing_column_without_domain_is_refused():
+    frame = pd.DataFrame({"a": np.arange(50.0), "b": [np.nan] * 50})
+    with pytest.raises(InvalidDataError, match="entirely missing"):
+        DPFlowSynthesizer(delta=1e-3, **FAST).fit(frame)
+
+
+def test_all_missing_column_with_a_declared_domain_is_learned():
+    frame = pd.DataFrame({"a": np.arange(2000.0) % 60, "b": [np.nan] * 2000})
+    domain = {"a": {"type": "numerical", "min": 0, "max": 60},
+              "b": {"type": "numerical", "min": 0, "max": 1, "nullable": True}}
+    synth = DPFlowSynthesizer(epsilon=5.0, delta=1e-4, random_state=0, **FAST)
+    synth.fit(frame, domain=domain)
+    assert synth.sample(200)["b"].isna().mean() > 0.8
+
+
+def test_sample_before_fit_and_bad_sizes(fitted):
+    with pytest.raises(NotFittedError):
+        DPFlowSynthesizer().sample(3)
+    synth, _ = fitted
+    for n in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="n_samples"):
+            synth.sample(n)
+
+
+def test_fit_does_not_modify_the_callers_frame(mixed_frame, mixed_domain):
+    before = mixed_frame.copy(deep=True)
+    mixed_frame.loc[0, "age"] = 500  # outside the domain: clipped internally, not here
+    before.loc[0, "age"] = 500
+    DPFlowSynthesizer(delta=1e-3, **FAST).fit(mixed_frame, domain=mixed_domain)
+    pd.testing.assert_frame_equal(mixed_frame, before)
+
+
+def test_end_to_end_samples_have_the_same_columns_dtypes_and_values(fitted):
+    synth, frame = fitted
+    fake = synth.sample(500)
+    assert list(fake.columns) == list(frame.columns)
+    assert (fake.dtypes == frame.dtypes).all()
+    assert set(fake["city"].dropna()) <= {"Paris", "Lyon", "Nice", "Lille"}
+    assert fake["age"].between(18, 90).all() and fake["income"].between(0, 1_000_000).all()
+    assert fake["score"].dropna().between(0, 100).all() and fake["score"].isna().any()
+    assert fake["when"].between(pd.Timestamp("2019-01-01"), pd.Timestamp("2021-12-31")).all()
+    assert (fake["income"] == 0).mean() > 0.3  # the point mass survives
+
+
+def test_fitted_attributes_and_accounting(fitted):
+    synth, frame = fitted
+    assert synth.n_features_in_ == frame.shape[1]
+    assert list(synth.feature_names_in_) == list(frame.columns)
+    assert synth.sample_rate_ == pytest.approx(64 / len(frame))
+    assert synth.steps_ == round(2 / synth.sample_rate_)
+    recomputed = epsilon_spent(synth.history_, synth.delta_, synth.accountant_)
+    assert synth.epsilon_ == pytest.approx(recomputed)
+    assert synth.epsilon_ <= 2.0
+    assert synth.epsilon_ > 1.9  # the budget is used, not wasted
+    report = synth.privacy_report()
+    assert report["epsilon_spent"] == synth.epsilon_
+    assert [m["name"].split()[0] for m in report["mechanisms"]] == ["1-way", "DP-SGD"]
+    assert report["guarantee_covers_everything"]
+
+
+def test_same_seed_same_model_and_rows(mixed_frame, mixed_domain):
+    a = DPFlowSynthesizer(delta=1e-3, random_state=3, **FAST).fit(mixed_frame, domain=mixed_domain)
+    b = DPFlowSynthesizer(delta=1e-3, random_state=3, **FAST).fit(mixed_frame, domain=mixed_domain)
+    pd.testing.assert_frame_equal(a.sample(200), b.sample(200))
+    pd.testing.assert_frame_equal(a.sample(200, random_state=5), b.sample(200, random_state=5))
+    c = DPFlowSynthesizer(delta=1e-3, random_state=4, **FAST).fit(mixed_frame, domain=mixed_domain)
+    assert not a.sample(200).equals(c.sample(200))
+
+
+def test_missing_domain_warns_and_is_reported(mixed_frame):
+    with pytest.warns(DataDerivedDomainWarning, match="not cover"):
+        synth = DPFlowSynthesizer(delta=1e-3, random_state=0, **FAST).fit(mixed_frame)
+    report = synth.privacy_report()
+    assert not report["guarantee_covers_everything"]
+    assert set(report["domain"]["read_from_data_not_private"]) == set(mixed_frame.columns)
+
+
+def test_non_private_run_skips_noise(mixed_frame, mixed_domain):
+    synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST)
+    synth.fit(mixed_frame, domain=mixed_domain)
+    assert synth.epsilon_ == math.inf and synth.noise_multiplier_ == 0
+    assert not synth.privacy_report()["private"]
+
+
+def test_unreachable_budget_fails_closed(mixed_frame, mixed_domain):
+    synth = DPFlowSynthesizer(epsilon=1e-3, delta=1e-3, epochs=50, batch_size=400, verbose=False)
+    with pytest.raises(PrivacyBudgetError):
+        synth.fit(mixed_frame, domain=mixed_domain)
+    assert not hasattr(synth, "flow_")
+
+
+def test_score_samples_is_finite_and_prefers_real_rows(fitted):
+    synth, frame = fitted
+    logp = synth.score_samples(frame)
+    assert logp.shape == (len(frame),) and np.isfinite(logp).all()
+    assert synth.score(frame) == pytest.approx(logp.mean())
+    odd = frame.copy()
+    odd["age"] = 90
+    odd["income"] = 1_000_000
+    assert synth.score(odd) < synth.score(frame)
+    with pytest.raises(ValueError, match="features"):
+        synth.score_samples(frame.drop(columns="age"))
+
+
+def test_score_samples_integrates_to_one_on_a_discrete_table():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.choice(["x", "y", "z"], 300),
+                          "b": rng.integers(0, 4, 300)})
+    domain = {"a": {"type": "categorical", "categories": ["x", "y", "z"]},
+              "b": {"type": "numerical", "min": 0, "max": 3, "integer": True}}
+    synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST).fit(frame, domain=domain)
+    grid = pd.DataFrame([(a, b) for a in "xyz" for b in range(4)], columns=["a", "b"])
+    total = np.exp(synth.score_samples(grid)).sum()
+    assert total == pytest.approx(1.0, abs=0.05)  # midpoint rule on each cell
+
+
+def test_save_load_round_trip_without_training_state(fitted, tmp_path):
+    synth, frame = fitted
+    path = tmp_path / "model.skdpflow"
+    synth.save(path)
+    loaded = DPFlowSynthesizer.load(path)
+    pd.testing.assert_frame_equal(loaded.sample(100, random_state=1),
+                                  synth.sample(100, random_state=1))
+    np.testing.assert_allclose(loaded.score_samples(frame.head(20)),
+                               synth.score_samples(frame.head(20)))
+    assert loaded.privacy_report() == synth.privacy_report()
+    for p in loaded.flow_.parameters():
+        assert not {k for k in vars(p) if not k.startswith("_")} - {"data"}
+    for p in synth.flow_.parameters():
+        assert p.grad is None
+        assert not hasattr(p, "grad_sample") and not hasattr(p, "_norm_sample")
+
+
+def test_pickle_round_trip(fitted):
+    import pickle
+
+    synth, _ = fitted
+    again = pickle.loads(pickle.dumps(synth))
+    pd.testing.assert_frame_equal(again.sample(50, random_state=2),
+                                  synth.sample(50, random_state=2))
+
+
+def test_numpy_input_is_read_as_numerical_columns():
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataDerivedDomainWarning)
+        synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST).fit(X)
+    fake = synth.sample(10)
+    assert list(fake.columns) == ["x0", "x1", "x2"]
+    assert synth.score_samples(X).shape == (100,)
+
+
+def test_float64_default_dtype_does_not_break_fit(mixed_frame, mixed_domain):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        DPFlowSynthesizer(delta=1e-3, random_state=0, **FAST).fit(mixed_frame, domain=mixed_domain)
+    finally:
+        torch.set_default_dtype(old)
