@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -130,33 +128,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _utility_summary(real: pd.DataFrame, fake: pd.DataFrame) -> str:
-    tvd = marginal_tvd(real, fake)
-    lines = [f"  mean 1-way total variation distance: {np.mean(list(tvd.values())):.3f} "
-             "(0 = identical marginals, 1 = disjoint)"]
+    from .metrics import marginal_tvd, mean_tvd
+
+    tvd = {k[0]: v for k, v in marginal_tvd(real, fake).items()}
+    lines = [f"  mean total variation distance: 1-way {np.mean(list(tvd.values())):.3f}, "
+             f"2-way {mean_tvd(real, fake, order=2):.3f} (0 = identical, 1 = disjoint)"]
     worst = sorted(tvd.items(), key=lambda kv: -kv[1])[:3]
     lines.append("  worst columns: " + ", ".join(f"{k} {v:.3f}" for k, v in worst))
     return "\n".join(lines)
-
-
-def marginal_tvd(real: pd.DataFrame, fake: pd.DataFrame, bins: int = 20) -> dict[str, float]:
-    """Total variation distance of each column's marginal (numbers on real quantile bins)."""
-    out = {}
-    for col in real.columns:
-        r, f = _discretise(real[col], fake[col], bins)
-        p = r.value_counts(normalize=True, dropna=False)
-        q = f.value_counts(normalize=True, dropna=False)
-        out[col] = 0.5 * float(p.subtract(q, fill_value=0).abs().sum())
-    return out
-
-
-def _discretise(real: pd.Series, fake: pd.Series, bins: int) -> tuple[pd.Series, pd.Series]:
-    if pd.api.types.is_numeric_dtype(real) and not pd.api.types.is_bool_dtype(real) \
-            and real.nunique() > bins:
-        edges = np.unique(np.nanquantile(real.astype(float), np.linspace(0, 1, bins + 1)))
-        edges[0], edges[-1] = -np.inf, np.inf
-        cut = lambda s: pd.cut(s.astype(float), edges).astype(str)  # noqa: E731
-        return cut(real), cut(fake)
-    return real.astype(str), fake.astype(str)
 
 
 def _format_report(report: dict) -> str:
@@ -182,7 +161,3 @@ def _format_report(report: dict) -> str:
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
-
-def _jsonable(report: dict) -> str:  # pragma: no cover - debugging aid
-    return json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float)
-                      and math.isnan(v) else str(v))

@@ -64,7 +64,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     batch_size : int, default=1024
         Expected size of a Poisson batch (each row is drawn independently with probability
         ``q``).
-    learning_rate : float, default=2e-3
+    learning_rate : float, default=1e-2
         Adam learning rate at the start; cosine decay to a tenth of it.
     max_grad_norm : float, default=1.0
         Per-row gradient clipping bound ``C``.
@@ -136,7 +136,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         delta: float = 1e-5,
         epochs: float = 6,
         batch_size: int = 1024,
-        learning_rate: float = 2e-3,
+        learning_rate: float = 1e-2,
         max_grad_norm: float = 1.0,
         n_stages: int = 6,
         hidden_size: int = 64,

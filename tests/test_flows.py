@@ -193,3 +193,25 @@ def test_float32() -> None:
     out = flow.log_prob(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(flow.inverse(flow.transform(x)[0]), x, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("features", [1, 2, 5])
+def test_no_grad_fast_path_matches_module_path(
+    features: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import skdpflow.flows.model as model
+
+    monkeypatch.setattr(model, "_FAST_BLOCK_ROWS", 16)  # several blocks, the last one short
+    flow = _small(features)
+    _randomize(flow)
+    x = 2.0 * torch.randn(50, features)
+    x_before = x.clone()
+    z, ladj = flow.transform(x)  # parameters require grad: module path
+    with torch.no_grad():
+        z_fast, ladj_fast = flow.transform(x)
+        x_fast = flow.inverse(z)
+    assert torch.equal(x, x_before)  # inputs are never modified in place
+    torch.testing.assert_close(z_fast, z, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj_fast, ladj.detach(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(x_fast, flow.inverse(z).detach(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(x_fast, x, atol=1e-7, rtol=0)

@@ -173,3 +173,23 @@ def test_matches_zuko(n_bins: int, bound: float) -> None:
     x_back, _ = rational_quadratic_spline(y_ref, widths, heights, derivatives, bound=bound,
                                           inverse=True)
     torch.testing.assert_close(x_back, zuko.inv(y_ref), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 8])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_knot_major_matches_public(n_bins: int, inverse: bool) -> None:
+    from skdpflow.flows.splines import rational_quadratic_spline_knot_major
+
+    params = _params((40,), n_bins)
+    x = 4.0 * torch.randn(40)
+    y, ladj = rational_quadratic_spline(x, *params, inverse=inverse)
+    knot_major = tuple(p.T.contiguous() for p in params)
+    y_km, ladj_km = rational_quadratic_spline_knot_major(x, *knot_major, inverse=inverse)
+    assert torch.equal(y_km, y)
+    assert ladj_km is not None and torch.equal(ladj_km, ladj)
+    y_only, none = rational_quadratic_spline_knot_major(
+        x, *knot_major, inverse=inverse, return_ladj=False
+    )
+    assert none is None and torch.equal(y_only, y)
+    if n_bins == 1:  # one bin with unit end slopes is the identity
+        torch.testing.assert_close(y, x, atol=1e-14, rtol=0)

@@ -19,11 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from skdpflow.flows.splines import rational_quadratic_spline
+from skdpflow.flows.splines import rational_quadratic_spline_knot_major
 
 __all__ = ["SharedConditionerFlow"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+# Rows per block of the no-autograd fast path (sample, and transform / inverse under no_grad).
+_FAST_BLOCK_ROWS = 8192
 
 
 def _coupling_masks(features: int, n_stages: int, seed: int) -> Tensor:
@@ -179,29 +182,116 @@ class SharedConditionerFlow(nn.Module):
                 features * (3 * n_bins - 1),
             )
 
-    def _spline_params(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Spline parameters of stage ``k`` from the conditioning features of ``x``.
+    def _split(self, k: int) -> tuple[Tensor, Tensor]:
+        """Indices of the features that condition stage ``k`` and of those it transforms."""
+        keep = self.masks[k] != 0
+        return keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
 
-        Returns widths and heights of shape ``(B, D, n_bins)`` and interior derivatives of
-        shape ``(B, D, n_bins - 1)``.
+    def _param_rows(self, transformed: Tensor) -> Tensor:
+        """Conditioner output units holding the spline parameters of ``transformed``.
+
+        The output units are laid out feature-major, ``(features, 3 n_bins - 1)``; taking
+        these rows of the transposed output, in this order, gives the knot-major layout
+        ``(3 n_bins - 1, len(transformed) * B)`` that the spline's fast path takes.
+        """
+        n_params = 3 * self.n_bins - 1
+        units = torch.arange(n_params, device=transformed.device)
+        return (transformed[None, :] * n_params + units[:, None]).reshape(-1)
+
+    def _spline(
+        self, x_t: Tensor, params: Tensor, inverse: bool, need_ladj: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Splines of the transformed features ``x_t`` ``(D_t, B)`` from knot-major params."""
+        n = self.n_bins
+        params = params.view(3 * n - 1, -1)
+        y, ladj = rational_quadratic_spline_knot_major(
+            x_t.reshape(-1),
+            params[:n],
+            params[n : 2 * n],
+            params[2 * n :],
+            bound=self.bound,
+            inverse=inverse,
+            return_ladj=need_ladj,
+        )
+        y = y.view(x_t.shape)
+        return y, None if ladj is None else ladj.view(x_t.shape).sum(dim=0)
+
+    def _stage(self, x: Tensor, k: int, inverse: bool) -> tuple[Tensor, Tensor]:
+        """Apply coupling stage ``k`` (or its inverse); returns the output and ladj ``[B]``.
+
+        The conditioner runs as plain module calls on ``concat(x * mask, mask, code)``, once
+        per stage (per-row gradient code records every ``nn.Linear`` call).
         """
         mask = self.masks[k].to(x.dtype).expand(x.shape[0], -1)
         code = self.stage_codes[k].to(x.dtype).expand(x.shape[0], -1)
         params = self.conditioner(torch.cat((x * mask, mask, code), dim=-1))
-        params = params.view(x.shape[0], self.features, 3 * self.n_bins - 1)
-        n = self.n_bins
-        return params[..., :n], params[..., n : 2 * n], params[..., 2 * n :]
+        _, transformed = self._split(k)
+        # (B, P * D) -> (P * D_t, B): the spline parameters of the transformed features only.
+        params = params.T.index_select(0, self._param_rows(transformed))
+        y_t, ladj = self._spline(x.T.index_select(0, transformed), params, inverse, True)
+        assert ladj is not None
+        return x.index_copy(1, transformed, y_t.T), ladj
 
-    def _stage(self, x: Tensor, k: int, inverse: bool) -> tuple[Tensor, Tensor]:
-        """Apply coupling stage ``k`` (or its inverse); returns the output and ladj ``[B]``."""
-        widths, heights, derivatives = self._spline_params(x, k)
-        y, ladj = rational_quadratic_spline(
-            x, widths, heights, derivatives, bound=self.bound, inverse=inverse
-        )
-        keep = self.masks[k].bool()
-        y = torch.where(keep, x, y)
-        ladj = torch.where(keep, torch.zeros_like(ladj), ladj)
-        return y, ladj.sum(dim=-1)
+    def _needs_autograd(self, x: Tensor) -> bool:
+        """Whether a pass over ``x`` must be differentiable (and go through the modules)."""
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.conditioner.parameters())
+
+    def _run_fast(self, x: Tensor, inverse: bool, need_ladj: bool) -> tuple[Tensor, Tensor]:
+        """All stages without autograd, in a transposed ``(features, B)`` layout.
+
+        The same map as the module path, up to rounding: the conditioner's layers are
+        applied to column batches (``W @ h + b``), the constant mask and stage-code part of
+        the first layer is folded into its bias, and only the output units of the features
+        a stage transforms are computed, directly in the spline's knot-major layout. Rows
+        are processed in blocks of ``_FAST_BLOCK_ROWS`` so that intermediates stay small.
+        """
+        layers = list(self.conditioner)
+        first, last = layers[0], layers[-1]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        dtype = x.dtype
+        d = self.features
+        n_params = 3 * self.n_bins - 1
+        w_first = first.weight.to(dtype)
+        # Output units are feature-major: unit (feature, parameter).
+        w_last = last.weight.to(dtype).view(d, n_params, -1).transpose(0, 1)
+        b_last = last.bias.to(dtype).view(d, n_params).T
+        middle = [
+            (layer.weight.to(dtype), layer.bias.to(dtype)[:, None])
+            if isinstance(layer, nn.Linear) else layer
+            for layer in layers[1:-1]
+        ]
+
+        plans = []
+        stages = reversed(range(self.n_stages)) if inverse else range(self.n_stages)
+        for k in stages:
+            cond, transformed = self._split(k)
+            # W [x * m; m; c] + b = W[:, cond] x[cond] + (W[:, D:] [m; c] + b).
+            static = torch.cat((self.masks[k].to(dtype), self.stage_codes[k].to(dtype)))
+            bias = torch.addmv(first.bias.to(dtype), w_first[:, d:], static)[:, None]
+            w_sel = w_last[:, transformed].reshape(-1, w_last.shape[-1])
+            b_sel = b_last[:, transformed].reshape(-1, 1)
+            plans.append((cond, transformed, w_first[:, cond], bias, w_sel, b_sel))
+
+        out = torch.empty_like(x)
+        total = x.new_zeros(x.shape[0])
+        for start in range(0, x.shape[0], _FAST_BLOCK_ROWS):
+            rows = slice(start, start + _FAST_BLOCK_ROWS)
+            # A copy even where x.T is already contiguous (one feature): updated in place.
+            state = x[rows].T.clone(memory_format=torch.contiguous_format)  # (D, b)
+            for cond, transformed, w_cond, bias, w_sel, b_sel in plans:
+                h = torch.addmm(bias, w_cond, state.index_select(0, cond))
+                for layer in middle:
+                    h = torch.addmm(layer[1], layer[0], h) if isinstance(layer, tuple) else layer(h)
+                params = torch.addmm(b_sel, w_sel, h)  # (P * D_t, b): knot-major
+                y_t, ladj = self._spline(state.index_select(0, transformed), params, inverse,
+                                         need_ladj)
+                state.index_copy_(0, transformed, y_t)
+                if ladj is not None:
+                    total[rows] += ladj
+            out[rows] = state.T
+        return out, total
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Map data to the latent space.
@@ -218,6 +308,8 @@ class SharedConditionerFlow(nn.Module):
         ladj : Tensor
             Summed ``log |det dz/dx|`` per row, shape ``(B,)``.
         """
+        if not self._needs_autograd(x):
+            return self._run_fast(x, inverse=False, need_ladj=True)
         total = x.new_zeros(x.shape[0])
         for k in range(self.n_stages):
             x, ladj = self._stage(x, k, inverse=False)
@@ -237,6 +329,8 @@ class SharedConditionerFlow(nn.Module):
         Tensor
             Data, shape ``(B, features)``.
         """
+        if not self._needs_autograd(z):
+            return self._run_fast(z, inverse=True, need_ladj=False)[0]
         for k in reversed(range(self.n_stages)):
             z, _ = self._stage(z, k, inverse=True)
         return z

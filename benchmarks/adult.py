@@ -1,0 +1,208 @@
+"""Adult benchmark: fit on the train split, sample as many rows, evaluate on the test split.
+
+Usage (from the repository root)::
+
+    python benchmarks/adult.py                       # epsilon 1, 3, inf x seeds 0, 1, 2
+    python benchmarks/adult.py --epsilons 1 --seeds 0 --write-docs
+
+Each (epsilon, seed) runs in its own process so that peak memory is that run's own.
+Prints one row per run and the mean per epsilon; ``--write-docs`` replaces the Adult table in
+``docs/benchmarks.md``. Needs ``sdmetrics`` (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SKDPFLOW_DATA", ROOT.parent / "shared" / "data"))
+TARGET = "income"
+
+
+def load() -> tuple[pd.DataFrame, pd.DataFrame]:
+    train_path = DATA / "adult_train.csv.gz"
+    if train_path.exists():
+        return pd.read_csv(train_path), pd.read_csv(DATA / "adult_test.csv.gz")
+    sys.exit(f"Adult data not found under {DATA}; set SKDPFLOW_DATA to the folder holding "
+             "adult_train.csv.gz and adult_test.csv.gz.")
+
+
+def auroc(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+    """Train-on-(synthetic|real), test-on-real AUROC for the income target."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    y_train = (train[TARGET] == ">50K").astype(int)
+    y_test = (test[TARGET] == ">50K").astype(int)
+    if y_train.nunique() < 2:
+        return {"auroc_hgb": 0.5, "auroc_logreg": 0.5}
+    features = [c for c in train.columns if c != TARGET]
+    cats = [c for c in features if train[c].dtype == object or test[c].dtype == object]
+    nums = [c for c in features if c not in cats]
+
+    def frame(df: pd.DataFrame) -> pd.DataFrame:
+        out = df[features].copy()
+        for c in cats:
+            out[c] = pd.Categorical(out[c].astype(str), categories=sorted(
+                set(test[c].astype(str)) | set(train[c].astype(str))))
+        return out
+
+    hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
+    hgb.fit(frame(train), y_train)
+    scores = {"auroc_hgb": roc_auc_score(y_test, hgb.predict_proba(frame(test))[:, 1])}
+    pre = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(), StandardScaler()), nums),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), cats)])
+    logreg = make_pipeline(pre, LogisticRegression(max_iter=2000))
+    logreg.fit(train[features].astype({c: str for c in cats}), y_train)
+    proba = logreg.predict_proba(test[features].astype({c: str for c in cats}))[:, 1]
+    scores["auroc_logreg"] = roc_auc_score(y_test, proba)
+    return scores
+
+
+def quality(real: pd.DataFrame, fake: pd.DataFrame) -> float:
+    from sdmetrics.reports.single_table import QualityReport
+
+    metadata = {"columns": {c: {"sdtype": "categorical" if real[c].dtype == object
+                                else "numerical"} for c in real.columns}}
+    report = QualityReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report.generate(real, fake, metadata, verbose=False)
+    return float(report.get_score())
+
+
+def run_one(epsilon: float, seed: int, extra: dict) -> dict:
+    import torch
+
+    from skdpflow import DPFlowSynthesizer, load_demo_domain
+    from skdpflow.metrics import mean_tvd
+
+    torch.set_num_threads(int(os.environ.get("SKDPFLOW_THREADS", "2")))
+    train, test = load()
+    synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False,
+                              **extra)
+    start = time.perf_counter()
+    synth.fit(train, domain=load_demo_domain())
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fake = synth.sample(len(train))
+    sample_s = time.perf_counter() - start
+    row = {"epsilon": epsilon, "seed": seed, "fit_s": fit_s,
+           "sample_rows_per_s": len(fake) / sample_s,
+           "epsilon_spent": synth.epsilon_, "steps": synth.steps_,
+           "noise_multiplier": synth.noise_multiplier_}
+    row |= auroc(fake, test)
+    row["tvd_1way"] = mean_tvd(train, fake, 1)
+    row["tvd_2way"] = mean_tvd(train, fake, 2)
+    row["quality"] = quality(train, fake)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def real_baseline() -> dict:
+    from skdpflow.metrics import mean_tvd
+
+    train, test = load()
+    return {"epsilon": "real data", **auroc(train, test), "tvd_1way": mean_tvd(train, test, 1),
+            "tvd_2way": mean_tvd(train, test, 2), "quality": quality(train, test)}
+
+
+COLUMNS = ["epsilon", "seed", "auroc_hgb", "auroc_logreg", "tvd_1way", "tvd_2way", "quality",
+           "fit_s", "sample_rows_per_s", "peak_rss_mb", "epsilon_spent", "steps",
+           "noise_multiplier"]
+
+
+def table(rows: list[dict]) -> str:
+    df = pd.DataFrame(rows)
+    cols = [c for c in COLUMNS if c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+    return str(v)
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    df = pd.DataFrame([r for r in rows if r.get("seed") is not None])
+    out = []
+    for eps, group in df.groupby("epsilon", sort=False):
+        mean = {c: group[c].mean() for c in COLUMNS if c not in ("epsilon", "seed")
+                and c in group}
+        std = group["auroc_hgb"].std() if len(group) > 1 else float("nan")
+        out.append({"epsilon": eps, "seed": f"mean of {len(group)}"
+                    + (f" (AUROC sd {std:.3f})" if len(group) > 1 else ""), **mean})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, math.inf])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--params", type=json.loads, default={},
+                        help='extra hyperparameters as JSON, e.g. \'{"epochs": 8}\'')
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--single", nargs=2, type=float, metavar=("EPSILON", "SEED"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(run_one(args.single[0], int(args.single[1]), args.params)))
+        return
+    rows = []
+    for eps in args.epsilons:
+        for seed in args.seeds:
+            cmd = [sys.executable, __file__, "--single", str(eps), str(seed),
+                   "--params", json.dumps(args.params)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    rows.append(real_baseline())
+    text = table(summary(rows) + [rows[-1]]) + "\n\nPer run:\n\n" + table(rows[:-1])
+    print(text)
+    if args.write_docs:
+        write_docs(text, args.params)
+
+
+def write_docs(text: str, params: dict) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    begin, end = "<!-- adult-table:begin -->", "<!-- adult-table:end -->"
+    doc = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    head, rest = doc.split(begin)
+    _, tail = rest.split(end)
+    stamp = time.strftime("%Y-%m-%d")
+    body = (f"{begin}\nRun {stamp}: `python benchmarks/adult.py --write-docs"
+            f"{' --params ' + repr(json.dumps(params)) if params else ''}` "
+            f"({os.cpu_count()} CPU cores, torch threads "
+            f"{os.environ.get('SKDPFLOW_THREADS', '2')}).\n\n{text}\n{end}")
+    path.write_text(head + body + tail)
+
+
+if __name__ == "__main__":
+    main()
