@@ -145,6 +145,8 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         if math.isinf(v):
             return "inf"
+        if v.is_integer():
+            return f"{int(v):,}"
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
     return str(v)
 
@@ -153,10 +155,10 @@ def summary(rows: list[dict]) -> list[dict]:
     df = pd.DataFrame([r for r in rows if r.get("seed") is not None])
     out = []
     for eps, group in df.groupby("epsilon", sort=False):
-        mean = {c: group[c].mean() for c in COLUMNS if c not in ("epsilon", "seed")
-                and c in group}
+        mean = {c: group[c].median() if c in ("fit_s", "sample_rows_per_s") else group[c].mean()
+                for c in COLUMNS if c not in ("epsilon", "seed") and c in group}
         std = group["auroc_hgb"].std() if len(group) > 1 else float("nan")
-        out.append({"epsilon": eps, "seed": f"mean of {len(group)}"
+        out.append({"epsilon": eps, "seed": f"mean of {len(group)} (times: median)"
                     + (f" (AUROC sd {std:.3f})" if len(group) > 1 else ""), **mean})
     return out
 

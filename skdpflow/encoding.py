@@ -134,11 +134,17 @@ class TypeLayer:
             return self.hyper.transform(self.clean(data))
 
     def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
+        # Column by column: the HyperTransformer's whole-frame reverse copies the frame once
+        # per column, which dominated sampling time.
+        out = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = self.hyper.reverse_transform(codes)
-        return pd.DataFrame({n: _restore_dtype(raw[n], self.domain[n], self.dtypes.get(n))
-                             for n in self.domain.columns})
+            for name in self.domain.columns:
+                transformer = self.hyper.field_transformers[name]
+                own = codes[transformer.get_output_columns()]
+                raw = transformer.reverse_transform(own)[name]
+                out[name] = _restore_dtype(raw, self.domain[name], self.dtypes.get(name))
+        return pd.DataFrame(out)
 
 
 def _rdt_transformer(col: ColumnDomain) -> tuple[str, object]:

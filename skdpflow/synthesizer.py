@@ -87,9 +87,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     device : {"auto", "cpu", "cuda"}, default="auto"
     random_state : int, RandomState instance or None, default=None
         Seeds noise, batches, initialisation and sampling; an int makes ``fit`` and
-        ``sample`` reproducible on CPU.
+        ``sample`` reproducible on CPU. The seed fixes the privacy noise too: anyone who
+        knows it and the data can remove the noise, so keep a seed used on real data
+        secret (or leave None).
     verbose : bool, default=True
-        Show a progress bar with the loss and the epsilon spent so far.
+        Show a progress bar with the loss and the epsilon spent so far. The loss is
+        computed on private rows without noise: it is for the data holder's console and
+        is not stored on the model.
 
     Attributes
     ----------
@@ -216,13 +220,14 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         torch_gen = torch.Generator().manual_seed(int(seeds[1]))
         self.flow_ = None
-        self.loss_curve_ = []
         if self.encoder_.n_dims:
             self.flow_ = self._build_flow(int(seeds[2])).to(device)
             config = TrainConfig(steps, sample_rate, sigma, self.max_grad_norm,
                                  self.learning_rate, private, self.delta, self.accountant,
                                  [(hist_z, 1.0, 1)] if private else [], self.verbose)
-            self.loss_curve_ = train_flow(self.flow_, lo, hi, config, torch_gen, device)
+            # The loss curve is a statistic of the private rows with no noise: it is shown
+            # on the progress bar only and never kept on the model.
+            train_flow(self.flow_, lo, hi, config, torch_gen, device)
             self.flow_ = self.flow_.cpu().eval()
             self.flow_.requires_grad_(False)
 
@@ -486,7 +491,6 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "marginals_noise_multiplier_": est.marginals_noise_multiplier_,
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
             "accountant_": est.accountant_, "n_rows_": est.n_rows_,
-            "loss_curve_": list(est.loss_curve_),
             "feature_names_in_": list(est.feature_names_in_),
         },
     }

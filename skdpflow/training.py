@@ -38,8 +38,8 @@ def train_flow(
     config: TrainConfig,
     generator: torch.Generator,
     device: torch.device,
-) -> list[float]:
-    """Train ``flow`` on cells ``[lo, hi]`` (rows x dims); returns the loss per step.
+) -> None:
+    """Train ``flow`` on cells ``[lo, hi]`` (rows x dims) in place.
 
     Every step draws a Poisson batch (each row independently with probability
     ``sample_rate``: the accountant assumes it), dequantizes it uniformly inside its cells,
@@ -57,7 +57,6 @@ def train_flow(
                         noise_multiplier=config.noise_multiplier,
                         expected_batch_size=expected, generator=generator) \
         if config.private else None
-    losses: list[float] = []
     bar = _progress(config)
     refresh = max(1, config.steps // 50)
     for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, generator)):
@@ -78,7 +77,6 @@ def train_flow(
         optimizer.step()
         schedule.step()
         value = float(loss.detach()) if loss is not None else float("nan")
-        losses.append(value)
         if bar is not None:
             bar.update(1)
             if step % refresh == 0 or step == config.steps - 1:
@@ -86,7 +84,6 @@ def train_flow(
     if bar is not None:
         bar.close()
     optimizer.zero_grad(set_to_none=True)  # nothing of the last batch stays on the model
-    return losses
 
 
 def _progress(config: TrainConfig):  # noqa: ANN202 - tqdm or None

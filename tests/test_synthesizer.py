@@ -235,3 +235,16 @@ def test_float64_default_dtype_does_not_break_fit(mixed_frame, mixed_domain):
         DPFlowSynthesizer(delta=1e-3, random_state=0, **FAST).fit(mixed_frame, domain=mixed_domain)
     finally:
         torch.set_default_dtype(old)
+
+
+def test_progress_bar_shows_loss_and_epsilon(mixed_frame, mixed_domain, capsys):
+    params = dict(FAST, verbose=True)
+    DPFlowSynthesizer(delta=1e-3, random_state=0, **params).fit(mixed_frame, domain=mixed_domain)
+    err = capsys.readouterr().err
+    assert "DP-SGD" in err and "loss=" in err and "eps=" in err
+
+
+def test_no_private_statistic_is_kept_on_the_model(fitted):
+    synth, _ = fitted
+    assert not hasattr(synth, "loss_curve_")
+    assert not [k for k in vars(synth) if "loss" in k]
