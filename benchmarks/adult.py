@@ -102,12 +102,12 @@ def run_one(epsilon: float, seed: int, extra: dict) -> dict:
     start = time.perf_counter()
     synth.fit(train, domain=load_demo_domain())
     fit_s = time.perf_counter() - start
-    times = []
+    samples, times = [], []
     for k in range(3):  # the first call's rows are evaluated; speed is the median of 3 calls
         start = time.perf_counter()
-        rows = synth.sample(len(train), random_state=seed + k)
+        samples.append(synth.sample(len(train), random_state=seed + k))
         times.append(time.perf_counter() - start)
-        fake = rows if k == 0 else fake
+    fake = samples[0]
     sample_s = float(np.median(times))
     row = {"epsilon": epsilon, "seed": seed, "fit_s": fit_s,
            "sample_rows_per_s": len(fake) / sample_s,

@@ -15,6 +15,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for one test (exact comparisons), then restored."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 def make_mixed_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
     """Every column kind: int, float with NaN, heavy tail, category with NaN, bool, datetime."""
     rng = np.random.default_rng(seed)

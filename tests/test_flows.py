@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,13 +12,7 @@ from torch import Tensor, nn
 from skdpflow.flows.model import SharedConditionerFlow
 
 
-@pytest.fixture(autouse=True)
-def _float64_seeded() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _randomize(flow: SharedConditionerFlow, scale: float = 0.3, seed: int = 1) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ SHAPES = [(7,), (3, 4), (2, 3, 5)]
 BOUNDS = [1.0, 3.0]
 
 
-@pytest.fixture(autouse=True)
-def _float64_seeded() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _params(shape: tuple[int, ...], n_bins: int, scale: float = 1.5) -> tuple[Tensor, ...]:

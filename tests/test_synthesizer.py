@@ -248,3 +248,17 @@ def test_no_private_statistic_is_kept_on_the_model(fitted):
     synth, _ = fitted
     assert not hasattr(synth, "loss_curve_")
     assert not [k for k in vars(synth) if "loss" in k]
+
+
+def test_prv_accountant_meets_the_budget(mixed_frame, mixed_domain):
+    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, accountant="prv", random_state=0, **FAST)
+    synth.fit(mixed_frame, domain=mixed_domain)
+    assert synth.accountant_ == "prv"
+    assert 1.9 < synth.epsilon_ <= 2.0
+    assert synth.epsilon_ == pytest.approx(epsilon_spent(synth.history_, 1e-4, "prv"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_request_without_cuda_is_a_clear_error(mixed_frame, mixed_domain):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        DPFlowSynthesizer(device="cuda", **FAST).fit(mixed_frame, domain=mixed_domain)

@@ -229,9 +229,6 @@ def rational_quadratic_spline_knot_major(
             f"expected widths and heights with K rows and derivatives with K - 1 rows, got "
             f"{widths.shape[0]}, {heights.shape[0]} and {derivatives.shape[0]}"
         )
-    track = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, widths, heights, derivatives)
-    )
     xs = _interior_knots(widths, bound, MIN_BIN_WIDTH)  # (K - 1, *S)
     ys = _interior_knots(heights, bound, MIN_BIN_HEIGHT)
 
