@@ -137,8 +137,41 @@ class Domain:
 
     @classmethod
     def load(cls, path: str | Path) -> Domain:
-        """Read the JSON form from a file."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read the dict form from a JSON or YAML (``.yaml``/``.yml``) file."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return cls.from_dict(yaml.safe_load(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_sdv_metadata(cls, metadata: Any, table_name: str | None = None) -> Domain:
+        """Read the public facts an SDV ``Metadata`` declares for one table.
+
+        ``range_min``/``range_max`` become bounds (``decimal_places == 0`` means integer),
+        ``range_values`` the category list, ``range_is_nullable`` the missingness; a column
+        without them is left out (to be declared otherwise, or estimated). Accepts a
+        ``Metadata`` object, its ``to_dict()`` form, or a single-table (V1) dict.
+
+        Only pass metadata whose ranges are public: SDV's ``detect_from_dataframes`` fills
+        them in from the data, and nothing in the metadata marks them as detected.
+        """
+        spec = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata)
+        if "tables" in spec:
+            tables = spec["tables"]
+            if table_name is None:
+                if len(tables) != 1:
+                    raise ValueError(f"The metadata has {len(tables)} tables; pass table_name.")
+                table_name = next(iter(tables))
+            spec = tables[table_name]
+        columns = {}
+        for name, col in spec.get("columns", {}).items():
+            entry = _from_sdv_column(col)
+            if entry is not None:
+                columns[name] = ColumnDomain(**entry)
+        return cls(columns)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -190,12 +223,49 @@ def column_kind(series: pd.Series) -> str:
     raise TypeError(f"dtype {dtype} is not supported")
 
 
+def _from_sdv_column(col: dict[str, Any]) -> dict[str, Any] | None:
+    sdtype = col.get("sdtype")
+    nullable = bool(col.get("range_is_nullable", False))
+    if sdtype == "boolean":
+        return {"type": "boolean", "nullable": nullable}
+    if sdtype in ("categorical", "ordinal") and col.get("range_values"):
+        return {"type": "categorical", "categories": list(col["range_values"]),
+                "nullable": nullable}
+    if sdtype in ("numerical", "datetime") and "range_min" in col and "range_max" in col:
+        entry = {"type": sdtype, "min": col["range_min"], "max": col["range_max"],
+                 "nullable": nullable}
+        if sdtype == "numerical":
+            entry["integer"] = col.get("decimal_places") == 0
+        return entry
+    return None
+
+
+def _is_sdv_single_table(spec: dict) -> bool:
+    columns = spec.get("columns")
+    return isinstance(columns, dict) and bool(columns) and all(
+        isinstance(c, dict) and "sdtype" in c for c in columns.values())
+
+
+def as_domain(domain: Any) -> Domain:
+    """A :class:`Domain` from any accepted form: Domain, dict, file path, SDV Metadata."""
+    if isinstance(domain, Domain):
+        return domain
+    if isinstance(domain, (str, Path)):
+        return Domain.load(domain)
+    if hasattr(domain, "to_dict") and not isinstance(domain, dict):
+        return Domain.from_sdv_metadata(domain)
+    if isinstance(domain, dict) and ("tables" in domain or "METADATA_SPEC_VERSION" in domain
+                                     or _is_sdv_single_table(domain)):
+        return Domain.from_sdv_metadata(domain)
+    return Domain.from_dict(domain)
+
+
 def resolve_domain(
     data: pd.DataFrame, domain: Domain | dict | str | Path | None, warn: bool = True
 ) -> Domain:
     """The domain to use for ``data``: the declared one, completed from the data if needed."""
-    if isinstance(domain, (str, Path)):
-        domain = Domain.load(domain)
+    if domain is not None:
+        domain = as_domain(domain)
     declared = Domain.from_dict(domain) if domain is not None else Domain()
     extra = [c for c in declared.columns if c not in data.columns]
     if extra:

@@ -19,6 +19,7 @@ Two layers:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 
@@ -129,9 +130,12 @@ class TypeLayer:
         return pd.DataFrame(out, index=data.index)
 
     def transform(self, data: pd.DataFrame) -> pd.DataFrame:
+        # A throw-away copy reads the private rows: RDT advances internal random states
+        # while transforming, and the kept transformers must hold public state only.
+        hyper = copy.deepcopy(self.hyper)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.hyper.transform(self.clean(data))
+            return hyper.transform(self.clean(data))
 
     def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
         # Column by column: the HyperTransformer's whole-frame reverse copies the frame once

@@ -126,6 +126,7 @@ class ColumnMarginal:
 
     spec: HistogramSpec
     probs: np.ndarray  # over the spec's bins, sums to 1
+    noisy_counts: np.ndarray | None = None  # the mechanism's output, before post-processing
 
 
 def release_marginals(
@@ -153,7 +154,7 @@ def release_marginals(
         counts = np.bincount(idx, minlength=spec.size).astype(float)
         if std > 0:
             counts = counts + rng.normal(0.0, std, size=spec.size)
-        out.append(ColumnMarginal(spec, _post_process(counts, max(n, 1))))
+        out.append(ColumnMarginal(spec, _post_process(counts, max(n, 1)), counts))
     info = {"histograms": m, "bins": int(sum(s.size for s in specs)),
             "l2_sensitivity": sensitivity, "noise_std": std}
     return out, info
