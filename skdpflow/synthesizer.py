@@ -68,6 +68,15 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Adam learning rate at the start; cosine decay to a tenth of it.
     max_grad_norm : float, default=1.0
         Per-row gradient clipping bound ``C``.
+    clipping : {"flat", "per_unit"}, default="flat"
+        ``"flat"`` clips each row's whole gradient to ``C``. ``"per_unit"`` clips each
+        output unit of each linear layer (a weight row and its bias entry) to
+        ``C_u = C sqrt(n_u / N)`` (``n_u`` parameters in the unit, ``N`` in the flow), so
+        ``sum C_u^2 = C^2``: same sensitivity, same noise, same epsilon.
+    sparsity : float, default=0.0
+        Share of output units (and their coordinates) dropped from each DP-SGD step by a
+        random mask drawn from the seeded generator, never from the data; noise goes on
+        kept coordinates only. The mask is public randomness, so no epsilon is spent on it.
     n_stages : int, default=6
         Coupling stages of the flow. They share one conditioner network, so the number
         of parameters does not grow with it.
@@ -122,6 +131,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "batch_size": Interval(Integral, 1, None),
         "learning_rate": Interval(Real, 0, None, closed="neither"),
         "max_grad_norm": Interval(Real, 0, None, closed="neither"),
+        "clipping": Options(frozenset({"flat", "per_unit"})),
+        "sparsity": Interval(Real, 0, 1, closed="left"),
         "n_stages": Interval(Integral, 1, None),
         "hidden_size": Interval(Integral, 1, None),
         "n_bins": Interval(Integral, 2, None),
@@ -142,6 +153,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         batch_size: int = 1024,
         learning_rate: float = 1e-2,
         max_grad_norm: float = 1.0,
+        clipping: str = "flat",
+        sparsity: float = 0.0,
         n_stages: int = 6,
         hidden_size: int = 64,
         n_bins: int = 8,
@@ -158,6 +171,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_grad_norm = max_grad_norm
+        self.clipping = clipping
+        self.sparsity = sparsity
         self.n_stages = n_stages
         self.hidden_size = hidden_size
         self.n_bins = n_bins
@@ -224,7 +239,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             self.flow_ = self._build_flow(int(seeds[2])).to(device)
             config = TrainConfig(steps, sample_rate, sigma, self.max_grad_norm,
                                  self.learning_rate, private, self.delta, self.accountant,
-                                 [(hist_z, 1.0, 1)] if private else [], self.verbose)
+                                 [(hist_z, 1.0, 1)] if private else [], self.verbose,
+                                 clipping=self.clipping, sparsity=self.sparsity)
             # The loss curve is a statistic of the private rows with no noise: it is shown
             # on the progress bar only and never kept on the model.
             train_flow(self.flow_, lo, hi, config, torch_gen, device)
@@ -368,6 +384,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                  "touches": "per-row gradients of the flow, clipped to max_grad_norm",
                  "noise_multiplier": z, "sample_rate": q, "steps": steps,
                  "max_grad_norm": self.max_grad_norm,
+                 "clipping": self.clipping, "sparsity": self.sparsity,
                  "epsilon_alone": epsilon_spent(self.history_[1:], self.delta_, self.accountant_)},
             ]
         return report

@@ -29,6 +29,8 @@ class TrainConfig:
     accountant: str
     prior_history: list
     verbose: bool = True
+    clipping: str = "flat"  # DPSGDStep's clipping; ignored when not private
+    sparsity: float = 0.0  # DPSGDStep's sparsity; ignored when not private
 
 
 def train_flow(
@@ -55,7 +57,8 @@ def train_flow(
     expected = config.sample_rate * n
     dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
                         noise_multiplier=config.noise_multiplier,
-                        expected_batch_size=expected, generator=generator) \
+                        expected_batch_size=expected, generator=generator,
+                        clipping=config.clipping, sparsity=config.sparsity) \
         if config.private else None
     bar = _progress(config)
     refresh = max(1, config.steps // 50)

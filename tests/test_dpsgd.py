@@ -301,3 +301,194 @@ def test_invalid_arguments_raise(kwargs: dict) -> None:
     args = {"max_grad_norm": 1.0, "noise_multiplier": 1.0, "expected_batch_size": 4.0}
     with pytest.raises(ValueError):
         DPSGDStep(nn.Linear(2, 2), **{**args, **kwargs})
+
+
+# ---------------------------------------------------------------- clipping variants
+
+
+def _unit_grads(model: nn.Module, row: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-unit squared norms of one row's gradient: module name -> ``(out,)``."""
+    out = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, nn.Linear):
+            sq = row[f"{name}.weight"].square().sum(1)
+            if layer.bias is not None:
+                sq = sq + row[f"{name}.bias"].square()
+            out[name] = sq
+    return out
+
+
+def _hand_step(
+    model: nn.Module,
+    rows: list[dict[str, Tensor]],
+    clip: float,
+    clipping: str,
+    ebs: float,
+    keep: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Clip-and-average by hand: mask each row, clip it (flat or per unit), sum, divide."""
+    if keep is not None:
+        rows = [{n: g * keep[n] for n, g in r.items()} for r in rows]
+    n_params = sum(p.numel() for p in model.parameters())
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for row in rows:
+        if clipping == "flat":
+            norm = torch.cat([g.flatten() for g in row.values()]).norm()
+            c = (clip / (norm + 1e-6)).clamp(max=1.0)
+            scaled = {n: c * g for n, g in row.items()}
+        else:
+            scaled = {}
+            for name, sq in _unit_grads(model, row).items():
+                layer = layers[name]
+                size = layer.in_features + (layer.bias is not None)
+                bound = clip * math.sqrt(size / n_params)
+                c = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                scaled[f"{name}.weight"] = c[:, None] * row[f"{name}.weight"]
+                if layer.bias is not None:
+                    scaled[f"{name}.bias"] = c * row[f"{name}.bias"]
+        for n in total:
+            total[n] += scaled[n]
+    return {n: t / ebs for n, t in total.items()}
+
+
+@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("strategy", ["gram", "materialise"])
+def test_unit_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
+    model, x = _make(kind, batch)
+    rows = _naive_grads(model, x)
+    step = DPSGDStep(model, 1.0, 0.0, batch, norm_strategy=strategy)
+    got = step.per_sample_unit_sq_norms(_record_losses(step, model, x))
+    expected = [_unit_grads(model, r) for r in rows]
+    assert got.keys() == expected[0].keys()
+    for name, sq in got.items():
+        torch.testing.assert_close(
+            sq, torch.stack([e[name] for e in expected]), rtol=1e-8, atol=0.0
+        )
+
+
+def test_unit_bounds_split_the_budget() -> None:
+    model, _ = _make("tied", 1)
+    step = DPSGDStep(model, 0.7, 1.0, 4.0, clipping="per_unit")
+    layers = dict(model.named_modules())
+    assert sum(b**2 * layers[n].out_features for n, b in step.unit_bounds_.items()) == (
+        pytest.approx(0.7**2, rel=1e-12)
+    )
+    # More parameters in a unit, a larger share: C_u^2 proportional to n_u.
+    assert step.unit_bounds_["net.0"] < step.unit_bounds_["net.2"]
+
+
+@pytest.mark.parametrize("kind", ["tied", "plain"])
+def test_noise_free_per_unit_step_equals_hand_clip_and_average(kind: str) -> None:
+    model, x = _make(kind, 23)
+    rows = _naive_grads(model, x)
+    clip = 0.5 * float(
+        torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows]).median()
+    )
+    step = DPSGDStep(model, clip, 0.0, 17.5, clipping="per_unit")
+    info = step.step(_record_losses(step, model, x))
+    hand = _hand_step(model, rows, clip, "per_unit", 17.5)
+    flat = _hand_step(model, rows, clip, "flat", 17.5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
+    assert not all(torch.allclose(hand[n], flat[n]) for n in hand)  # a different rule
+    assert 0.0 < info["clipped_fraction"] < 1.0
+    assert step.last_mask_ is None
+    # Each clipped row has norm <= sqrt(sum C_u^2) = C: the sensitivity of flat clipping.
+    for row in rows:
+        one = _hand_step(model, [row], clip, "per_unit", 1.0)
+        assert torch.cat([g.flatten() for g in one.values()]).norm() <= clip
+
+
+@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("clipping", ["flat", "per_unit"])
+def test_noise_free_sparse_step_equals_hand_clip_and_average(kind: str, clipping: str) -> None:
+    model, x = _make(kind, 15)
+    rows = _naive_grads(model, x)
+    clip = 0.5 * float(
+        torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows]).median()
+    )
+    step = DPSGDStep(model, clip, 0.0, 11.0, generator=torch.Generator().manual_seed(2),
+                     clipping=clipping, sparsity=0.5)
+    step.step(_record_losses(step, model, x))
+    keep = step.last_mask_
+    assert keep is not None and keep.keys() == dict(model.named_parameters()).keys()
+    assert any(not m.all() for m in keep.values()) and any(m.any() for m in keep.values())
+    hand = _hand_step(model, rows, clip, clipping, 11.0, keep=keep)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
+        assert torch.count_nonzero(p.grad[~keep[name]]) == 0
+        if name.endswith("weight"):  # one decision per output unit: weight row + bias entry
+            assert torch.equal(keep[name], keep[name][:, :1].expand_as(keep[name]))
+            bias = keep.get(name.replace("weight", "bias"))
+            if bias is not None:
+                assert torch.equal(keep[name][:, 0], bias)
+
+
+def test_sparse_masks_ignore_the_data_and_follow_the_seed() -> None:
+    def masks(seed: int, data_seed: int, steps: int = 4) -> list[dict[str, Tensor]]:
+        model, x = _make("tied", 6 + data_seed, seed=data_seed)  # different rows and weights
+        step = DPSGDStep(model, 1.0, 0.8, 5.0, generator=torch.Generator().manual_seed(seed),
+                         sparsity=0.4)
+        out = []
+        for _ in range(steps):
+            step.step(_record_losses(step, model, x))
+            out.append(step.last_mask_)
+        step.step_empty()
+        return out + [step.last_mask_]
+
+    def same(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> bool:
+        return all(torch.equal(m[n], k[n]) for m, k in zip(a, b, strict=True) for n in m)
+
+    first = masks(seed=7, data_seed=0)
+    assert same(first, masks(seed=7, data_seed=1))
+    assert same(first, masks(seed=7, data_seed=2))
+    assert not same(first, masks(seed=8, data_seed=0))
+    assert not same(first[:1], first[1:2])  # a fresh mask every step
+
+
+def test_kept_fraction_matches_one_minus_sparsity() -> None:
+    model = WideSquare().to(DTYPE)
+    step = DPSGDStep(model, 1.0, 0.0, 4.0, generator=torch.Generator().manual_seed(0),
+                     sparsity=0.3)
+    kept = total = 0
+    for _ in range(200):
+        step.step_empty()
+        units = [m for n, m in step.last_mask_.items() if n.endswith("bias")]
+        kept += sum(int(m.sum()) for m in units)
+        total += sum(m.numel() for m in units)
+    assert total == 200 * 101
+    assert abs(kept / total - 0.7) < 4 * math.sqrt(0.3 * 0.7 / total)
+
+
+@pytest.mark.parametrize("clipping", ["flat", "per_unit"])
+def test_dropped_coordinates_get_no_noise(clipping: str) -> None:
+    torch.manual_seed(0)
+    model = WideSquare().to(DTYPE)
+    x = torch.randn(9, 100, dtype=DTYPE)
+    step = DPSGDStep(model, 0.7, 1.3, 12.0, generator=torch.Generator().manual_seed(3),
+                     clipping=clipping, sparsity=0.5)
+    step.step(_record_losses(step, model, x))
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    keep = torch.cat([step.last_mask_[n].flatten() for n, _ in model.named_parameters()])
+    assert torch.count_nonzero(grads[~keep]) == 0
+    assert torch.count_nonzero(grads[keep]) == int(keep.sum())
+    # Same sigma * C on kept coordinates as flat clipping: the accounting is unchanged.
+    clean = grads.clone()
+    quiet = DPSGDStep(model, 0.7, 0.0, 12.0, generator=torch.Generator().manual_seed(3),
+                      clipping=clipping, sparsity=0.5)
+    quiet.step(_record_losses(quiet, model, x))
+    clean = torch.cat([p.grad.flatten() for p in model.parameters()])
+    noise = (grads - clean)[keep]
+    assert noise.numel() > 4000
+    assert noise.std().item() == pytest.approx(1.3 * 0.7 / 12.0, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"clipping": "per_layer"}, {"sparsity": 1.0}, {"sparsity": -0.1}],
+)
+def test_invalid_clipping_arguments_raise(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        DPSGDStep(nn.Linear(2, 2), 1.0, 1.0, 4.0, **kwargs)

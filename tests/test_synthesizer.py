@@ -48,6 +48,8 @@ def test_init_stores_parameters_unchanged_and_clones():
     ("batch_size", 0), ("batch_size", 2.5), ("learning_rate", -1e-3), ("max_grad_norm", 0),
     ("n_stages", 0), ("hidden_size", 0), ("n_bins", 1), ("marginals_fraction", 1.0),
     ("accountant", "gdp"), ("device", "tpu"), ("random_state", "seed"), ("verbose", 2),
+    ("clipping", "per_layer"), ("clipping", None), ("sparsity", 1.0), ("sparsity", -0.1),
+    ("sparsity", "half"),
 ])
 def test_each_bad_hyperparameter_raises_with_its_name(mixed_frame, name, value):
     synth = DPFlowSynthesizer(**{name: value})
@@ -153,10 +155,32 @@ def test_missing_domain_warns_and_is_reported(mixed_frame):
     assert set(report["domain"]["read_from_data_not_private"]) == set(mixed_frame.columns)
 
 
+@pytest.mark.parametrize("clipping, sparsity", [("per_unit", 0.0), ("flat", 0.5)])
+def test_clipping_variants_fit_and_meet_the_target(fitted, clipping, sparsity):
+    flat, frame = fitted  # the same fit with clipping="flat", sparsity=0
+    from conftest import MIXED_DOMAIN
+
+    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, clipping=clipping, sparsity=sparsity,
+                              random_state=0, **FAST).fit(frame, domain=MIXED_DOMAIN)
+    assert synth.epsilon_ <= 2.0
+    # Same noise and accounting as flat clipping: the variants cost no extra epsilon.
+    assert synth.noise_multiplier_ == flat.noise_multiplier_
+    assert synth.epsilon_ == flat.epsilon_
+    dp_sgd = synth.privacy_report()["mechanisms"][1]
+    assert dp_sgd["clipping"] == clipping and dp_sgd["sparsity"] == sparsity
+    sample = synth.sample(50)
+    assert list(sample.columns) == list(frame.columns)
+    assert not sample.equals(flat.sample(50))  # the variant really changed training
+
+
 def test_non_private_run_skips_noise(mixed_frame, mixed_domain):
     synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST)
     synth.fit(mixed_frame, domain=mixed_domain)
     assert synth.epsilon_ == math.inf and synth.noise_multiplier_ == 0
+    # Clipping variants only shape DP-SGD: a non-private run ignores them.
+    other = DPFlowSynthesizer(epsilon=math.inf, random_state=0, clipping="per_unit",
+                              sparsity=0.5, **FAST).fit(mixed_frame, domain=mixed_domain)
+    pd.testing.assert_frame_equal(synth.sample(100), other.sample(100))
     assert not synth.privacy_report()["private"]
 
 

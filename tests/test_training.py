@@ -60,3 +60,60 @@ def test_flow_dp_step_without_noise_equals_hand_clip_and_average():
         coef = torch.clamp(clip / (norms + 1e-6), max=1.0)
         hand = sum(c * row[name] for c, row in zip(coef, naive)) / expected_batch
         torch.testing.assert_close(p.grad, hand, rtol=1e-10, atol=1e-13)
+
+
+def _units(row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-output-unit squared norms of one row: weight row j plus bias entry j."""
+    layers = {n.rsplit(".", 1)[0] for n in row}
+    return {m: row[f"{m}.weight"].square().sum(1) + row[f"{m}.bias"].square() for m in layers}
+
+
+@pytest.mark.parametrize("features, stages, batch", [(3, 3, 5), (6, 4, 17), (2, 6, 9)])
+@pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
+def test_flow_per_unit_norms_equal_a_naive_loop(features, stages, batch, strategy):
+    flow = _flow(features, stages)
+    x = 1.5 * torch.randn(batch, features, dtype=torch.float64)
+    naive = [_units(row) for row in _naive_grads(flow, x)]
+    step = DPSGDStep(flow, max_grad_norm=1.0, noise_multiplier=0.0, expected_batch_size=batch,
+                     norm_strategy=strategy)
+    with step.record():
+        losses = -flow(x)
+    fast = step.per_sample_unit_sq_norms(losses)
+    assert fast.keys() == naive[0].keys()
+    for name, sq in fast.items():
+        expected = torch.stack([row[name] for row in naive])
+        torch.testing.assert_close(sq, expected, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("clipping, sparsity", [("per_unit", 0.0), ("flat", 0.5),
+                                                ("per_unit", 0.5)])
+def test_flow_dp_step_variants_without_noise_equal_hand_clip_and_average(clipping, sparsity):
+    flow = _flow(4, 3)
+    x = 1.5 * torch.randn(11, 4, dtype=torch.float64)
+    naive = _naive_grads(flow, x)
+    step = DPSGDStep(flow, max_grad_norm=0.5, noise_multiplier=0.0, expected_batch_size=13.7,
+                     generator=torch.Generator().manual_seed(0), clipping=clipping,
+                     sparsity=sparsity)
+    with step.record():
+        losses = -flow(x)
+    step.step(losses)
+    keep = step.last_mask_ or {n: torch.ones_like(p, dtype=torch.bool)
+                               for n, p in flow.named_parameters()}
+    n_params = sum(p.numel() for p in flow.parameters())
+    hand = {n: torch.zeros_like(p) for n, p in flow.named_parameters()}
+    for row in naive:
+        row = {n: g * keep[n] for n, g in row.items()}
+        if clipping == "flat":
+            norm = torch.sqrt(sum((g ** 2).sum() for g in row.values()))
+            coef = {n: torch.clamp(0.5 / (norm + 1e-6), max=1.0) for n in row}
+        else:
+            coef = {}
+            for module, sq in _units(row).items():
+                size = row[f"{module}.weight"].shape[1] + 1
+                c = torch.clamp(0.5 * (size / n_params) ** 0.5 / (sq.sqrt() + 1e-6), max=1.0)
+                coef[f"{module}.weight"], coef[f"{module}.bias"] = c[:, None], c
+        for n in hand:
+            hand[n] += coef[n] * row[n] / 13.7
+    for name, p in flow.named_parameters():
+        torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-13)
+        assert torch.count_nonzero(p.grad[~keep[name]]) == 0

@@ -1,0 +1,108 @@
+"""Tests for skdpflow.privacy.norms against a naive one-row-at-a-time backward loop (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from skdpflow.privacy import dpsgd
+from skdpflow.privacy.norms import (
+    choose_strategy,
+    linear_clipped_sum,
+    linear_sq_norms,
+    linear_unit_sq_norms,
+)
+
+DTYPE = torch.float64
+SHAPES = [(1, 1), (3, 7), (7, 3), (16, 16), (5, 40)]  # (in, out)
+
+
+def _random(batch: int, uses: int, d_in: int, d_out: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(batch, uses, d_in, dtype=DTYPE, generator=g)
+    d = torch.randn(batch, uses, d_out, dtype=DTYPE, generator=g)
+    return h, d
+
+
+def _naive_grads(h: Tensor, d: Tensor, bias: bool) -> list[tuple[Tensor, Tensor | None]]:
+    """Per-row (weight, bias) gradients of ``L_i = sum_t d_{i,t} . layer(h_{i,t})``."""
+    layer = nn.Linear(h.shape[-1], d.shape[-1], bias=bias).to(DTYPE)
+    rows = []
+    for i in range(h.shape[0]):
+        layer.zero_grad(set_to_none=True)
+        (layer(h[i]) * d[i]).sum().backward()
+        rows.append((layer.weight.grad.clone(), None if not bias else layer.bias.grad.clone()))
+    return rows
+
+
+def _naive_unit_sq(rows: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+    out = []
+    for weight, bias in rows:
+        sq = weight.square().sum(1)
+        out.append(sq if bias is None else sq + bias.square())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("uses", [1, 3, 5])
+@pytest.mark.parametrize("d_in, d_out", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
+def test_norms_match_naive_loop(
+    uses: int, d_in: int, d_out: int, bias: bool, strategy: str
+) -> None:
+    h, d = _random(6, uses, d_in, d_out, seed=uses * 100 + d_in)
+    rows = _naive_grads(h, d, bias)
+    expected_units = _naive_unit_sq(rows)
+
+    units = linear_unit_sq_norms(h, d, bias, strategy)
+    assert units.shape == (6, d_out)
+    torch.testing.assert_close(units, expected_units, rtol=1e-8, atol=0.0)
+
+    weight_sq, bias_sq = linear_sq_norms(h, d, bias, strategy)
+    torch.testing.assert_close(
+        weight_sq, torch.stack([w.square().sum() for w, _ in rows]), rtol=1e-8, atol=0.0
+    )
+    if bias:
+        torch.testing.assert_close(
+            bias_sq, torch.stack([b.square().sum() for _, b in rows]), rtol=1e-8, atol=0.0
+        )
+        torch.testing.assert_close(units.sum(1), weight_sq + bias_sq, rtol=1e-10, atol=0.0)
+    else:
+        assert bias_sq is None
+
+
+@pytest.mark.parametrize("uses", [1, 3, 5])
+@pytest.mark.parametrize("d_in, d_out", SHAPES)
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_clipped_sum_matches_naive_loop(uses: int, d_in: int, d_out: int, per_unit: bool) -> None:
+    h, d = _random(7, uses, d_in, d_out, seed=uses + 10 * d_out)
+    rows = _naive_grads(h, d, bias=True)
+    g = torch.Generator().manual_seed(3)
+    shape = (7, d_out) if per_unit else (7,)
+    coef = torch.rand(shape, dtype=DTYPE, generator=g)
+    coef[0] = 0.0  # a fully dropped row
+
+    weight_grad, bias_grad = linear_clipped_sum(h, d, coef)
+    c = coef if per_unit else coef[:, None].expand(7, d_out)
+    expected_w = sum(c[i][:, None] * w for i, (w, _) in enumerate(rows))
+    expected_b = sum(c[i] * b for i, (_, b) in enumerate(rows))
+    torch.testing.assert_close(weight_grad, expected_w, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(bias_grad, expected_b, rtol=1e-8, atol=1e-12)
+
+
+def test_cost_model_picks_cheaper_form() -> None:
+    # Gram T^2 (in + out) vs materialised T in out, per row.
+    assert choose_strategy(6, 46, 64) == "gram"  # the flow's first layer
+    assert choose_strategy(6, 64, 437) == "gram"  # its output layer
+    assert choose_strategy(40, 5, 3) == "materialise"
+    assert choose_strategy(1, 1, 1) == "materialise"  # T = 1 uses Goodfellow's rule anyway
+    assert dpsgd._choose_strategy is choose_strategy
+
+
+def test_unknown_strategy_raises() -> None:
+    h, d = _random(2, 3, 4, 5, seed=0)
+    with pytest.raises(ValueError, match="strategy"):
+        linear_unit_sq_norms(h, d, True, "magic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strategy"):
+        linear_sq_norms(h, d, True, "magic")  # type: ignore[arg-type]
