@@ -252,3 +252,35 @@ def test_module_imports_without_triton(monkeypatch):
     spec.loader.exec_module(copy)
     assert copy._import_triton() is None
     assert not copy.triton_available("cuda") and copy.select_backend("cuda") == "torch"
+
+
+@needs_interpreter
+def test_dp_step_with_triton_backend_matches_torch_on_the_flow(monkeypatch):
+    from skdpflow.flows.model import SharedConditionerFlow
+    from skdpflow.privacy import kernels as kernels_module
+    from skdpflow.privacy.dpsgd import DPSGDStep
+
+    calls = []
+    for name in ("_sq_norms_triton", "_clipped_sum_triton"):
+        original = getattr(kernels_module, name)
+        monkeypatch.setattr(kernels_module, name, lambda *a, _f=original, _n=name: (
+            calls.append(_n), _f(*a))[1])
+
+    flow = SharedConditionerFlow(3, n_stages=3, hidden_size=8, n_bins=4, seed=0)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(6, 3)
+    grads = {}
+    for backend in ("torch", "triton"):
+        step = DPSGDStep(flow, max_grad_norm=1.0, noise_multiplier=0.0,
+                         expected_batch_size=6.0, backend=backend)
+        flow.zero_grad()
+        with step.record():
+            losses = -flow(x)
+        stats = step.step(losses)
+        grads[backend] = ([p.grad.clone() for p in flow.parameters()], stats["norms"])
+    for a, b in zip(grads["torch"][0], grads["triton"][0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["torch"][1], grads["triton"][1], rtol=1e-5, atol=1e-6)
+    assert {"_sq_norms_triton", "_clipped_sum_triton"} <= set(calls)  # the kernels ran

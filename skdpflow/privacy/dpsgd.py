@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .kernels import linear_clipped_sum_fused, linear_sq_norms_fused, select_backend
 from .norms import (
     NormStrategy,
     choose_strategy,
@@ -202,6 +203,10 @@ class DPSGDStep:
         Flat per-row clipping, or per-output-unit clipping with bounds ``C_u`` (above).
     sparsity : float, default=0.0
         Fraction ``p`` in [0, 1) of output units (hence coordinates) dropped per step.
+    backend : {"auto", "torch", "triton"}, default="auto"
+        Flat per-row norms and clipped sums by the fused Triton kernels
+        (:mod:`.kernels`) or by torch. ``"auto"`` takes Triton on CUDA when it is
+        installed, torch otherwise; both give the same results to float tolerance.
 
     Attributes
     ----------
@@ -229,6 +234,7 @@ class DPSGDStep:
         norm_strategy: NormStrategy = "auto",
         clipping: Clipping = "flat",
         sparsity: float = 0.0,
+        backend: str = "auto",
     ) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm!r}.")
@@ -252,6 +258,9 @@ class DPSGDStep:
         self.norm_strategy = norm_strategy
         self.clipping = clipping
         self.sparsity = float(sparsity)
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}.")
+        self.backend = backend
         self.layers_ = _check_layers(module)
         self._names = {layer: name for name, layer in module.named_modules()}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
@@ -448,7 +457,11 @@ class DPSGDStep:
         norms: dict[nn.Parameter, Tensor] = {}
         for layer in self.layers_:
             bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-            if layer in data:
+            if layer in data and self._use_triton(data[layer][0]):
+                weight_sq, bias_sq = linear_sq_norms_fused(
+                    *data[layer], bias is not None, backend="triton"
+                )
+            elif layer in data:
                 weight_sq, bias_sq = linear_sq_norms(
                     *data[layer], bias is not None, self.norm_strategy
                 )
@@ -508,6 +521,10 @@ class DPSGDStep:
             kept = kept + (sq.shape[1] if masks is None else masks[layer].sum()) * batch_size
         return coef, norms, torch.as_tensor(over / kept if float(kept) > 0 else 0.0)
 
+    def _use_triton(self, like: Tensor) -> bool:
+        """Fused Triton kernels on CUDA (``backend="auto"``), torch everywhere else."""
+        return select_backend(like.device, self.backend) == "triton"
+
     @staticmethod
     def _total_norms(values: list[Tensor], batch_size: int, like: Tensor) -> Tensor:
         total = like.new_zeros(batch_size).detach()
@@ -530,7 +547,11 @@ class DPSGDStep:
         for layer in self.layers_:
             if layer in data:
                 layer_coef = coef[layer] if isinstance(coef, dict) else coef
-                weight_grad, bias_grad = linear_clipped_sum(*data[layer], layer_coef)
+                if self._use_triton(data[layer][0]):
+                    weight_grad, bias_grad = linear_clipped_sum_fused(
+                        *data[layer], layer_coef, backend="triton")
+                else:
+                    weight_grad, bias_grad = linear_clipped_sum(*data[layer], layer_coef)
             else:
                 weight_grad = torch.zeros_like(layer.weight)
                 bias_grad = None if layer.bias is None else torch.zeros_like(layer.bias)
