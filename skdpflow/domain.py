@@ -24,6 +24,7 @@ __all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning"]
 KINDS = ("numerical", "categorical", "boolean", "datetime")
 # Bounds with a spread above this (and a lower bound >= 0) get a log1p transform: heavy tails.
 LOG_SPREAD = 1000.0
+NS_PER_DAY = 86_400e9  # datetimes are handled as days since the epoch
 
 
 class DataDerivedDomainWarning(UserWarning):
@@ -329,7 +330,7 @@ def _is_missing(value: Any) -> bool:
 
 
 def _to_days(value: Any) -> float:
-    return pd.Timestamp(value).value / 86_400e9
+    return pd.Timestamp(value).value / NS_PER_DAY
 
 
 def _jsonable(value: Any) -> Any:

@@ -29,7 +29,7 @@ import rdt
 from rdt.transformers import FloatFormatter, OrderedLabelEncoder, UnixTimestampEncoder
 from scipy.special import ndtr, ndtri
 
-from .domain import ColumnDomain, Domain
+from .domain import NS_PER_DAY, ColumnDomain, Domain
 from .marginals import (
     ATOM_THRESHOLD,
     ColumnMarginal,
@@ -44,7 +44,6 @@ from .marginals import (
 __all__ = ["TypeLayer", "TableEncoder"]
 
 U_EPS = 1e-7  # keeps Phi^-1(u) finite
-NS_PER_DAY = 86_400e9
 MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
 
 
@@ -247,7 +246,7 @@ class TableEncoder:
         n = len(typed)
         lows, highs, logjac = [], [], np.zeros(n)
         for codec in self.codecs:
-            values, is_null = _typed_column(typed, codec)
+            values, is_null = typed_column(typed, codec.name, codec.col)
             if codec.col.type in ("categorical", "boolean"):
                 codes = np.asarray(values, dtype=np.int64)
                 lo, hi = _interval(codec.mode_dim, codes)
@@ -318,11 +317,13 @@ class TableEncoder:
         return pd.DataFrame(out)
 
 
-def _typed_column(typed: pd.DataFrame, codec: _Codec) -> tuple[np.ndarray, np.ndarray]:
-    values = typed[codec.name].to_numpy(dtype=float)
-    if codec.col.type == "datetime":
+def typed_column(typed: pd.DataFrame, name: str, col: ColumnDomain
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One column of the typed frame as floats (datetimes in days) and its missing mask."""
+    values = typed[name].to_numpy(dtype=float)
+    if col.type == "datetime":
         values = values / NS_PER_DAY
-    null_col = f"{codec.name}.is_null"
+    null_col = f"{name}.is_null"
     is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed else \
         np.zeros(len(values), dtype=bool)
     return values, is_null
@@ -433,4 +434,4 @@ def cell_log_volume(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(width > 0, np.log(np.maximum(width, 1e-300)), 0.0).sum(1)
 
 
-__all__ += ["dequantize", "cell_log_volume", "histogram_spec", "bin_index"]
+__all__ += ["dequantize", "cell_log_volume", "histogram_spec", "bin_index", "typed_column"]

@@ -23,7 +23,7 @@ from ._validation import (
     validate_params,
 )
 from .domain import Domain, column_kind, resolve_domain
-from .encoding import TableEncoder, TypeLayer, cell_log_volume
+from .encoding import TableEncoder, TypeLayer, cell_log_volume, typed_column
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import (
@@ -269,13 +269,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                  for name in self.domain_.columns]
         indices = []
         for spec in specs:
-            values = typed[spec.name].to_numpy(dtype=float)
-            if self.domain_[spec.name].type == "datetime":
-                values = values / 86_400e9
-            null_col = f"{spec.name}.is_null"
-            is_null = typed[null_col].to_numpy() > 0.5 if null_col in typed else \
-                np.zeros(len(values), dtype=bool)
-            indices.append(bin_index(spec, values, is_null, self.domain_[spec.name]))
+            col = self.domain_[spec.name]
+            values, is_null = typed_column(typed, spec.name, col)
+            indices.append(bin_index(spec, values, is_null, col))
         return release_marginals(specs, indices, hist_z, np.random.default_rng(seed))
 
     def _build_flow(self, seed: int) -> SharedConditionerFlow:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from skdpflow.domain import Domain, resolve_domain
-from skdpflow.encoding import TableEncoder, TypeLayer, dequantize
+from skdpflow.encoding import TableEncoder, TypeLayer, dequantize, typed_column
 from skdpflow.marginals import bin_index, histogram_spec, project_simplex, release_marginals
 
 
@@ -18,11 +18,7 @@ def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 
     specs = [histogram_spec(n, dom[n]) for n in dom.columns]
     indices = []
     for spec in specs:
-        values = typed[spec.name].to_numpy(dtype=float)
-        if dom[spec.name].type == "datetime":
-            values = values / 86_400e9
-        null = typed.get(f"{spec.name}.is_null")
-        is_null = null.to_numpy() > 0.5 if null is not None else np.zeros(len(values), bool)
+        values, is_null = typed_column(typed, spec.name, dom[spec.name])
         indices.append(bin_index(spec, values, is_null, dom[spec.name]))
     marginals, _ = release_marginals(specs, indices, noise, np.random.default_rng(seed))
     return layer, TableEncoder(dom, marginals), typed, marginals
