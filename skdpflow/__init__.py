@@ -9,6 +9,7 @@ from ._validation import InvalidDataError, NotFittedError
 from .datasets import load_demo, load_demo_domain
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
 from .privacy.accounting import PrivacyBudgetError
+from .privacy.domain_estimation import DomainEstimateWarning
 from .synthesizer import DPFlowSynthesizer
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "Domain",
     "ColumnDomain",
     "DataDerivedDomainWarning",
+    "DomainEstimateWarning",
     "InvalidDataError",
     "NotFittedError",
     "PrivacyBudgetError",

@@ -49,6 +49,10 @@ class ColumnDomain:
     transform : {"auto", "none", "log"}, default="auto"
         Numerical only: ``"log"`` encodes ``log1p(x - min)``; ``"auto"`` picks it from the
         public bounds when ``min >= 0`` and ``max - min > 1000``.
+    other : optional
+        Categorical only: the category that stands for every value outside ``categories``
+        (appended to them if missing). Without it, a value outside the declared categories
+        makes ``fit`` raise.
     """
 
     type: str
@@ -58,6 +62,7 @@ class ColumnDomain:
     categories: list | None = None
     nullable: bool = False
     transform: str = "auto"
+    other: Any = None
 
     def __post_init__(self) -> None:
         if self.type not in KINDS:
@@ -74,7 +79,15 @@ class ColumnDomain:
             if len(set(self.categories)) != len(self.categories):
                 raise ValueError("The 'categories' list has duplicates.")
             if any(_is_missing(c) for c in self.categories):
-                raise ValueError("Declare missing values with 'nullable': true, not as a category.")
+                raise ValueError(
+                    "Declare missing values with 'nullable': true, not as a category.")
+            if self.other is not None:
+                if _is_missing(self.other):
+                    raise ValueError("'other' must be a category, not a missing value.")
+                if self.other not in self.categories:
+                    self.categories = list(self.categories) + [self.other]
+        elif self.other is not None:
+            raise ValueError("Only a categorical column can declare an 'other' category.")
         if self.type == "boolean":
             self.categories = [False, True]
         if self.transform not in ("auto", "none", "log"):
@@ -112,7 +125,8 @@ class Domain:
     """Public domain of a table: one :class:`ColumnDomain` per column, in column order."""
 
     columns: dict[str, ColumnDomain] = field(default_factory=dict)
-    data_derived: tuple[str, ...] = ()
+    data_derived: tuple[str, ...] = ()  # read from the data: not covered by the guarantee
+    estimated: tuple[str, ...] = ()  # estimated by a DP mechanism (accounted)
 
     @classmethod
     def from_dict(cls, spec: dict[str, dict[str, Any]]) -> Domain:

@@ -119,8 +119,12 @@ class TypeLayer:
                     values = values.map(lambda v: v if pd.isna(v) else bool(v))
                     unknown = ~values.isin([False, True]) & ~isna
                 if unknown.any():
-                    problems.append(f"column {name!r} has values outside its declared "
-                                    "categories; add them to the domain")
+                    if col.other is not None:
+                        values = values.where(~unknown, col.other)
+                    else:
+                        problems.append(f"column {name!r} has values outside its declared "
+                                        "categories; add them to the domain, or declare an "
+                                        "'other' category for them")
                 out[name] = values.where(~isna, np.nan)
         if problems:
             from ._validation import InvalidDataError

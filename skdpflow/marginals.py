@@ -6,8 +6,9 @@ concatenated count vector by at most ``sqrt(m)`` in L2 norm. One Gaussian mechan
 standard deviation ``z * sqrt(m)`` releases all of them at once; the accountant records it as
 one full-batch Gaussian step ``(z, 1.0, 1)`` and composes it with training.
 
-The noisy counts are post-processed (no privacy cost): projected onto the probability
-simplex, then mixed with a uniform floor (``FLOOR_MASS`` of each marginal) so that every
+The noisy counts are post-processed (no privacy cost): the row count is estimated from
+them (the exact count is never used), each histogram is divided by it and projected onto the
+probability simplex, then mixed with a uniform floor (``FLOOR_MASS`` of each marginal) so that every
 declared value keeps a non-zero probability and every encoding map stays invertible.
 """
 
@@ -68,7 +69,7 @@ class HistogramSpec:
     def size(self) -> int:
         if self.kind == "discrete":
             return self.n_categories + int(self.nullable)
-        return len(self.atoms) + len(self.edges) - 1 + int(self.nullable)
+        return len(self.atoms) + max(len(self.edges) - 1, 0) + int(self.nullable)
 
 
 def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32) -> HistogramSpec:
@@ -148,19 +149,35 @@ def release_marginals(
     m = len(specs)
     sensitivity = float(np.sqrt(m))
     std = noise_multiplier * sensitivity
-    n = len(indices[0]) if indices else 0
-    out = []
+    noisy = []
     for spec, idx in zip(specs, indices):
         counts = np.bincount(idx, minlength=spec.size).astype(float)
         if std > 0:
             counts = counts + rng.normal(0.0, std, size=spec.size)
-        out.append(ColumnMarginal(spec, _post_process(counts, max(n, 1)), counts))
+        noisy.append(counts)
+    n_hat = estimate_row_count(noisy)
+    out = [ColumnMarginal(spec, _post_process(counts, n_hat), counts)
+           for spec, counts in zip(specs, noisy)]
     info = {"histograms": m, "bins": int(sum(s.size for s in specs)),
-            "l2_sensitivity": sensitivity, "noise_std": std}
+            "l2_sensitivity": sensitivity, "noise_std": std, "n_rows_estimate": n_hat}
     return out, info
 
 
-def _post_process(counts: np.ndarray, n: int) -> np.ndarray:
+def estimate_row_count(noisy_counts: list[np.ndarray]) -> float:
+    """The row count from noisy histograms (post-processing: no privacy cost).
+
+    Every histogram sums to the row count plus noise whose variance grows with its number
+    of bins, so the sums are averaged with weights ``1 / bins`` (the inverse-variance
+    weights). Never below 1. With exact counts this is the exact row count.
+    """
+    if not noisy_counts:
+        return 1.0
+    sums = np.array([c.sum() for c in noisy_counts])
+    weights = np.array([1.0 / len(c) for c in noisy_counts])
+    return float(max(1.0, np.sum(weights * sums) / np.sum(weights)))
+
+
+def _post_process(counts: np.ndarray, n: float) -> np.ndarray:
     probs = project_simplex(counts / n)
     return (1.0 - FLOOR_MASS) * probs + FLOOR_MASS / len(probs)
 

@@ -22,7 +22,7 @@ from ._validation import (
     Options,
     validate_params,
 )
-from .domain import Domain, column_kind, resolve_domain
+from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import TableEncoder, TypeLayer, cell_log_volume, typed_column
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
@@ -32,11 +32,16 @@ from .privacy.accounting import (
     epsilon_spent,
     noise_multiplier,
 )
+from .privacy.domain_estimation import (
+    SELECTION_DELTA_SHARE,
+    DomainEstimateWarning,
+    estimate_domain,
+)
 from .training import TrainConfig, midpoint_latent, standard_normal_logpdf, train_flow
 
 __all__ = ["DPFlowSynthesizer"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SAMPLE_CHUNK = 65_536
 
 
@@ -48,8 +53,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     conditional rational-quadratic spline coupling flow, whose one transformation network
     is shared by all stages, is trained on it with DP-SGD (Poisson sampling, per-row
     gradient clipping, Gaussian noise). The whole fit is ``(epsilon, delta)``
-    differentially private with respect to adding or removing one row, except for the
-    parts of the domain that were read from the data (a warning says so).
+    differentially private with respect to adding or removing one row: whatever of the
+    domain (bounds, categories) is not declared public is estimated under DP with a share
+    of epsilon, and even the row count reaches the model only through noisy counts.
 
     Parameters
     ----------
@@ -88,6 +94,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Share of epsilon for the histogram release that shapes the encoding: its Gaussian
         noise is calibrated so that the release alone is ``(marginals_fraction * epsilon,
         delta)``-DP; training gets the rest, composed in the same accountant.
+    domain_epsilon_fraction : float, default=0.1
+        Share of epsilon for estimating the domain of the columns that ``domain`` does not
+        declare (noisy bucket counts for bounds, thresholded noisy value counts for
+        categories; one Gaussian release, see :mod:`skdpflow.privacy.domain_estimation`).
+        Not spent when everything is declared. Category discovery also reserves 10% of
+        ``delta``.
+    privacy : {"strict", "domain_from_data"}, default="strict"
+        ``"strict"`` makes every part of the fit covered by the guarantee: undeclared
+        domains are estimated under DP, nothing is read from the data otherwise.
+        ``"domain_from_data"`` is the opt-out: undeclared bounds, categories and
+        missingness are read exactly from the data (as most synthesizers do), which the
+        guarantee does not cover; a ``DataDerivedDomainWarning`` and ``privacy_report()``
+        say so.
     histogram_bins : int, default=32
         Bins of the released histogram of a numerical column (integer columns with at most
         100 values get one bin per value).
@@ -118,7 +137,18 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     steps_ : int
     accountant_ : str
     history_ : list of (noise_multiplier, sample_rate, steps)
-        Every mechanism run on the private rows, in order.
+        Every RDP-accounted mechanism run on the private rows, in order.
+    releases_ : list of dict
+        What each entry of ``history_`` released and touched.
+    selection_delta_ : float
+        Probability that category discovery releases a value held by one row (added to
+        the accountant's delta as ``exp(epsilon_) * selection_delta_``; 0 if no discovery).
+    accountant_delta_ : float
+        The delta at which the accountant composes ``history_`` (``delta`` minus the
+        discovery term).
+    n_rows_estimate_ : float
+        The row count as estimated from the noisy histograms (the exact count never
+        reaches the model).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
     flow_ : SharedConditionerFlow
@@ -138,6 +168,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "n_bins": Interval(Integral, 2, None),
         "marginals_fraction": Interval(Real, 0, 1, closed="neither"),
         "histogram_bins": Interval(Integral, 2, None),
+        "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
+        "privacy": Options(frozenset({"strict", "domain_from_data"})),
         "accountant": Options(frozenset({"rdp", "prv"})),
         "device": Options(frozenset({"auto", "cpu", "cuda"})),
         "random_state": RANDOM_STATE,
@@ -160,6 +192,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         n_bins: int = 8,
         marginals_fraction: float = 0.1,
         histogram_bins: int = 32,
+        domain_epsilon_fraction: float = 0.1,
+        privacy: str = "strict",
         accountant: str = "rdp",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
@@ -178,6 +212,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.n_bins = n_bins
         self.marginals_fraction = marginals_fraction
         self.histogram_bins = histogram_bins
+        self.domain_epsilon_fraction = domain_epsilon_fraction
+        self.privacy = privacy
         self.accountant = accountant
         self.device = device
         self.random_state = random_state
@@ -210,59 +246,145 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows = {1 / n:.3g}: "
                 "a larger delta allows releasing a whole row.")
+        if private and self.domain_epsilon_fraction + self.marginals_fraction >= 1.0:
+            raise PrivacyBudgetError(
+                "domain_epsilon_fraction + marginals_fraction must leave a share of epsilon "
+                f"for training; got {self.domain_epsilon_fraction} + {self.marginals_fraction}.")
         rng = check_random_state(self.random_state)
-        seeds = rng.randint(0, 2**31 - 1, size=4)
+        seeds = rng.randint(0, 2**31 - 1, size=5)
         device = _resolve_device(self.device)
 
-        self.domain_ = resolve_domain(data, domain)
-        self.dtypes_ = {c: data[c].dtype for c in data.columns}
+        # 1. The domain: declared, else estimated under DP (or read, if the user opts out).
+        declared = as_domain(domain) if domain is not None else Domain()
+        extra = [c for c in declared.columns if c not in data.columns]
+        if extra:
+            raise ValueError(f"The domain declares columns that are not in the data: {extra}.")
+        undeclared = [c for c in data.columns if c not in declared.columns]
+        empty = [c for c in undeclared if data[c].isna().all()]
+        if empty:  # an input error for the data holder; nothing is released
+            raise InvalidDataError([
+                f"column {c!r} is entirely missing: declare its domain (with nullable=True) "
+                "or drop it" for c in empty])
+        discovers = private and self.privacy == "strict" and any(
+            column_kind(data[c]) == "categorical" for c in undeclared)
+        self.selection_delta_ = (SELECTION_DELTA_SHARE * self.delta * math.exp(-self.epsilon)
+                                 if discovers else 0.0)
+        # The discovery term enters delta as e^eps * selection_delta (module docs).
+        delta_rdp = self.delta - (math.exp(self.epsilon) * self.selection_delta_
+                                  if discovers else 0.0)
+        history, releases = [], []
+        estimated: dict = {}
+        derived: list = []
+        if undeclared and self.privacy == "domain_from_data":
+            derived = undeclared
+            estimated = Domain.from_data(data, undeclared).columns
+            warnings.warn(
+                f"privacy='domain_from_data': the bounds, categories and missingness of "
+                f"{len(undeclared)} undeclared column(s) {undeclared[:5]}"
+                f"{'...' if len(undeclared) > 5 else ''} are read from the data, and the "
+                "differential-privacy guarantee does not cover them.",
+                DataDerivedDomainWarning, stacklevel=2)
+        elif undeclared:
+            z_d = analytic_gaussian_noise_multiplier(
+                self.domain_epsilon_fraction * self.epsilon, delta_rdp) if private else 0.0
+            est = estimate_domain(data, undeclared, z_d, self.selection_delta_,
+                                  np.random.default_rng(seeds[4]))
+            estimated = est.columns
+            if private and est.unreliable:
+                warnings.warn(
+                    f"The DP estimate of the bounds of {est.unreliable} is dominated by noise "
+                    "(no bucket's noisy count cleared the threshold: too few rows for this "
+                    "budget); declare their domain, or raise epsilon or "
+                    "domain_epsilon_fraction.", DomainEstimateWarning, stacklevel=2)
+            if est.touches_data and private:
+                history.append((z_d, 1.0, 1))
+                releases.append({
+                    "name": "domain estimation (Gaussian mechanism, thresholded)",
+                    "touches": f"bucket counts of {len(undeclared)} undeclared column(s) "
+                               "(bounds) and value counts (categories)",
+                    "columns": [c for c in undeclared if c in est.info
+                                and "threshold" in est.info[c]],
+                    "l2_sensitivity": est.l2_sensitivity,
+                    "selection_delta": est.selection_delta,
+                    "budget_share": self.domain_epsilon_fraction})
+        self.domain_ = Domain(
+            {c: declared.columns[c] if c in declared.columns else estimated[c]
+             for c in data.columns},
+            data_derived=tuple(derived),
+            estimated=tuple(c for c in undeclared if c not in derived))
+        self.dtypes_ = {c: _public_dtype(data[c].dtype, self.domain_[c]) for c in data.columns}
         self.type_layer_ = TypeLayer(self.domain_, self.dtypes_)
         typed = self.type_layer_.transform(data)
 
-        sample_rate = min(1.0, self.batch_size / n)
-        steps = max(1, int(round(self.epochs / sample_rate)))
-        hist_z = sigma = 0.0
-        if private:
-            # Sized by its share alone (exact analytic Gaussian); composed jointly below.
-            hist_z = analytic_gaussian_noise_multiplier(
-                self.marginals_fraction * self.epsilon, self.delta)
-            sigma = noise_multiplier(self.epsilon, self.delta, sample_rate, steps,
-                                     self.accountant, prior=[(hist_z, 1.0, 1)])
+        # 2. One noisy release of every 1-way histogram; it also estimates the row count.
+        hist_z = analytic_gaussian_noise_multiplier(
+            self.marginals_fraction * self.epsilon, delta_rdp) if private else 0.0
         self.marginals_, self.marginals_info_ = self._release(typed, hist_z, seeds[0])
+        if private:
+            history.append((hist_z, 1.0, 1))
+            releases.append({
+                "name": "1-way histograms (Gaussian mechanism)",
+                "touches": f"counts of {self.marginals_info_['histograms']} columns, "
+                           f"{self.marginals_info_['bins']} bins",
+                "l2_sensitivity": self.marginals_info_["l2_sensitivity"],
+                "budget_share": self.marginals_fraction})
         self.encoder_ = TableEncoder(self.domain_, self.marginals_)
         lo, hi, _ = self.encoder_.cells(typed)
         del typed
 
+        # 3. DP-SGD. Its sampling rate and length come from the noisy row count only.
+        n_hat = self.marginals_info_["n_rows_estimate"]
+        sample_rate = min(1.0, self.batch_size / n_hat)
+        steps = max(1, int(round(self.epochs / sample_rate)))
+        sigma = noise_multiplier(self.epsilon, delta_rdp, sample_rate, steps, self.accountant,
+                                 prior=history) if private else 0.0
         torch_gen = torch.Generator().manual_seed(int(seeds[1]))
         self.flow_ = None
         if self.encoder_.n_dims:
             self.flow_ = self._build_flow(int(seeds[2])).to(device)
             config = TrainConfig(steps, sample_rate, sigma, self.max_grad_norm,
-                                 self.learning_rate, private, self.delta, self.accountant,
-                                 [(hist_z, 1.0, 1)] if private else [], self.verbose,
-                                 clipping=self.clipping, sparsity=self.sparsity)
+                                 self.learning_rate, private, delta_rdp, self.accountant,
+                                 list(history), self.verbose, clipping=self.clipping,
+                                 sparsity=self.sparsity,
+                                 expected_batch_size=sample_rate * n_hat)
             # The loss curve is a statistic of the private rows with no noise: it is shown
             # on the progress bar only and never kept on the model.
             train_flow(self.flow_, lo, hi, config, torch_gen, device)
             self.flow_ = self.flow_.cpu().eval()
             self.flow_.requires_grad_(False)
+        if private:
+            history.append((sigma, sample_rate, steps))
+            releases.append({
+                "name": "DP-SGD (Poisson-subsampled Gaussian)",
+                "touches": "per-row gradients of the flow, clipped to max_grad_norm",
+                "max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
+                "sparsity": self.sparsity,
+                "budget_share": 1.0 - sum(r["budget_share"] for r in releases)})
 
-        self.history_ = [(hist_z, 1.0, 1), (sigma, sample_rate, steps)] if private else []
-        self.epsilon_ = epsilon_spent(self.history_, self.delta, self.accountant) \
+        self.history_ = history
+        self.releases_ = releases
+        self.epsilon_ = epsilon_spent(history, delta_rdp, self.accountant) \
             if private else math.inf
         self.delta_ = self.delta if private else 0.0
+        self.accountant_delta_ = delta_rdp if private else 0.0
         self.noise_multiplier_ = sigma
         self.marginals_noise_multiplier_ = hist_z
         self.sample_rate_ = sample_rate
         self.steps_ = steps
         self.accountant_ = self.accountant
-        self.n_rows_ = n
+        self.n_rows_estimate_ = n_hat
         self.n_features_in_ = data.shape[1]
         self.feature_names_in_ = np.asarray(data.columns, dtype=object)
-        if private and self.epsilon_ > self.epsilon * (1 + 1e-9):
+        if private and (self.epsilon_ > self.epsilon * (1 + 1e-9)
+                        or self._delta_spent() > self.delta * (1 + 1e-9)):
             raise PrivacyBudgetError(  # fail closed: never report more than was promised
-                f"Spent epsilon {self.epsilon_} exceeds the target {self.epsilon}.")
+                f"Spent ({self.epsilon_}, {self._delta_spent()}) exceeds the target "
+                f"({self.epsilon}, {self.delta}).")
         return self
+
+    def _delta_spent(self) -> float:
+        """Accountant's delta plus the category-discovery term ``e^eps * selection_delta``."""
+        return self.accountant_delta_ + math.exp(self.epsilon_) * self.selection_delta_
 
     def _release(self, typed: pd.DataFrame, hist_z: float, seed: int) -> tuple[list, dict]:
         specs = [histogram_spec(name, self.domain_[name], self.histogram_bins)
@@ -327,7 +449,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         missing = [c for c in self.feature_names_in_ if c not in data.columns]
         if missing or data.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {data.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.n_features_in_} features ({missing} missing).")
+                             f"expecting {self.n_features_in_} features as input (missing: "
+                             f"{missing}).")
         typed = self.type_layer_.transform(data[list(self.feature_names_in_)])
         lo, hi, logjac = self.encoder_.cells(typed)
         z = midpoint_latent(lo, hi)
@@ -349,40 +472,52 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     # --------------------------------------------------------------- report
     def privacy_report(self) -> dict:
-        """What was spent, on what, by which accountant; the total is recomputed."""
+        """What was spent, on what, by which accountant; the totals are recomputed.
+
+        Returns a dict: ``epsilon_spent`` is recomputed here by the accountant from the
+        recorded ``(noise_multiplier, sample_rate, steps)`` of every mechanism (not copied
+        from the target); ``delta_spent`` adds the category-discovery term. ``mechanisms``
+        lists each release with what it touched, its parameters, its nominal share of the
+        budget and the epsilon it would cost alone. ``domain`` says, per column, whether its
+        domain was declared public, estimated under DP, or read from the data (not covered).
+        """
         self._check_fitted()
         private = math.isfinite(self.epsilon)
         derived = list(self.domain_.data_derived)
+        estimated = list(self.domain_.estimated)
         report = {
             "private": private,
             "unit": "one row (add/remove neighbouring datasets)",
             "accountant": self.accountant_,
             "target_epsilon": self.epsilon,
+            "target_delta": self.delta,
+            "epsilon_spent": math.inf,
+            "delta_spent": self.delta_,
             "delta": self.delta_,
-            "epsilon_spent": self.epsilon_,
             "mechanisms": [],
             "domain": {
-                "declared_public": [c for c in self.feature_names_in_ if c not in derived],
+                "declared_public": [c for c in self.feature_names_in_
+                                    if c not in derived and c not in estimated],
+                "estimated_with_dp": estimated,
                 "read_from_data_not_private": derived,
             },
+            "row_count": "never released exactly; estimated from the noisy histograms "
+                         f"({self.n_rows_estimate_:.1f})",
             "guarantee_covers_everything": private and not derived,
         }
         if private:
-            z, q, steps = self.history_[1]
-            report["mechanisms"] = [
-                {"name": "1-way histograms (Gaussian mechanism)",
-                 "touches": f"counts of {self.marginals_info_['histograms']} columns, "
-                            f"{self.marginals_info_['bins']} bins",
-                 "noise_multiplier": self.history_[0][0],
-                 "l2_sensitivity": self.marginals_info_["l2_sensitivity"],
-                 "epsilon_alone": epsilon_spent(self.history_[:1], self.delta_, self.accountant_)},
-                {"name": "DP-SGD (Poisson-subsampled Gaussian)",
-                 "touches": "per-row gradients of the flow, clipped to max_grad_norm",
-                 "noise_multiplier": z, "sample_rate": q, "steps": steps,
-                 "max_grad_norm": self.max_grad_norm,
-                 "clipping": self.clipping, "sparsity": self.sparsity,
-                 "epsilon_alone": epsilon_spent(self.history_[1:], self.delta_, self.accountant_)},
-            ]
+            delta_rdp = self.accountant_delta_
+            report["epsilon_spent"] = epsilon_spent(self.history_, delta_rdp, self.accountant_)
+            report["delta_spent"] = delta_rdp + math.exp(report["epsilon_spent"]) \
+                * self.selection_delta_
+            report["accountant_delta"] = delta_rdp
+            report["selection_delta"] = self.selection_delta_
+            for entry, release in zip(self.history_, self.releases_):
+                z, q, steps = entry
+                mechanism = dict(release, noise_multiplier=z, sample_rate=q, steps=steps)
+                mechanism["epsilon_alone"] = epsilon_spent([entry], delta_rdp,
+                                                           self.accountant_)
+                report["mechanisms"].append(mechanism)
         return report
 
     # ------------------------------------------------------------ save/load
@@ -409,7 +544,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     def __sklearn_tags__(self):  # noqa: ANN204
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = True
+        # Seeded CPU fits are reproducible; CUDA kernels may reduce in any order.
+        tags.non_deterministic = self.device == "cuda" or (
+            self.device == "auto" and torch.cuda.is_available())
         tags.input_tags.allow_nan = True
         tags.input_tags.string = True
         tags.input_tags.categorical = True
@@ -489,6 +626,7 @@ def _state(est: DPFlowSynthesizer) -> dict:
         "params": params | {"random_state": rs},
         "domain": est.domain_.to_dict(),
         "data_derived": list(est.domain_.data_derived),
+        "estimated": list(est.domain_.estimated),
         "dtypes": {c: str(d) if not isinstance(d, pd.CategoricalDtype) else
                    ["category", list(d.categories), bool(d.ordered)]
                    for c, d in est.dtypes_.items()},
@@ -499,11 +637,14 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "config": dict(est.flow_.config), "state": est.flow_.state_dict()},
         "fitted": {
             "history": [list(h) for h in est.history_],
+            "releases_": [dict(r) for r in est.releases_],
+            "selection_delta_": est.selection_delta_,
+            "accountant_delta_": est.accountant_delta_,
             "epsilon_": est.epsilon_, "delta_": est.delta_,
             "noise_multiplier_": est.noise_multiplier_,
             "marginals_noise_multiplier_": est.marginals_noise_multiplier_,
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
-            "accountant_": est.accountant_, "n_rows_": est.n_rows_,
+            "accountant_": est.accountant_, "n_rows_estimate_": est.n_rows_estimate_,
             "feature_names_in_": list(est.feature_names_in_),
         },
     }
@@ -515,12 +656,14 @@ def _marginal_probs(est: DPFlowSynthesizer) -> list[np.ndarray]:
 
 def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"Unsupported model file format {state.get('format')!r}.")
+        raise ValueError(f"Unsupported model file format {state.get('format')!r} (this version "
+                         f"reads format {FORMAT_VERSION}); refit the model.")
     from .marginals import ColumnMarginal
 
     est = cls(**state["params"])
     est.domain_ = Domain.from_dict(state["domain"])
     est.domain_.data_derived = tuple(state["data_derived"])
+    est.domain_.estimated = tuple(state["estimated"])
     est.dtypes_ = {c: _parse_dtype(d) for c, d in state["dtypes"].items()}
     est.type_layer_ = TypeLayer(est.domain_, est.dtypes_)
     specs = [histogram_spec(n, est.domain_[n], est.histogram_bins) for n in est.domain_.columns]
@@ -539,6 +682,19 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
     est.n_features_in_ = len(est.feature_names_in_)
     return est
+
+
+def _public_dtype(dtype: Any, col: Any) -> Any:
+    """The dtype to restore on sampling, stripped of anything read from the rows.
+
+    A pandas ``Categorical`` dtype lists categories that usually come from the data
+    (``astype("category")``); only the domain's categories are kept.
+    """
+    if isinstance(dtype, pd.CategoricalDtype):
+        if col.type in ("categorical", "boolean"):
+            return pd.CategoricalDtype(list(col.categories), ordered=bool(dtype.ordered))
+        return np.dtype(object)
+    return dtype
 
 
 def _parse_dtype(spec: Any) -> Any:

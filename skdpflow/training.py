@@ -31,6 +31,9 @@ class TrainConfig:
     verbose: bool = True
     clipping: str = "flat"  # DPSGDStep's clipping; ignored when not private
     sparsity: float = 0.0  # DPSGDStep's sparsity; ignored when not private
+    # The DP step divides the noisy clipped sum by this; None means sample_rate * n_rows.
+    # Pass sample_rate times a *noisy* row count so that the exact count never matters.
+    expected_batch_size: float | None = None
 
 
 def train_flow(
@@ -54,7 +57,7 @@ def train_flow(
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(config.steps, 1), eta_min=config.learning_rate / 10)
-    expected = config.sample_rate * n
+    expected = config.expected_batch_size or config.sample_rate * n
     dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
                         noise_multiplier=config.noise_multiplier,
                         expected_batch_size=expected, generator=generator,

@@ -126,9 +126,14 @@ def test_fitted_attributes_and_accounting(fitted):
     synth, frame = fitted
     assert synth.n_features_in_ == frame.shape[1]
     assert list(synth.feature_names_in_) == list(frame.columns)
-    assert synth.sample_rate_ == pytest.approx(64 / len(frame))
+    # The exact row count never reaches the model: q comes from the noisy estimate.
+    assert synth.sample_rate_ == pytest.approx(64 / synth.n_rows_estimate_)
+    assert synth.n_rows_estimate_ != len(frame)
+    assert 0.5 * len(frame) < synth.n_rows_estimate_ < 1.5 * len(frame)
     assert synth.steps_ == round(2 / synth.sample_rate_)
-    recomputed = epsilon_spent(synth.history_, synth.delta_, synth.accountant_)
+    assert synth.accountant_delta_ == synth.delta_
+    recomputed = epsilon_spent(synth.history_, synth.accountant_delta_, synth.accountant_)
+    assert synth.selection_delta_ == 0  # everything declared: no category discovery
     assert synth.epsilon_ == pytest.approx(recomputed)
     assert synth.epsilon_ <= 2.0
     assert synth.epsilon_ > 1.9  # the budget is used, not wasted
@@ -147,12 +152,33 @@ def test_same_seed_same_model_and_rows(mixed_frame, mixed_domain):
     assert not a.sample(200).equals(c.sample(200))
 
 
-def test_missing_domain_warns_and_is_reported(mixed_frame):
-    with pytest.warns(DataDerivedDomainWarning, match="not cover"):
+def test_undeclared_domain_is_estimated_under_dp_by_default(mixed_frame):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataDerivedDomainWarning)
         synth = DPFlowSynthesizer(delta=1e-3, random_state=0, **FAST).fit(mixed_frame)
+    report = synth.privacy_report()
+    assert report["guarantee_covers_everything"]
+    assert report["domain"]["read_from_data_not_private"] == []
+    assert set(report["domain"]["estimated_with_dp"]) == set(mixed_frame.columns)
+    names = [m["name"].split()[0] for m in report["mechanisms"]]
+    assert names == ["domain", "1-way", "DP-SGD"]
+    assert report["epsilon_spent"] <= 1.0 and report["delta_spent"] <= 1e-3
+    assert 0 < synth.selection_delta_ < 1e-3 * 0.1 + 1e-15  # city is discovered
+    city = synth.domain_["city"]
+    assert city.other == "<other>" and city.categories[-1] == "<other>"
+    fake = synth.sample(500, random_state=0)
+    assert list(fake.columns) == list(mixed_frame.columns)
+    assert set(fake["city"].dropna()) <= set(city.categories)
+
+
+def test_domain_from_data_is_a_loud_opt_out(mixed_frame):
+    with pytest.warns(DataDerivedDomainWarning, match="not cover"):
+        synth = DPFlowSynthesizer(delta=1e-3, random_state=0, privacy="domain_from_data",
+                                  **FAST).fit(mixed_frame)
     report = synth.privacy_report()
     assert not report["guarantee_covers_everything"]
     assert set(report["domain"]["read_from_data_not_private"]) == set(mixed_frame.columns)
+    assert [m["name"].split()[0] for m in report["mechanisms"]] == ["1-way", "DP-SGD"]
 
 
 @pytest.mark.parametrize("clipping, sparsity", [("per_unit", 0.0), ("flat", 0.5)])

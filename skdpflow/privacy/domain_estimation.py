@@ -1,0 +1,260 @@
+"""Differentially private estimation of the parts of a domain that were not declared.
+
+A column whose domain is not declared gets one from a single Gaussian release over all such
+columns (one row touches one bucket or one key per column, so the L2 sensitivity of the
+concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 1.0, 1)``):
+
+* **Numerical and datetime columns: bounds from a noisy histogram over a fixed public grid.**
+  Numbers fall in logarithmic buckets ``[2^(k/4), 2^((k+1)/4))`` of either sign (a zero
+  bucket in between, overflow into the outermost buckets); datetimes in calendar months from
+  1900 to 2100 (overflow before and after). The grid does not depend on the data, so this is
+  the Gaussian mechanism on a fixed histogram. The bounds are the outer edges of the lowest
+  and highest buckets whose noisy count reaches ``tau_b = std * Phi^-1(1 - a / n_buckets)``
+  (noise alone extends a bound with probability at most ``a = BOUNDS_FALSE_ALARM``); rows
+  beyond them are clipped later, so an outlier never sets a bound.
+* **Categorical columns: categories by thresholded noisy counts** (the "Gaussian sparse
+  histogram" / partition selection of Korolova et al. 2009 and Wilkins et al. 2024). Only
+  values that occur have a count; each gets Gaussian noise, and a value is released iff its
+  noisy count reaches ``tau_c = 1 + std * Phi^-1(1 - delta_s / m_c)``. A value held by a single
+  row is therefore released with probability at most ``delta_s / m_c``; over the ``m_c``
+  categorical columns, at most ``delta_s``. Values below the threshold map to the public
+  category :data:`OTHER`, which every estimated categorical column has.
+
+Privacy. Let ``D = D' + x``. Write ``M_r(D)`` for the release restricted to the keys present
+in ``D'`` (it ignores the at most ``m_c`` keys only ``x`` holds). ``M_r(D)`` and ``M(D')`` are
+the Gaussian mechanism on the same fixed key set with sensitivity ``sqrt(m)``: any
+composition of RDP mechanisms built on it is ``(eps, delta_rdp)``-indistinguishable from the
+same composition on ``M(D')``. ``M(D)`` equals ``M_r(D)`` unless a key of ``x`` crosses the
+threshold, which has probability at most ``delta_s``; so for every event ``S``::
+
+    P[A(D) in S]  <= e^eps P[A(D') in S] + delta_rdp + delta_s
+    P[A(D') in S] <= e^eps P[A(D) in S]  + delta_rdp + e^eps delta_s
+
+and the whole fit is ``(eps, delta_rdp + e^eps delta_s)``-DP. The synthesizer sets
+``delta_s = SELECTION_DELTA_SHARE * delta * e^-eps_target`` and gives the accountant the
+remaining ``delta_rdp``.
+
+Nullability comes from the dtype alone (a float, object, datetime or pandas nullable column
+may hold missing values; a numpy integer or bool column may not), and integer-ness likewise.
+Booleans need no estimation. Nothing else of the data is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from ..domain import NS_PER_DAY, ColumnDomain, column_kind
+
+__all__ = [
+    "BOUNDS_FALSE_ALARM",
+    "DomainEstimateWarning",
+    "OTHER",
+    "SELECTION_DELTA_SHARE",
+    "DomainEstimate",
+    "bounds_threshold",
+    "category_threshold",
+    "datetime_grid",
+    "estimate_domain",
+    "numeric_grid",
+]
+
+# The category that every estimated categorical column has for values below the threshold.
+OTHER = "<other>"
+# Chance, per column, that noise alone widens an estimated bound.
+BOUNDS_FALSE_ALARM = 1e-3
+# Share of delta reserved for the chance that category discovery releases one row's value.
+SELECTION_DELTA_SHARE = 0.1
+# Logarithmic grid: quarter octaves from 2^-16 to 2^64 on each side of a zero bucket.
+_LOG_STEPS = np.arange(-64, 257) / 4.0
+_FIRST_MONTH, _LAST_MONTH = pd.Timestamp("1900-01-01"), pd.Timestamp("2100-01-01")
+
+
+def numeric_grid() -> np.ndarray:
+    """Bucket edges for numbers: ``-2^64 ... -2^-16, 2^-16 ... 2^64`` (zero bucket between)."""
+    mags = np.exp2(_LOG_STEPS)
+    return np.concatenate([-mags[::-1], mags])
+
+
+def datetime_grid() -> np.ndarray:
+    """Bucket edges for datetimes, in days since the epoch: months of 1900-2100, overflow."""
+    months = pd.date_range(_FIRST_MONTH, _LAST_MONTH, freq="MS")
+    inner = months.to_numpy(dtype="datetime64[ns]").astype(np.int64) / NS_PER_DAY
+    lo = pd.Timestamp.min.ceil("D").value / NS_PER_DAY
+    hi = pd.Timestamp.max.floor("D").value / NS_PER_DAY
+    return np.concatenate([[lo], inner, [hi]])
+
+
+def bounds_threshold(std: float, n_buckets: int, false_alarm: float = BOUNDS_FALSE_ALARM
+                     ) -> float:
+    """Noisy count a bucket needs to count as occupied."""
+    if std == 0:
+        return 0.5
+    return float(std * -ndtri(false_alarm / n_buckets))
+
+
+def category_threshold(std: float, selection_delta: float, n_columns: int) -> float:
+    """Noisy count a value needs to be released: a single row crosses w.p. delta_s / m_c."""
+    if std == 0:
+        return 0.5
+    return float(1.0 + std * -ndtri(selection_delta / max(n_columns, 1)))
+
+
+class DomainEstimateWarning(UserWarning):
+    """A DP domain estimate is dominated by noise: declare the domain or spend more."""
+
+
+@dataclass
+class DomainEstimate:
+    """The estimated columns and the parameters of the one mechanism that produced them."""
+
+    columns: dict[str, ColumnDomain]
+    noise_multiplier: float  # noise std / l2_sensitivity
+    l2_sensitivity: float  # sqrt(number of columns whose rows were read)
+    selection_delta: float  # chance that one row's category is released (0 if none)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def touches_data(self) -> bool:
+        return self.l2_sensitivity > 0
+
+    @property
+    def unreliable(self) -> list[str]:
+        """Columns where no bucket cleared the threshold (bounds are a noisy guess)."""
+        return [c for c, i in self.info.items() if i.get("reliable") is False]
+
+
+def estimate_domain(
+    data: pd.DataFrame,
+    columns: list[str],
+    noise_multiplier: float,
+    selection_delta: float,
+    rng: np.random.Generator,
+    false_alarm: float = BOUNDS_FALSE_ALARM,
+) -> DomainEstimate:
+    """Estimate the domain of ``columns`` of ``data`` with one Gaussian mechanism.
+
+    Sensitivity: adding or removing one row changes, in each of the ``m`` read columns,
+    exactly one bucket count (numerical, datetime; a missing value touches no bucket, which
+    only lowers the change) or one value count (categorical) by 1. The concatenated count
+    vector changes by at most ``sqrt(m)`` in L2 norm; the noise has standard deviation
+    ``noise_multiplier * sqrt(m)`` on every coordinate. Category discovery adds the
+    ``selection_delta`` term explained in the module docstring.
+
+    Parameters
+    ----------
+    data : DataFrame holding the private rows.
+    columns : the columns to estimate (their dtypes decide their kind).
+    noise_multiplier : float
+        Noise standard deviation divided by the sensitivity; 0 reads exact counts (only for
+        a non-private run).
+    selection_delta : float
+        Total chance, over all categorical columns, that a value held by one row is
+        released.
+    rng : numpy Generator for the noise.
+    false_alarm : float
+        Chance per column that noise alone widens a bound.
+    """
+    kinds = {name: column_kind(data[name]) for name in columns}
+    read = [name for name in columns if kinds[name] != "boolean"]
+    n_categorical = sum(kinds[name] == "categorical" for name in read)
+    sensitivity = math.sqrt(len(read))
+    std = noise_multiplier * sensitivity
+    streams = rng.spawn(len(columns)) if columns else []
+    out, info = {}, {}
+    for name, stream in zip(columns, streams):
+        series, kind = data[name], kinds[name]
+        nullable = _dtype_nullable(series.dtype)
+        if kind == "boolean":
+            out[name] = ColumnDomain("boolean", nullable=nullable)
+            info[name] = {"mechanism": "none (boolean dtype)"}
+        elif kind == "categorical":
+            tau = category_threshold(std, selection_delta, n_categorical)
+            keys = _released_keys(series, std, tau, stream)
+            out[name] = ColumnDomain("categorical", categories=keys + [OTHER],
+                                     nullable=True, other=OTHER)
+            info[name] = {"mechanism": "thresholded noisy value counts",
+                          "threshold": tau, "released": len(keys)}
+        else:
+            grid = datetime_grid() if kind == "datetime" else numeric_grid()
+            values = _as_float(series)
+            tau = bounds_threshold(std, len(grid) - 1, false_alarm)
+            lo, hi, clear = _noisy_bounds(values, grid, std, tau, stream,
+                                          zero_bucket=kind != "datetime")
+            if kind == "datetime":
+                out[name] = ColumnDomain("datetime", min=_iso(lo), max=_iso(hi), nullable=True)
+            else:
+                integer = pd.api.types.is_integer_dtype(series.dtype)
+                if integer:
+                    lo, hi = math.floor(lo), math.ceil(hi)
+                out[name] = ColumnDomain("numerical", min=lo, max=hi, integer=integer,
+                                         nullable=nullable)
+            info[name] = {"mechanism": "noisy histogram over a public grid",
+                          "buckets": len(grid) - 1, "threshold": tau, "reliable": clear}
+    return DomainEstimate(out, noise_multiplier if read else 0.0, sensitivity,
+                          selection_delta if n_categorical else 0.0, info)
+
+
+def _dtype_nullable(dtype: Any) -> bool:
+    if isinstance(dtype, np.dtype):
+        return dtype.kind not in "biu"
+    return True  # pandas extension dtypes (Int64, boolean, string, category) hold NA
+
+
+def _as_float(series: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert(None)
+        series = series.dropna()
+        return series.to_numpy(dtype="datetime64[ns]").astype(np.int64) / NS_PER_DAY
+    return pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
+
+
+def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, tau: float,
+                  rng: np.random.Generator, zero_bucket: bool) -> tuple[float, float, bool]:
+    """Bounds from the occupied buckets, and whether any bucket cleared the threshold.
+
+    When none does (too few rows for the noise), the bucket with the largest noisy count
+    stands in: a guess dominated by noise, which the caller reports.
+    """
+    n_buckets = len(grid) - 1
+    idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
+    counts = np.bincount(idx, minlength=n_buckets).astype(float)
+    if std > 0:
+        counts += rng.normal(0.0, std, size=n_buckets)
+    occupied = np.flatnonzero(counts >= tau)
+    clear = len(occupied) > 0
+    if not clear:
+        if std == 0:  # nothing to read (every value missing)
+            return (0.0, 0.0, False) if zero_bucket else (grid[n_buckets // 2],) * 2 + (False,)
+        occupied = np.array([int(np.argmax(counts))])
+    first, last = int(occupied[0]), int(occupied[-1])
+    lo, hi = float(grid[first]), float(grid[last + 1])
+    if zero_bucket:  # the bucket around zero stands for 0 itself
+        zero = n_buckets // 2
+        lo = 0.0 if first == zero else lo
+        hi = 0.0 if last == zero else hi
+    return lo, hi, clear
+
+
+def _released_keys(series: pd.Series, std: float, tau: float,
+                   rng: np.random.Generator) -> list:
+    counts = series.dropna().astype(object).value_counts(sort=False)
+    keys = sorted(counts.index, key=lambda v: (type(v).__name__, str(v)))
+    noisy = counts.loc[keys].to_numpy(dtype=float) if keys else np.zeros(0)
+    if std > 0:
+        noisy = noisy + rng.normal(0.0, std, size=len(keys))
+    return [_plain(k) for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _iso(days: float) -> str:
+    return str(pd.Timestamp(int(round(days * NS_PER_DAY))))
