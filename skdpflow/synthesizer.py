@@ -302,8 +302,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                     "name": "domain estimation (Gaussian mechanism, thresholded)",
                     "touches": f"bucket counts of {len(undeclared)} undeclared column(s) "
                                "(bounds) and value counts (categories)",
-                    "columns": [c for c in undeclared if c in est.info
-                                and "threshold" in est.info[c]],
+                    "columns": [c for c in undeclared
+                                if not est.info[c]["mechanism"].startswith("none")],
                     "l2_sensitivity": est.l2_sensitivity,
                     "selection_delta": est.selection_delta,
                     "budget_share": self.domain_epsilon_fraction})

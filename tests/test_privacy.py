@@ -44,6 +44,28 @@ def test_neighbouring_datasets_differ_only_through_the_noisy_histograms(mixed_fr
     assert age.col.max == 90
 
 
+def test_neighbour_with_a_never_declared_category_maps_it_to_other(mixed_frame, mixed_domain):
+    mixed_domain["city"]["other"] = "Elsewhere"
+    mixed_domain["age"]["nullable"] = True
+    extra = pd.DataFrame({"age": [np.nan], "income": [10**9], "score": [-5.0],
+                          "city": ["Atlantis"], "flag": [False],
+                          "when": [pd.Timestamp("1850-01-01")]})
+    neighbour = pd.concat([mixed_frame, extra], ignore_index=True)
+    a, b = _fit(mixed_frame, mixed_domain), _fit(neighbour, mixed_domain)
+    assert a.domain_.to_dict() == b.domain_.to_dict()
+    assert a.domain_["city"].categories[-1] == "Elsewhere"
+    assert _transformer_state(a) == _transformer_state(b)
+    diff = np.concatenate([mb.noisy_counts - ma.noisy_counts
+                           for ma, mb in zip(a.marginals_, b.marginals_)])
+    assert 0 < np.linalg.norm(diff) <= a.marginals_info_["l2_sensitivity"] + 1e-9
+    city = next(i for i, m in enumerate(b.marginals_) if m.spec.name == "city")
+    other = a.domain_["city"].categories.index("Elsewhere")
+    assert np.argmax(np.abs(b.marginals_[city].noisy_counts
+                            - a.marginals_[city].noisy_counts)) == other
+    for fit in (a, b):
+        assert "Atlantis" not in set(fit.sample(2000, random_state=0)["city"].dropna())
+
+
 def _transformer_state(synth) -> dict:
     """Every attribute of every fitted RDT transformer, serialised (identity-free)."""
     hyper = synth.type_layer_.hyper

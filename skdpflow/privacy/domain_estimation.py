@@ -9,9 +9,12 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   bucket in between, overflow into the outermost buckets); datetimes in calendar months from
   1900 to 2100 (overflow before and after). The grid does not depend on the data, so this is
   the Gaussian mechanism on a fixed histogram. The bounds are the outer edges of the lowest
-  and highest buckets whose noisy count reaches ``tau_b = std * Phi^-1(1 - a / n_buckets)``
-  (noise alone extends a bound with probability at most ``a = BOUNDS_FALSE_ALARM``); rows
-  beyond them are clipped later, so an outlier never sets a bound.
+  and highest buckets whose noisy count reaches ``tau_b = std * Phi^-1(1 - a / n_tests)``;
+  sums over runs of 2, 4, 8 and 16 adjacent buckets are tested too, with ``std sqrt(W)`` in
+  place of ``std`` (post-processing), so that mass spread thinly is still found; see
+  ``_noisy_bounds`` for how a run sets a bound without widening it.
+  Noise alone extends a bound with probability at most ``a = BOUNDS_FALSE_ALARM`` per
+  column; rows beyond the bounds are clipped later, so an outlier never sets a bound.
 * **Categorical columns: categories by thresholded noisy counts** (the "Gaussian sparse
   histogram" / partition selection of Korolova et al. 2009 and Wilkins et al. 2024). Only
   values that occur have a count; each gets Gaussian noise, and a value is released iff its
@@ -72,6 +75,8 @@ BOUNDS_FALSE_ALARM = 1e-3
 SELECTION_DELTA_SHARE = 0.1
 # Logarithmic grid: quarter octaves from 2^-16 to 2^64 on each side of a zero bucket.
 _LOG_STEPS = np.arange(-64, 257) / 4.0
+# Runs of adjacent buckets whose summed noisy counts are tested too; see _noisy_bounds.
+GROUP_SIZES = (1, 2, 4, 8, 16)
 _FIRST_MONTH, _LAST_MONTH = pd.Timestamp("1900-01-01"), pd.Timestamp("2100-01-01")
 
 
@@ -90,12 +95,12 @@ def datetime_grid() -> np.ndarray:
     return np.concatenate([[lo], inner, [hi]])
 
 
-def bounds_threshold(std: float, n_buckets: int, false_alarm: float = BOUNDS_FALSE_ALARM
+def bounds_threshold(std: float, n_tests: int, false_alarm: float = BOUNDS_FALSE_ALARM
                      ) -> float:
-    """Noisy count a bucket needs to count as occupied."""
+    """Noisy count a bucket (or group) needs to count as occupied, ``n_tests`` tested."""
     if std == 0:
         return 0.5
-    return float(std * -ndtri(false_alarm / n_buckets))
+    return float(std * -ndtri(false_alarm / n_tests))
 
 
 def category_threshold(std: float, selection_delta: float, n_columns: int) -> float:
@@ -183,8 +188,7 @@ def estimate_domain(
         else:
             grid = datetime_grid() if kind == "datetime" else numeric_grid()
             values = _as_float(series)
-            tau = bounds_threshold(std, len(grid) - 1, false_alarm)
-            lo, hi, clear = _noisy_bounds(values, grid, std, tau, stream,
+            lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, stream,
                                           zero_bucket=kind != "datetime")
             if kind == "datetime":
                 out[name] = ColumnDomain("datetime", min=_iso(lo), max=_iso(hi), nullable=True)
@@ -195,7 +199,8 @@ def estimate_domain(
                 out[name] = ColumnDomain("numerical", min=lo, max=hi, integer=integer,
                                          nullable=nullable)
             info[name] = {"mechanism": "noisy histogram over a public grid",
-                          "buckets": len(grid) - 1, "threshold": tau, "reliable": clear}
+                          "buckets": len(grid) - 1, "group_sizes": list(GROUP_SIZES),
+                          "reliable": clear}
     return DomainEstimate(out, noise_multiplier if read else 0.0, sensitivity,
                           selection_delta if n_categorical else 0.0, info)
 
@@ -215,25 +220,44 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
 
 
-def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, tau: float,
+def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm: float,
                   rng: np.random.Generator, zero_bucket: bool) -> tuple[float, float, bool]:
-    """Bounds from the occupied buckets, and whether any bucket cleared the threshold.
+    """Bounds from the noisy bucket counts, and whether any count cleared its threshold.
 
-    When none does (too few rows for the noise), the bucket with the largest noisy count
-    stands in: a guess dominated by noise, which the caller reports.
+    For each window size ``W`` in :data:`GROUP_SIZES`, the noisy counts are summed over
+    every run of ``W`` adjacent buckets (post-processing: free; the sum's noise is
+    ``std sqrt(W)``, so thinly spread mass still stands out). A window that clears its
+    threshold says that about ``tau_W`` rows lie inside it: the lower bound is the *last*
+    bucket of the lowest such window, the upper bound the *first* bucket of the highest, so
+    at most about ``tau_W`` rows fall outside on each side (a DP quantile at rank
+    ``tau_W``) and no bound is pushed out by a window's width. The false-alarm chance is
+    split over every window tested. When nothing clears (too few rows for the noise), the
+    bucket with the largest noisy count stands in: a guess dominated by noise, which the
+    caller reports.
     """
     n_buckets = len(grid) - 1
     idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
     counts = np.bincount(idx, minlength=n_buckets).astype(float)
     if std > 0:
         counts += rng.normal(0.0, std, size=n_buckets)
-    occupied = np.flatnonzero(counts >= tau)
-    clear = len(occupied) > 0
+    sizes = GROUP_SIZES if std > 0 else (1,)
+    n_tests = sum(n_buckets - w + 1 for w in sizes)
+    cumsum = np.concatenate([[0.0], np.cumsum(counts)])
+    first, last = n_buckets, -1
+    for w in sizes:
+        sums = cumsum[w:] - cumsum[:-w]  # sums[i] = counts[i:i + w].sum()
+        hits = np.flatnonzero(sums >= bounds_threshold(std * math.sqrt(w), n_tests,
+                                                       false_alarm))
+        if len(hits):
+            lo_w, hi_w = int(hits[0]) + w - 1, int(hits[-1])
+            if lo_w > hi_w:  # one window only: the mass is somewhere inside it
+                lo_w, hi_w = hi_w, lo_w
+            first, last = min(first, lo_w), max(last, hi_w)
+    clear = last >= 0
     if not clear:
         if std == 0:  # nothing to read (every value missing)
             return (0.0, 0.0, False) if zero_bucket else (grid[n_buckets // 2],) * 2 + (False,)
-        occupied = np.array([int(np.argmax(counts))])
-    first, last = int(occupied[0]), int(occupied[-1])
+        first = last = int(np.argmax(counts))
     lo, hi = float(grid[first]), float(grid[last + 1])
     if zero_bucket:  # the bucket around zero stands for 0 itself
         zero = n_buckets // 2
