@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV file")
     fit.add_argument("data", type=Path, help="CSV file (may be .gz)")
     fit.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
-    fit.add_argument("--domain", type=Path, help="JSON file with the public domain")
+    fit.add_argument("--domain", type=Path,
+                     help="JSON or YAML file with the public domain; undeclared columns are "
+                          "estimated under DP (their kind is read from the CSV's inferred "
+                          "dtypes: declare them to keep the schema independent of the rows)")
     _add_hyperparameters(fit)
     fit.set_defaults(func=_fit)
 
@@ -61,6 +64,11 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    p.add_argument("--domain-epsilon-fraction", type=float, default=None,
+                   help="share of epsilon for estimating undeclared domains (default 0.1)")
+    p.add_argument("--privacy", choices=["strict", "domain_from_data"], default="strict",
+                   help="'domain_from_data' reads undeclared domains from the data: NOT "
+                        "covered by the guarantee")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -69,7 +77,9 @@ def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
     from .synthesizer import DPFlowSynthesizer
 
     params = {"epsilon": args.epsilon, "delta": args.delta, "accountant": args.accountant,
-              "random_state": args.seed, "verbose": not args.quiet}
+              "random_state": args.seed, "verbose": not args.quiet, "privacy": args.privacy}
+    if args.domain_epsilon_fraction is not None:
+        params["domain_epsilon_fraction"] = args.domain_epsilon_fraction
     if args.epochs is not None:
         params["epochs"] = args.epochs
     if args.batch_size is not None:
@@ -143,17 +153,21 @@ def _format_report(report: dict) -> str:
     if not report["private"]:
         lines.append("  NOT PRIVATE: epsilon = inf (no clipping, no noise, exact marginals)")
     else:
-        lines.append(f"  ({report['epsilon_spent']:.4f}, {report['delta']:g})-DP for one row, "
+        lines.append(f"  ({report['epsilon_spent']:.4f}, {report['delta_spent']:.3g})-DP for one "
+                     "row, "
                      f"accountant {report['accountant']} (target epsilon "
                      f"{report['target_epsilon']:g})")
         for m in report["mechanisms"]:
             lines.append(f"  - {m['name']}: noise multiplier {m['noise_multiplier']:.3f}, "
                          f"epsilon alone {m['epsilon_alone']:.4f}")
     derived = report["domain"]["read_from_data_not_private"]
+    estimated = report["domain"]["estimated_with_dp"]
     if derived:
         lines.append(f"  WARNING: domain of {len(derived)} column(s) read from the data, not "
                      f"covered by the guarantee: {derived}")
-    else:
+    if estimated:
+        lines.append(f"  domain estimated under DP for {len(estimated)} column(s): {estimated}")
+    if not derived and not estimated:
         lines.append("  domain: declared public for every column")
     return "\n".join(lines)
 

@@ -39,3 +39,17 @@ def test_demo_runs_on_the_bundled_table(capsys):
     assert main(["demo", "--epochs", "0.1", "-n", "2000", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "UCI Adult" in out and "1-way" in out and "-DP for one row" in out
+
+
+def test_fit_without_domain_estimates_it_and_opt_out_is_loud(tmp_path, capsys):
+    from conftest import make_mixed_frame
+
+    data = tmp_path / "data.csv"
+    make_mixed_frame(2_000).to_csv(data, index=False)
+    common = ["fit", str(data), "--epsilon", "2", "--delta", "1e-5", "--epochs", "0.5",
+              "--batch-size", "256", "--quiet"]
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "domain estimated under DP for 6 column(s)" in out and "WARNING" not in out
+    assert main([*common, "-o", str(tmp_path / "b"), "--privacy", "domain_from_data"]) == 0
+    assert "WARNING: domain of 6 column(s) read from the data" in capsys.readouterr().out
