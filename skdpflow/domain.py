@@ -2,9 +2,11 @@
 
 A :class:`Domain` declares, per column, numeric or datetime bounds, whether the column is
 integer, the list of categories, and whether values may be missing. Everything in it is
-treated as **public**: it shapes the encoder without costing privacy budget. When no
-domain is given, :meth:`Domain.from_data` reads it from the data, which the differential
-privacy guarantee then does not cover (a ``UserWarning`` says so).
+treated as **public**: it shapes the encoder without costing privacy budget. Columns left
+out are estimated under DP by :mod:`skdpflow.privacy.domain_estimation`;
+:meth:`Domain.from_data` reads a domain exactly from the data instead, which the
+differential privacy guarantee does not cover (only with ``privacy="domain_from_data"``, or
+to draft a domain by hand from data that is public anyway).
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     Attributes
     ----------
     domain_ : Domain
-        The public domain used (declared, or read from the data: see ``privacy_report``).
+        The domain used: declared, estimated under DP, or (opt-out) read from the data;
+        ``domain_.estimated`` and ``domain_.data_derived`` name the columns of the last two.
     epsilon_ : float
         Epsilon spent, recomputed from ``history_`` by the accountant.
     delta_ : float
@@ -229,10 +230,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         X : pandas DataFrame (or 2-D array, read as numerical columns ``x0, x1, ...``)
             The private table, one row per individual. It is not modified.
         y : ignored
-        domain : Domain, dict, path to a JSON file, or None
-            Public facts per column (bounds, integer-ness, categories, nullability). Columns
-            it leaves out are read from the data, with a warning that the guarantee then
-            does not cover them.
+        domain : Domain, dict, path to a JSON/YAML file, SDV Metadata, or None
+            Public facts per column (bounds, integer-ness, categories, nullability, an
+            ``other`` category). Columns it leaves out are estimated under DP with
+            ``domain_epsilon_fraction`` of epsilon (or, with
+            ``privacy="domain_from_data"``, read from the data, outside the guarantee).
 
         Returns
         -------

@@ -114,6 +114,18 @@ def test_a_sentinel_in_an_undeclared_column_never_reaches_model_or_samples(tmp_p
     assert synth.privacy_report()["guarantee_covers_everything"]
 
 
+def test_an_estimated_domain_survives_save_and_load(tmp_path):
+    frame = make_mixed_frame(3_000, seed=5)
+    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-5, random_state=0, **FAST).fit(frame)
+    synth.save(tmp_path / "m.skdpflow")
+    loaded = DPFlowSynthesizer.load(tmp_path / "m.skdpflow")
+    assert loaded.domain_.to_dict() == synth.domain_.to_dict()
+    assert loaded.domain_.estimated == synth.domain_.estimated == tuple(frame.columns)
+    assert loaded.privacy_report() == synth.privacy_report()
+    pd.testing.assert_frame_equal(loaded.sample(200, random_state=1),
+                                  synth.sample(200, random_state=1))
+
+
 def test_categorical_dtype_categories_are_not_kept(tmp_path):
     frame = make_mixed_frame(2_000, seed=3)
     frame["city"] = frame["city"].fillna("Nice")
