@@ -65,7 +65,7 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
     p.add_argument("--domain-epsilon-fraction", type=float, default=None,
-                   help="share of epsilon for estimating undeclared domains (default 0.1)")
+                   help="share of epsilon for estimating undeclared domains (default 0.2)")
     p.add_argument("--privacy", choices=["strict", "domain_from_data"], default="strict",
                    help="'domain_from_data' reads undeclared domains from the data: NOT "
                         "covered by the guarantee")

@@ -94,7 +94,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Share of epsilon for the histogram release that shapes the encoding: its Gaussian
         noise is calibrated so that the release alone is ``(marginals_fraction * epsilon,
         delta)``-DP; training gets the rest, composed in the same accountant.
-    domain_epsilon_fraction : float, default=0.1
+    domain_epsilon_fraction : float, default=0.2
         Share of epsilon for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
         categories; one Gaussian release, see :mod:`skdpflow.privacy.domain_estimation`).
@@ -193,7 +193,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         n_bins: int = 8,
         marginals_fraction: float = 0.1,
         histogram_bins: int = 32,
-        domain_epsilon_fraction: float = 0.1,
+        domain_epsilon_fraction: float = 0.2,
         privacy: str = "strict",
         accountant: str = "rdp",
         device: str = "auto",

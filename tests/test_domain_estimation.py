@@ -165,7 +165,7 @@ def test_composed_epsilon_matches_an_independent_rdp_computation():
     domain = report["mechanisms"][0]
     alone = get_privacy_spent(orders=orders, rdp=orders / (2 * domain["noise_multiplier"] ** 2),
                               delta=report["accountant_delta"])[0]
-    assert alone < 1.5 * 0.1 * 1.5  # the analytic Gaussian is tighter than RDP's conversion
+    assert alone < 1.5 * 0.2 * 1.5  # the analytic Gaussian is tighter than RDP's conversion
 
 
 def test_budget_shares_that_leave_nothing_for_training_raise_before_training(mixed_frame):
