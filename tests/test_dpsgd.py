@@ -50,7 +50,22 @@ class PlainToy(nn.Module):
         return torch.logsumexp(out, dim=1) + 0.5 * out[:, 0] ** 2
 
 
-MODELS = {"tied": TiedToy, "plain": PlainToy}
+class SeqToy(nn.Module):
+    """A layer called on a (B, 2, f) input (two uses in one call) and on a (B, f) input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = nn.Linear(2, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        both = torch.tanh(self.pair(x.reshape(-1, 2, 2)))  # (B, 2, 5): uses 1 and 2
+        again = torch.tanh(self.pair(x[:, 1:3] * both[:, 0, :2]))  # (B, 5): use 3
+        out = self.head(both.sum(1) * again)
+        return (out**2).sum(1) + out[:, 0]
+
+
+MODELS = {"tied": TiedToy, "plain": PlainToy, "seq": SeqToy}
 
 
 def _make(kind: str, batch: int, seed: int = 0) -> tuple[nn.Module, Tensor]:
@@ -66,7 +81,7 @@ def _naive_grads(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
     for i in range(x.shape[0]):
         model.zero_grad(set_to_none=True)
         model(x[i : i + 1])[0].backward()
-        rows.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        rows.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     model.zero_grad(set_to_none=True)
     return rows
 
@@ -80,7 +95,7 @@ def _record_losses(step: DPSGDStep, model: nn.Module, x: Tensor) -> Tensor:
         return model(x)
 
 
-@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
 def test_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
@@ -126,7 +141,7 @@ def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(gram, reference, rtol=1e-12, atol=0.0)
 
 
-@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
 def test_noise_free_step_equals_hand_clip_and_average(kind: str) -> None:
     model, x = _make(kind, 23)
     rows = _naive_grads(model, x)
@@ -268,9 +283,12 @@ def test_nothing_per_row_survives_a_step() -> None:
         losses = model(x)
         assert all(len(layer._forward_hooks) == 1 for layer in step.layers_)
     assert all(len(layer._forward_hooks) == 0 for layer in step.layers_)
-    assert len(step._uses[step.layers_[0]].inputs) == 3  # one entry per tied use
+    assert len(step._recorder.calls[step.layers_[0]].inputs) == 3  # one entry per tied use
     step.step(losses)
-    assert step._uses == {}
+    assert step._recorder.calls == {}  # no graph, no recorded tensor
+    assert step._recorder._scratch  # reusable scratch (last batch's h and d) until release()
+    step.release()
+    assert step._recorder._scratch == {}
     for name, p in model.named_parameters():
         assert vars(p) == attrs_before[name] == {}
         assert p.grad is not None and p.grad.grad_fn is None
@@ -284,7 +302,7 @@ def test_step_without_record_or_with_bad_shape_raises() -> None:
         step.step(model(x))
     with pytest.raises(ValueError, match="shape"):
         step.step(_record_losses(step, model, x).reshape(2, 2))
-    assert step._uses == {}
+    assert step._recorder.calls == {}
 
 
 @pytest.mark.parametrize(
@@ -379,7 +397,7 @@ def test_unit_bounds_split_the_budget() -> None:
     assert step.unit_bounds_["net.0"] < step.unit_bounds_["net.2"]
 
 
-@pytest.mark.parametrize("kind", ["tied", "plain"])
+@pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
 def test_noise_free_per_unit_step_equals_hand_clip_and_average(kind: str) -> None:
     model, x = _make(kind, 23)
     rows = _naive_grads(model, x)
@@ -492,3 +510,46 @@ def test_dropped_coordinates_get_no_noise(clipping: str) -> None:
 def test_invalid_clipping_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         DPSGDStep(nn.Linear(2, 2), 1.0, 1.0, 4.0, **kwargs)
+
+
+@pytest.mark.parametrize("clipping", ["flat", "per_unit"])
+def test_scratch_reuse_across_varying_batch_sizes(clipping: str) -> None:
+    """Poisson batch sizes vary: buffers are reused (a smaller batch after a larger one) and
+    no value of an earlier batch leaks into a later step."""
+    model, x = _make("tied", 30)
+    step = DPSGDStep(model, 0.8, 0.0, 10.0, clipping=clipping)
+    storage = None
+    for batch in (12, 5, 12, 9, 1):
+        rows = _naive_grads(model, x[:batch])
+        step.step(_record_losses(step, model, x[:batch]))
+        hand = _hand_step(model, rows, 0.8, clipping, 10.0)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
+        buffers = {k: v.data_ptr() for k, v in step._recorder._scratch.items()}
+        if storage is not None and batch < 12:
+            assert buffers == storage  # no new allocation once the largest batch was seen
+        storage = buffers
+
+
+def test_frozen_weight_or_bias_norms_and_step() -> None:
+    """Only trainable coordinates count: a frozen weight (bias alone) or a frozen bias."""
+    model, x = _make("plain", 11)
+    model.net[0].weight.requires_grad_(False)
+    model.net[2].bias.requires_grad_(False)
+    rows = _naive_grads(model, x)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(r.keys() == trainable for r in rows)
+    step = DPSGDStep(model, 1.0, 0.0, 11.0)
+    got = step.per_sample_sq_norms(_record_losses(step, model, x))
+    assert got.keys() == trainable
+    for name, sq in _naive_sq_norms(rows).items():
+        torch.testing.assert_close(got[name], sq, rtol=1e-8, atol=0.0)
+    norms = torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows])
+    clip = float(norms.median())
+    step = DPSGDStep(model, clip, 0.0, 11.0)
+    step.step(_record_losses(step, model, x))
+    coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+    for name in trainable:
+        p = dict(model.named_parameters())[name]
+        by_hand = sum(c * r[name] for c, r in zip(coef, rows, strict=True)) / 11.0
+        torch.testing.assert_close(p.grad, by_hand, rtol=1e-10, atol=1e-14)

@@ -150,6 +150,28 @@ def test_non_contiguous_inputs_interpreter():
 
 
 @needs_interpreter
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_use_major_views_interpreter(per_unit):
+    """Views of the recorder's (T, B, in + 1) / (T, B, out) buffers are read in place."""
+    generator = torch.Generator().manual_seed(5)
+    batch, uses, d_in, d_out = 5, 3, 6, 9
+    h_store = torch.randn(uses, batch, d_in + 1, generator=generator, dtype=torch.float64)
+    d_store = torch.randn(uses, batch, d_out, generator=generator, dtype=torch.float64)
+    h, d = h_store[..., :d_in].transpose(0, 1), d_store.transpose(0, 1)
+    assert kernels._use_major(h) and kernels._use_major(d)
+    coef = torch.rand((batch, d_out) if per_unit else (batch,), generator=generator,
+                      dtype=torch.float64)
+    weight_grad, bias_grad = linear_clipped_sum_fused(h, d, coef, backend="triton")
+    ref_w, ref_b = linear_clipped_sum(h.contiguous(), d.contiguous(), coef)
+    _close(weight_grad, ref_w, torch.float64)
+    _close(bias_grad, ref_b, torch.float64)
+    weight_sq, bias_sq = linear_sq_norms_fused(h, d, True, backend="triton")
+    ref_w, ref_b = linear_sq_norms(h.contiguous(), d.contiguous(), True)
+    _close(weight_sq, ref_w, torch.float64)
+    _close(bias_sq, ref_b, torch.float64)
+
+
+@needs_interpreter
 def test_zero_rows_and_zero_coefficients_interpreter():
     """Rows with zero gradient give zero norms; zero coefficients drop rows from the sum."""
     generator = torch.Generator().manual_seed(3)

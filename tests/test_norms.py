@@ -10,6 +10,7 @@ from skdpflow.privacy import dpsgd
 from skdpflow.privacy.norms import (
     choose_strategy,
     linear_clipped_sum,
+    linear_clipped_sum_,
     linear_sq_norms,
     linear_unit_sq_norms,
 )
@@ -89,6 +90,55 @@ def test_clipped_sum_matches_naive_loop(uses: int, d_in: int, d_out: int, per_un
     expected_b = sum(c[i] * b for i, (_, b) in enumerate(rows))
     torch.testing.assert_close(weight_grad, expected_w, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(bias_grad, expected_b, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("uses", [1, 3])
+@pytest.mark.parametrize("d_in, d_out", [(3, 7), (7, 3), (16, 16)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_in_place_clipped_sum_on_use_major_buffers(
+    uses: int, d_in: int, d_out: int, bias: bool, per_unit: bool
+) -> None:
+    """The book-keeping variant: (T, B, in [+ ones]) and (T, B, out) scratch, scaled in place."""
+    h, d = _random(7, uses, d_in, d_out, seed=uses + d_in + 5 * d_out)
+    rows = _naive_grads(h, d, bias)
+    g = torch.Generator().manual_seed(4)
+    coef = torch.rand((7, d_out) if per_unit else (7,), dtype=DTYPE, generator=g)
+    h_store = torch.ones(uses, 7, d_in + bias, dtype=DTYPE)
+    h_store[..., :d_in] = h.transpose(0, 1)
+    d_store = d.transpose(0, 1).contiguous()
+
+    weight_grad, bias_grad = linear_clipped_sum_(h_store, d_store, coef, bias)
+    c = coef if per_unit else coef[:, None].expand(7, d_out)
+    expected_w = sum(c[i][:, None] * w for i, (w, _) in enumerate(rows))
+    torch.testing.assert_close(weight_grad, expected_w, rtol=1e-8, atol=1e-12)
+    if bias:
+        expected_b = sum(c[i] * b for i, (_, b) in enumerate(rows))
+        torch.testing.assert_close(bias_grad, expected_b, rtol=1e-8, atol=1e-12)
+    else:
+        assert bias_grad is None
+
+
+@pytest.mark.parametrize("strategy", ["gram", "materialise"])
+def test_use_major_views_give_the_same_results(strategy: str) -> None:
+    """(B, T, f) views of use-major storage, as the recorder hands them over."""
+    h, d = _random(6, 4, 5, 9, seed=11)
+    h_view = torch.cat([h, torch.ones(6, 4, 1, dtype=DTYPE)], 2).transpose(0, 1).contiguous()
+    h_view = h_view[..., :5].transpose(0, 1)
+    d_view = d.transpose(0, 1).contiguous().transpose(0, 1)
+    assert torch.equal(h_view, h) and torch.equal(d_view, d) and not d_view.is_contiguous()
+    coef = torch.rand(6, dtype=DTYPE)
+    for got, ref in [
+        (linear_sq_norms(h_view, d_view, True, strategy), linear_sq_norms(h, d, True, strategy)),
+        (linear_clipped_sum(h_view, d_view, coef), linear_clipped_sum(h, d, coef)),
+    ]:
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    workspace = torch.empty(6, 4, 9, dtype=DTYPE)
+    torch.testing.assert_close(
+        linear_unit_sq_norms(h_view, d_view, True, strategy, workspace=workspace),
+        linear_unit_sq_norms(h, d, True, strategy), rtol=1e-12, atol=0.0,
+    )
 
 
 def test_cost_model_picks_cheaper_form() -> None:

@@ -1,10 +1,11 @@
 """Poisson sampling and one DP-SGD step with fast per-row clipping (book-keeping).
 
 The privacy unit is one row. A forward pass inside :meth:`DPSGDStep.record` keeps, for every
-call of every ``nn.Linear``, the layer input ``h`` and output ``z``. One backward pass gives
-the output gradients ``d = dL/dz``; from ``h`` and ``d`` alone :mod:`.norms` gives each row's
-gradient norm (flat, or per output unit) and the clipped gradient sum, without ever
-materialising per-row gradients.
+call of every ``nn.Linear``, the layer input ``h`` and output ``z``; one backward pass gives
+the output gradients ``d = dL/dz`` (:mod:`.recording`). From ``h`` and ``d`` alone
+:mod:`.norms` gives each row's gradient norm (flat, or per output unit) and the clipped
+gradient sum, without ever materialising per-row gradients. Clip coefficients, per-unit
+bounds and sparsification masks live in :mod:`.clipping`.
 
 A weight used T times per row (the shared conditioner, called once per flow stage) has the
 per-row gradient ``G_i = sum_t d_{i,t} h_{i,t}^T``, whose squared norm is the Gram form
@@ -27,23 +28,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 
+from .clipping import (
+    NORM_EPS,
+    Clipping,
+    clip_coefficients,
+    draw_unit_masks,
+    parameter_masks,
+    unit_bounds,
+)
 from .kernels import linear_clipped_sum_fused, linear_sq_norms_fused, select_backend
 from .norms import (
     NormStrategy,
     choose_strategy,
     linear_clipped_sum,
+    linear_clipped_sum_,
     linear_sq_norms,
     linear_unit_sq_norms,
 )
+from .recording import LayerRecord, LinearRecorder, linear_layers
 
 __all__ = [
+    "NORM_EPS",
     "Clipping",
     "DPSGDStep",
     "NormStrategy",
@@ -53,13 +63,10 @@ __all__ = [
     "poisson_batches",
 ]
 
-Clipping = Literal["flat", "per_unit"]
-
 # Kept for callers of the old private name; the rule lives in norms.py.
 _choose_strategy = choose_strategy
 
-# Guards the clip coefficient C / norm against rows with a zero gradient.
-NORM_EPS = 1e-6
+Records = dict[nn.Linear, LayerRecord]
 
 
 def poisson_batches(
@@ -95,45 +102,6 @@ def poisson_batches(
         yield mask.nonzero().squeeze(1)
 
 
-def _stack_uses(tensors: list[Tensor], batch_size: int) -> Tensor:
-    """Stack all uses of one layer per row: list of ``(B, *, f)`` -> ``(B, T, f)``."""
-    return torch.cat([t.reshape(batch_size, -1, t.shape[-1]) for t in tensors], dim=1)
-
-
-@dataclass
-class _Uses:
-    """Everything recorded for one linear layer during one forward pass."""
-
-    inputs: list[Tensor] = field(default_factory=list)
-    outputs: list[Tensor] = field(default_factory=list)
-
-
-def _check_layers(module: nn.Module) -> list[nn.Linear]:
-    """Trainable layers of ``module``; each must be a plain ``nn.Linear`` with own parameters."""
-    layers: list[nn.Linear] = []
-    owner: dict[int, str] = {}
-    for name, sub in module.named_modules():
-        own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        if type(sub) is not nn.Linear:
-            raise TypeError(
-                f"no fast per-row gradient rule for {type(sub).__name__} ({name or 'root'!r}): "
-                "only nn.Linear may own trainable parameters; freeze it or rebuild it from "
-                "nn.Linear layers."
-            )
-        for p in own:
-            if id(p) in owner:
-                # Norms of shared tensors across modules do not add up per module.
-                raise TypeError(
-                    f"parameter shared by {owner[id(p)]!r} and {name!r}: tie by calling one "
-                    "nn.Linear several times instead."
-                )
-            owner[id(p)] = name
-        layers.append(sub)
-    return layers
-
-
 class DPSGDStep:
     """One DP-SGD gradient with per-row clipping (flat or per unit) and Gaussian noise.
 
@@ -148,33 +116,14 @@ class DPSGDStep:
             step.step(losses)                         # sets p.grad for every parameter
             optimizer.step()
 
-    **Clipping.** ``"flat"`` scales row i's whole gradient by ``min(1, C / |g_i|)``.
-    ``"per_unit"`` clips every group of every row to its own bound ``C_u``; a group is one
-    *output unit* of one ``nn.Linear``: row j of its weight plus bias entry j (all T uses
-    of a tied layer share the group). The bounds are fixed by parameter count,
-    ``C_u = C sqrt(n_u / N)`` (``n_u`` trainable parameters in the group, ``N`` in all), so
-    ``sum_u C_u^2 = C^2``: a row's clipped gradient has norm at most
-    ``sqrt(sum_u C_u^2) = C``, the L2 sensitivity of the clipped sum is C as with flat
-    clipping, and the same noise ``N(0, (sigma C)^2)`` on every coordinate gives the same
-    Gaussian mechanism. The accountant is unchanged and no budget is spent on the
-    allocation, which reads no data.
-
-    **Sparsification** (``sparsity=p``). Every step draws, from ``generator`` only, a
-    Bernoulli keep-mask with keep probability ``1 - p`` per output unit (the coordinates of
-    a unit, weight row and bias entry, are kept or dropped together, so the masked norms
-    come from per-unit norms at no extra cost). Each row's gradient is masked *before*
-    clipping, noise is added on kept coordinates only, and dropped coordinates get a
-    gradient of exactly 0. No epsilon is spent on it: the mask is independent of the data
-    (public randomness, drawn before and apart from any row), and conditional on it the
-    release is a Gaussian mechanism on the kept coordinates whose clipped sum still has L2
-    sensitivity at most C (flat: the masked row is clipped to C; per unit: the kept
-    bounds satisfy ``sum C_u^2 <= C^2``) with the same noise ``sigma C``; the dropped
-    coordinates are constants. Every conditional mechanism is thus at least as private as
-    the unmasked one, so the subsampled-Gaussian accounting applies unchanged. The kept
-    gradient is *not* rescaled by ``1 / (1 - p)``: rescaling is post-processing (no privacy
-    effect) but scales the noise too, and Adam, which the trainer uses, is invariant to a
-    constant per-coordinate scale up to its epsilon; with plain SGD raise the learning
-    rate instead.
+    **Clipping.** ``"flat"`` scales row i's whole gradient by ``min(1, C / |g_i|)``;
+    ``"per_unit"`` clips each output unit of each layer (weight row j with bias entry j,
+    over all T tied uses) to ``C_u = C sqrt(n_u / N)``, so that ``sum_u C_u^2 = C^2``.
+    **Sparsification** (``sparsity=p``) drops each output unit with probability ``p`` per
+    step, by a mask drawn from ``generator`` alone, before clipping; noise goes on kept
+    coordinates only and dropped ones get exactly 0. Neither changes the accounting: why
+    is in :mod:`.clipping`. The kept gradient is not rescaled by ``1 / (1 - p)`` (Adam is
+    invariant to a constant per-coordinate scale; with plain SGD raise the learning rate).
 
     Parameters
     ----------
@@ -250,6 +199,8 @@ class DPSGDStep:
             raise ValueError(f"clipping must be 'flat' or 'per_unit', got {clipping!r}.")
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got {sparsity!r}.")
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}.")
         self.module = module
         self.max_grad_norm = float(max_grad_norm)
         self.noise_multiplier = float(noise_multiplier)
@@ -258,51 +209,38 @@ class DPSGDStep:
         self.norm_strategy = norm_strategy
         self.clipping = clipping
         self.sparsity = float(sparsity)
-        if backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}.")
         self.backend = backend
-        self.layers_ = _check_layers(module)
+        self.layers_ = linear_layers(module)
         self._names = {layer: name for name, layer in module.named_modules()}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
-        self.unit_bounds_ = self._unit_bounds()
-        self.last_mask_: dict[str, Tensor] | None = None
-        self._uses: dict[nn.Linear, _Uses] = {}
-
-    def _unit_bounds(self) -> dict[str, float]:
-        """``C_u = C sqrt(n_u / N)``, so that ``sum_u C_u^2 = C^2`` over all units."""
-        sizes = {layer: _unit_size(layer) for layer in self.layers_}
-        total = sum(size * layer.out_features for layer, size in sizes.items())
-        return {
-            self._names[layer]: self.max_grad_norm * math.sqrt(size / total)
-            for layer, size in sizes.items()
+        self._bounds = unit_bounds(self.layers_, self.max_grad_norm)
+        self.unit_bounds_ = {
+            self._names[layer]: bound
+            for layer, bound in zip(self.layers_, self._bounds, strict=True)
         }
+        self.last_mask_: dict[str, Tensor] | None = None
+        self._recorder = LinearRecorder(self.layers_)
 
     # ------------------------------------------------------------------ recording
-    @contextmanager
-    def record(self) -> Iterator[None]:
+    def record(self) -> AbstractContextManager[None]:
         """Record inputs and outputs of every trainable linear layer during a forward pass.
 
         All calls of a layer are kept, in order. The hooks are removed on exit; the recorded
         tensors live until the next :meth:`step` (or :meth:`clear`).
         """
-        self.clear()
-        handles = [layer.register_forward_hook(self._hook) for layer in self.layers_]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _hook(self, layer: nn.Linear, args: tuple[Tensor, ...], output: Tensor) -> None:
-        if not output.requires_grad:
-            return  # a call outside autograd (e.g. under no_grad) adds no gradient
-        uses = self._uses.setdefault(layer, _Uses())
-        uses.inputs.append(args[0].detach())
-        uses.outputs.append(output)
+        return self._recorder.record()
 
     def clear(self) -> None:
-        """Drop everything recorded (per-row tensors must not outlive a step)."""
-        self._uses = {}
+        """Drop the recorded calls and the autograd graph they hold."""
+        self._recorder.clear()
+
+    def release(self) -> None:
+        """Also free the scratch buffers, which keep the last batch's ``h`` and ``d``.
+
+        They are reused by the next step (allocating them afresh costs about as much as
+        filling them); they are never exposed, and are freed with this object anyway.
+        """
+        self._recorder.release()
 
     # ------------------------------------------------------------------ norms
     def per_sample_sq_norms(self, losses: Tensor) -> dict[str, Tensor]:
@@ -318,12 +256,14 @@ class DPSGDStep:
         dict of str to Tensor
             Parameter name (as in ``module.named_parameters()``) to a ``(B,)`` tensor.
         """
-        try:
-            layer_data = self._backward(losses)
-            norms = self._sq_norms_by_param(layer_data, losses.shape[0], losses)
-        finally:
-            self.clear()
-        return {self._param_names[id(p)]: sq for p, sq in norms.items()}
+        records = self._recorder.backward(losses)
+        norms: dict[str, Tensor] = {}
+        for layer in self.layers_:
+            weight_sq, bias_sq = self._layer_sq_norms(layer, records.get(layer), losses)
+            for p, sq in zip((layer.weight, layer.bias), (weight_sq, bias_sq), strict=True):
+                if p is not None and p.requires_grad:
+                    norms[self._param_names[id(p)]] = sq
+        return norms
 
     def per_sample_unit_sq_norms(self, losses: Tensor) -> dict[str, Tensor]:
         """Per-row, per-output-unit squared gradient norms of every layer (unmasked), then clear.
@@ -339,12 +279,11 @@ class DPSGDStep:
             Module name to a ``(B, out_features)`` tensor: unit j holds row j of the weight
             plus bias entry j (trainable parts only).
         """
-        try:
-            layer_data = self._backward(losses)
-            norms = self._unit_sq_norms(layer_data, losses.shape[0], losses)
-        finally:
-            self.clear()
-        return {self._names[layer]: sq for layer, sq in norms.items()}
+        records = self._recorder.backward(losses)
+        return {
+            self._names[layer]: self._unit_sq_norms(layer, records.get(layer), losses)
+            for layer in self.layers_
+        }
 
     # ------------------------------------------------------------------ stepping
     def step(self, losses: Tensor) -> dict[str, Tensor | float | int]:
@@ -370,29 +309,29 @@ class DPSGDStep:
             ``"batch_size"``: B.
         """
         try:
-            batch_size = losses.shape[0]
             if losses.ndim != 1:
                 raise ValueError(f"losses must have shape (B,), got {tuple(losses.shape)}.")
             # Drawn first and from the generator alone: the mask never depends on the data.
             masks = self._draw_masks()
-            layer_data = self._backward(losses)
-            if self.clipping == "flat" and masks is None:
-                sq = self._sq_norms_by_param(layer_data, batch_size, losses)
-                norms = self._total_norms(list(sq.values()), batch_size, losses)
-                coef: Tensor | dict[nn.Linear, Tensor] = self._clip_coefficients(norms)
-                clipped = (norms > self.max_grad_norm).double()
-            else:
-                coef, norms, clipped = self._unit_coefficients(
-                    layer_data, masks, batch_size, losses
-                )
-            # Split on purpose: a distributed run would all-reduce the clipped sums here,
-            # between (a) and (b), so that noise is added once to the global sum.
-            summed = self._clipped_sum(layer_data, coef)
-            self._noise_and_normalise(summed, masks)
+            records = self._recorder.backward(losses)
         finally:
             self.clear()
-        fraction = float(clipped.mean()) if batch_size else 0.0
-        return {"norms": norms.detach(), "clipped_fraction": fraction, "batch_size": batch_size}
+        if masks is not None:
+            # One decision per output unit: zeroing d_j masks weight row j and bias entry j
+            # of every row's gradient, before its norm is taken.
+            for layer, keep in zip(self.layers_, masks, strict=True):
+                if layer in records:
+                    records[layer].d.mul_(keep.to(records[layer].d.dtype))
+        if self.clipping == "flat":
+            coef, norms, fraction = self._flat_coefficients(records, losses)
+        else:
+            coef, norms, fraction = self._unit_coefficients(records, masks, losses)
+        # Split on purpose: a distributed run would all-reduce the clipped sums here,
+        # between (a) and (b), so that noise is added once to the global sum.
+        summed = self._clipped_sums(records, coef)
+        self._noise_and_normalise(summed, masks)
+        return {"norms": norms.detach(), "clipped_fraction": fraction,
+                "batch_size": losses.shape[0]}
 
     def step_empty(self) -> dict[str, Tensor | float | int]:
         """Step for an empty Poisson batch: gradients are pure noise / expected batch size."""
@@ -401,168 +340,112 @@ class DPSGDStep:
         device = weight.device if weight is not None else None
         return self.step(torch.zeros(0, dtype=dtype, device=device))
 
-    def _draw_masks(self) -> dict[nn.Linear, Tensor] | None:
-        """Per-unit Bernoulli(1 - p) keep-masks, one ``(out,)`` bool tensor per layer."""
+    def _draw_masks(self) -> list[Tensor] | None:
+        """Per-unit keep-masks, one ``(out,)`` bool tensor per layer; None without sparsity."""
         if self.sparsity == 0.0:
             self.last_mask_ = None
             return None
-        masks: dict[nn.Linear, Tensor] = {}
-        for layer in self.layers_:
-            device = layer.weight.device if self.generator is None else self.generator.device
-            draw = torch.rand(layer.out_features, generator=self.generator, device=device)
-            masks[layer] = (draw >= self.sparsity).to(layer.weight.device)
-        self.last_mask_ = {}
-        for layer, keep in masks.items():
-            for p in _trainable(layer):
-                shape = keep if p.ndim == 1 else keep[:, None].expand_as(p)
-                self.last_mask_[self._param_names[id(p)]] = shape.clone()
+        masks = draw_unit_masks(self.layers_, self.sparsity, self.generator)
+        self.last_mask_ = {
+            self._param_names[id(p)]: keep.expand_as(p).clone()
+            for layer, unit_keep in zip(self.layers_, masks, strict=True)
+            for p, keep in parameter_masks(layer, unit_keep).items()
+        }
         return masks
 
-    def _backward(self, losses: Tensor) -> dict[nn.Linear, tuple[Tensor, Tensor]]:
-        """One backward pass; per layer the stacked ``(h, d)`` of shapes ``(B, T, *)``."""
-        batch_size = losses.shape[0]
-        recorded = [(layer, uses) for layer, uses in self._uses.items() if uses.outputs]
-        if batch_size == 0:
-            return {}
-        if not recorded:
-            raise RuntimeError("no recorded forward pass: compute losses inside record().")
-        outputs = [out for _, uses in recorded for out in uses.outputs]
-        # Gradients w.r.t. the layer outputs only: autograd then skips the weight-gradient
-        # matmuls (they are rebuilt clipped below) and no unclipped gradient reaches p.grad.
-        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-        data: dict[nn.Linear, tuple[Tensor, Tensor]] = {}
-        position = 0
-        for layer, uses in recorded:
-            count = len(uses.outputs)
-            layer_grads = [
-                torch.zeros_like(out) if g is None else g
-                for out, g in zip(uses.outputs, grads[position : position + count], strict=True)
-            ]
-            position += count
-            for h in uses.inputs:
-                if h.shape[0] != batch_size:
-                    raise ValueError(
-                        f"a recorded call of {layer} has leading size {h.shape[0]}, but losses "
-                        f"has {batch_size} rows; every call must see all rows of the batch."
-                    )
-            data[layer] = (
-                _stack_uses(uses.inputs, batch_size),
-                _stack_uses(layer_grads, batch_size),
-            )
-        return data
+    # ------------------------------------------------------------------ per layer
+    def _use_triton(self, record: LayerRecord) -> bool:
+        """Fused Triton kernels on CUDA (``backend="auto"``), torch everywhere else."""
+        return select_backend(record.d.device, self.backend) == "triton"
 
-    def _sq_norms_by_param(
-        self, data: dict[nn.Linear, tuple[Tensor, Tensor]], batch_size: int, like: Tensor
-    ) -> dict[nn.Parameter, Tensor]:
-        norms: dict[nn.Parameter, Tensor] = {}
-        for layer in self.layers_:
-            bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-            if layer in data and self._use_triton(data[layer][0]):
-                weight_sq, bias_sq = linear_sq_norms_fused(
-                    *data[layer], bias is not None, backend="triton"
-                )
-            elif layer in data:
-                weight_sq, bias_sq = linear_sq_norms(
-                    *data[layer], bias is not None, self.norm_strategy
-                )
-            else:  # layer unused in this forward pass
-                weight_sq = bias_sq = like.new_zeros(batch_size)
-            if layer.weight.requires_grad:
-                norms[layer.weight] = weight_sq
-            if bias is not None:
-                norms[bias] = bias_sq
-        return norms
+    def _layer_sq_norms(
+        self, layer: nn.Linear, record: LayerRecord | None, like: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-row squared norms ``(B,)`` of the layer's weight and (trainable) bias."""
+        if record is None:  # layer unused in this forward pass
+            zeros = like.new_zeros(like.shape[0]).detach()
+            return zeros, zeros if layer.bias is not None and layer.bias.requires_grad else None
+        if self._use_triton(record):
+            return linear_sq_norms_fused(
+                record.inputs, record.grads, record.bias, backend="triton"
+            )
+        return linear_sq_norms(record.inputs, record.grads, record.bias, self.norm_strategy)
 
     def _unit_sq_norms(
-        self, data: dict[nn.Linear, tuple[Tensor, Tensor]], batch_size: int, like: Tensor
-    ) -> dict[nn.Linear, Tensor]:
-        """``(B, out)`` squared norms of every unit's trainable coordinates, per layer."""
-        norms: dict[nn.Linear, Tensor] = {}
+        self, layer: nn.Linear, record: LayerRecord | None, like: Tensor
+    ) -> Tensor:
+        """``(B, out)`` squared norms of every unit's trainable coordinates."""
+        if record is None:  # layer unused in this forward pass
+            return like.new_zeros(like.shape[0], layer.out_features).detach()
+        if not layer.weight.requires_grad:  # the bias entry alone
+            return record.grads.sum(1).square()
+        shape = (record.d.shape[1], record.d.shape[0], record.d.shape[2])
+        workspace = self._recorder.scratch(layer, "unit", shape, record.d)
+        return linear_unit_sq_norms(record.inputs, record.grads, record.bias,
+                                    self.norm_strategy, workspace=workspace)
+
+    def _flat_coefficients(self, records: Records, like: Tensor) -> tuple[Tensor, Tensor, float]:
+        """One ``(B,)`` coefficient ``min(1, C / |g_i|)`` from the (masked) row norms."""
+        total = like.new_zeros(like.shape[0]).detach()
         for layer in self.layers_:
-            bias = layer.bias is not None and layer.bias.requires_grad
-            if layer not in data:  # layer unused in this forward pass
-                norms[layer] = like.new_zeros(batch_size, layer.out_features).detach()
-            elif layer.weight.requires_grad:
-                norms[layer] = linear_unit_sq_norms(*data[layer], bias, self.norm_strategy)
-            else:
-                norms[layer] = data[layer][1].sum(1).square()
-        return norms
+            record = records.get(layer)
+            if record is None:
+                continue
+            weight_sq, bias_sq = self._layer_sq_norms(layer, record, like)
+            if layer.weight.requires_grad:
+                total = total + weight_sq
+            if bias_sq is not None:
+                total = total + bias_sq
+        norms = total.sqrt()
+        fraction = float((norms > self.max_grad_norm).double().mean()) if len(norms) else 0.0
+        return clip_coefficients(norms, self.max_grad_norm), norms, fraction
 
     def _unit_coefficients(
-        self,
-        data: dict[nn.Linear, tuple[Tensor, Tensor]],
-        masks: dict[nn.Linear, Tensor] | None,
-        batch_size: int,
-        like: Tensor,
-    ) -> tuple[Tensor | dict[nn.Linear, Tensor], Tensor, Tensor]:
-        """Clip coefficients from per-unit norms of the masked rows; row norms; share clipped.
+        self, records: Records, masks: list[Tensor] | None, like: Tensor
+    ) -> tuple[dict[nn.Linear, Tensor], Tensor, float]:
+        """``(B, out)`` coefficients ``min(1, C_u / |g_{i,u}|)`` per layer; row norms; share.
 
-        Flat: one ``(B,)`` coefficient from the masked row norm. Per unit: ``(B, out)`` per
-        layer. Dropped units need no coefficient of their own: the mask is per output unit,
-        so zeroing them in the clipped sum (in :meth:`_noise_and_normalise`) equals summing
-        the masked rows, and a flat clipped sum stays one narrow-factor matmul.
+        Dropped units were zeroed in ``d``, so their norm is 0: they count neither as
+        clipped nor as kept.
         """
-        unit_sq = self._unit_sq_norms(data, batch_size, like)
-        if masks is not None:
-            unit_sq = {layer: sq * masks[layer] for layer, sq in unit_sq.items()}
-        norms = self._total_norms([sq.sum(1) for sq in unit_sq.values()], batch_size, like)
-        if self.clipping == "flat":
-            return self._clip_coefficients(norms), norms, (norms > self.max_grad_norm).double()
+        batch = like.shape[0]
+        total = like.new_zeros(batch).detach()
         coef: dict[nn.Linear, Tensor] = {}
         over, kept = 0, 0
-        for layer, sq in unit_sq.items():
-            bound = self.unit_bounds_[self._names[layer]]
+        for i, (layer, bound) in enumerate(zip(self.layers_, self._bounds, strict=True)):
+            sq = self._unit_sq_norms(layer, records.get(layer), like)
+            total = total + sq.sum(1)
             unit_norms = sq.sqrt()
-            if math.isinf(bound):
-                coef[layer] = torch.ones_like(unit_norms)
-            else:
-                coef[layer] = (bound / (unit_norms + NORM_EPS)).clamp(max=1.0)
-            over = over + (unit_norms > bound).sum()  # a dropped unit has norm 0
-            kept = kept + (sq.shape[1] if masks is None else masks[layer].sum()) * batch_size
-        return coef, norms, torch.as_tensor(over / kept if float(kept) > 0 else 0.0)
+            coef[layer] = clip_coefficients(unit_norms, bound)
+            over = over + int((unit_norms > bound).sum())
+            kept = kept + batch * (layer.out_features if masks is None else int(masks[i].sum()))
+        return coef, total.sqrt(), over / kept if kept > 0 else 0.0
 
-    def _use_triton(self, like: Tensor) -> bool:
-        """Fused Triton kernels on CUDA (``backend="auto"``), torch everywhere else."""
-        return select_backend(like.device, self.backend) == "triton"
-
-    @staticmethod
-    def _total_norms(values: list[Tensor], batch_size: int, like: Tensor) -> Tensor:
-        total = like.new_zeros(batch_size).detach()
-        for value in values:
-            total = total + value
-        return total.sqrt()
-
-    def _clip_coefficients(self, norms: Tensor) -> Tensor:
-        if math.isinf(self.max_grad_norm):
-            return torch.ones_like(norms)
-        return (self.max_grad_norm / (norms + NORM_EPS)).clamp(max=1.0)
-
-    def _clipped_sum(
-        self,
-        data: dict[nn.Linear, tuple[Tensor, Tensor]],
-        coef: Tensor | dict[nn.Linear, Tensor],
+    def _clipped_sums(
+        self, records: Records, coef: Tensor | dict[nn.Linear, Tensor]
     ) -> dict[nn.Parameter, Tensor]:
         """(a) ``sum_i c_i g_i`` per parameter; zero for layers with no recorded use."""
         summed: dict[nn.Parameter, Tensor] = {}
         for layer in self.layers_:
-            if layer in data:
-                layer_coef = coef[layer] if isinstance(coef, dict) else coef
-                if self._use_triton(data[layer][0]):
-                    weight_grad, bias_grad = linear_clipped_sum_fused(
-                        *data[layer], layer_coef, backend="triton")
-                else:
-                    weight_grad, bias_grad = linear_clipped_sum(*data[layer], layer_coef)
-            else:
+            record = records.get(layer)
+            layer_coef = coef[layer] if isinstance(coef, dict) else coef
+            if record is None:
                 weight_grad = torch.zeros_like(layer.weight)
                 bias_grad = None if layer.bias is None else torch.zeros_like(layer.bias)
-            if layer.weight.requires_grad:
-                summed[layer.weight] = weight_grad.to(layer.weight.dtype)
-            if layer.bias is not None and layer.bias.requires_grad:
-                summed[layer.bias] = bias_grad.to(layer.bias.dtype)
+            elif self._use_triton(record):
+                weight_grad, bias_grad = linear_clipped_sum_fused(
+                    record.inputs, record.grads, layer_coef, backend="triton")
+            else:
+                # The scratch buffers are not needed after this: scaled in place.
+                weight_grad, bias_grad = linear_clipped_sum_(
+                    record.h, record.d, layer_coef, record.bias)
+            for p, grad in zip((layer.weight, layer.bias), (weight_grad, bias_grad), strict=True):
+                if p is not None and p.requires_grad:
+                    summed[p] = grad.to(p.dtype)
         return summed
 
     def _noise_and_normalise(
-        self, summed: dict[nn.Parameter, Tensor], masks: dict[nn.Linear, Tensor] | None
+        self, summed: dict[nn.Parameter, Tensor], masks: list[Tensor] | None
     ) -> None:
         """(b) add ``N(0, (sigma C)^2)``, zero dropped units, divide by the expected batch size.
 
@@ -570,7 +453,10 @@ class DPSGDStep:
         leaves noise on kept coordinates only.
         """
         std = self.noise_multiplier * self.max_grad_norm
-        keep = {} if masks is None else self._param_masks(masks)
+        keep: dict[nn.Parameter, Tensor] = {}
+        if masks is not None:
+            for layer, unit_keep in zip(self.layers_, masks, strict=True):
+                keep.update(parameter_masks(layer, unit_keep))
         for p, grad in summed.items():
             if std > 0:
                 noise = torch.normal(
@@ -581,26 +467,7 @@ class DPSGDStep:
                     dtype=p.dtype,
                     device=p.device,
                 )
-                grad = grad + noise
+                grad = noise.add_(grad)
             if p in keep:
                 grad = torch.where(keep[p], grad, torch.zeros_like(grad))
-            p.grad = (grad / self.expected_batch_size).detach()
-
-    @staticmethod
-    def _param_masks(masks: dict[nn.Linear, Tensor]) -> dict[nn.Parameter, Tensor]:
-        out: dict[nn.Parameter, Tensor] = {}
-        for layer, keep in masks.items():
-            for p in _trainable(layer):
-                out[p] = keep if p.ndim == 1 else keep[:, None]
-        return out
-
-
-def _trainable(layer: nn.Linear) -> list[nn.Parameter]:
-    return [p for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
-
-
-def _unit_size(layer: nn.Linear) -> int:
-    """Trainable parameters in one output unit: a weight row and a bias entry."""
-    weight = layer.in_features if layer.weight.requires_grad else 0
-    bias = 1 if layer.bias is not None and layer.bias.requires_grad else 0
-    return weight + bias
+            p.grad = (grad / self.expected_batch_size).detach().contiguous()

@@ -215,7 +215,7 @@ def _kernels(interpret: bool) -> SimpleNamespace:
     @triton.jit
     def clipped_sum_kernel(
         h_ptr, d_ptr, c_ptr, w_out_ptr, b_out_ptr,
-        R, T, IN, OUT, rows_per_split,
+        R, C_DIV, C_MOD, IN, OUT, rows_per_split,
         h_sr, h_si,
         d_sr, d_so,
         c_sb, c_so,
@@ -246,7 +246,7 @@ def _kernels(interpret: bool) -> SimpleNamespace:
                 mask=mask_o[:, None] & mask_r[None, :], other=0.0,
             ).to(ACC)
             c = tl.load(
-                c_ptr + (offs_r // T)[None, :] * c_sb + offs_o[:, None] * c_so,
+                c_ptr + ((offs_r // C_DIV) % C_MOD)[None, :] * c_sb + offs_o[:, None] * c_so,
                 mask=mask_o[:, None] & mask_r[None, :], other=0.0,
             ).to(ACC)
             d = d * c
@@ -328,6 +328,14 @@ def _sq_norms_triton(inputs: Tensor, grads: Tensor, bias: bool) -> tuple[Tensor,
     return weight_sq.to(dtype), bias_sq.to(dtype) if bias else None
 
 
+def _use_major(x: Tensor) -> bool:
+    """Whether ``(B, T, f)`` views ``(T, B, f)`` storage whose ``T B`` rows merge into one."""
+    if x.shape[0] <= 1 or x.shape[1] <= 1:
+        return False
+    stride_b, stride_t, stride_f = x.stride()
+    return stride_f == 1 and stride_t == x.shape[0] * stride_b
+
+
 def _n_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -340,8 +348,15 @@ def _clipped_sum_triton(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Te
     dtype = torch.promote_types(inputs.dtype, grads.dtype)
     acc = _acc_dtype(dtype)
     rows = batch * uses
-    h = inputs.reshape(rows, d_in)
-    d = grads.reshape(rows, d_out)
+    if _use_major(inputs) and _use_major(grads):
+        # Row r is (use r // B, row r % B): the book-keeping buffers' layout, read in place.
+        h = inputs.transpose(0, 1).reshape(rows, d_in)
+        d = grads.transpose(0, 1).reshape(rows, d_out)
+        c_div, c_mod = 1, batch
+    else:  # row r is (row r // T, use r % T)
+        h = inputs.reshape(rows, d_in)
+        d = grads.reshape(rows, d_out)
+        c_div, c_mod = uses, batch
     if coef.ndim == 1 or coef.shape[1] == 1:  # one coefficient per row, for every unit
         c_strides = (coef.stride(0), 0)
     else:
@@ -364,7 +379,7 @@ def _clipped_sum_triton(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Te
     with _device_guard(inputs.device):
         ns.clipped_sum[grid](
             h, d, coef, weight, bias,
-            rows, uses, d_in, d_out, rows_per_split,
+            rows, c_div, c_mod, d_in, d_out, rows_per_split,
             *h.stride(), *d.stride(), *c_strides, *weight.stride(), *bias.stride(),
             ACC=_tl_dtype(ns, acc), BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_R=block_r,
         )
