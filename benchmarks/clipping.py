@@ -6,11 +6,10 @@ Usage (from the repository root)::
     python benchmarks/clipping.py --batches 1024 4096 --steps 20 --check --out clipping.md
     python benchmarks/clipping.py --device cuda --check             # adds the Triton rows
 
-GPU session, one prepared script (kernel correctness on fresh random inputs, then timing)::
+GPU session, one prepared script (kernel correctness on CUDA first, then timing)::
 
     pip install -e '.[test,gpu]'
-    python -m pytest tests/test_kernels.py -q -rs && \
-        python benchmarks/clipping.py --device cuda --check --steps 20 --out clipping_cuda.md
+    bash benchmarks/gpu_check.sh          # writes gpu_check/{env,tests,clipping}.txt
 
 One process, one model (``SharedConditionerFlow(19, n_stages=6, hidden_size=64, n_bins=8)``:
 Adult-sized, 19 encoded dimensions, the conditioner called once per stage), one batch per
@@ -35,12 +34,13 @@ make multi-threaded steps stall (thread-pool barriers wait for a descheduled thr
 large gap between median and fastest step flags such a run.
 ``--check`` first verifies that skdpflow's per-row gradient norms and clipped mean
 gradient agree with Opacus hooks (and the norms with the naive loop) to 1e-4 relative.
+``--breakdown`` adds the median time of each phase of the flat DP step, timed alternately
+with the non-private step's forward and backward.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import inspect
 import os
@@ -49,7 +49,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,13 +58,13 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skdpflow.flows.model import SharedConditionerFlow
-from skdpflow.privacy import dpsgd as dpsgd_module
 from skdpflow.privacy.dpsgd import DPSGDStep
 from skdpflow.privacy.kernels import (
     linear_clipped_sum_fused,
     linear_sq_norms_fused,
     triton_available,
 )
+from skdpflow.privacy.norms import linear_clipped_sum, linear_sq_norms
 
 FEATURES = 19
 C = 1.0
@@ -111,38 +111,15 @@ def non_private(model: nn.Module, x: Tensor) -> Step:
     return step
 
 
-@contextlib.contextmanager
-def triton_kernels() -> Iterator[None]:
-    """Route DPSGDStep's flat-norm and clipped-sum calls through the Triton kernels."""
-    names = ("linear_sq_norms", "linear_clipped_sum")
-    saved = {name: getattr(dpsgd_module, name) for name in names}
-
-    def sq_norms(inputs: Tensor, grads: Tensor, bias: bool, strategy: str = "auto"):
-        return linear_sq_norms_fused(inputs, grads, bias, backend="triton")
-
-    def clipped_sum(inputs: Tensor, grads: Tensor, coef: Tensor):
-        return linear_clipped_sum_fused(inputs, grads, coef, backend="triton")
-
-    dpsgd_module.linear_sq_norms = sq_norms
-    dpsgd_module.linear_clipped_sum = clipped_sum
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(dpsgd_module, name, fn)
-
-
-def skdpflow_step(model: nn.Module, x: Tensor, triton: bool = False, **options) -> Step:
+def skdpflow_step(model: nn.Module, x: Tensor, **options) -> Step:
     generator = torch.Generator(device=x.device).manual_seed(0)
     dp = DPSGDStep(model, max_grad_norm=C, noise_multiplier=SIGMA,
                    expected_batch_size=x.shape[0], generator=generator, **options)
-    ctx = triton_kernels if triton else contextlib.nullcontext
 
     def step() -> None:
-        with ctx():
-            with dp.record():
-                losses = -model(x)
-            dp.step(losses)
+        with dp.record():
+            losses = -model(x)
+        dp.step(losses)
 
     return step
 
@@ -293,11 +270,10 @@ def check(model: nn.Module, x: Tensor, naive_count: int, triton: bool = False,
     if triton:
         fused = copy.deepcopy(model)
         dp_fused = DPSGDStep(fused, max_grad_norm=C, noise_multiplier=0.0,
-                             expected_batch_size=batch)
-        with triton_kernels():
-            with dp_fused.record():
-                losses = -fused(x)
-            fused_norms = dp_fused.step(losses)["norms"]
+                             expected_batch_size=batch, backend="triton")
+        with dp_fused.record():
+            losses = -fused(x)
+        fused_norms = dp_fused.step(losses)["norms"]
         rel = float(((fused_norms.double() - norms).abs() / norms.clamp_min(1e-12)).max())
         worst = max(
             float((p.grad - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12))
@@ -342,19 +318,62 @@ def time_methods(
     return times
 
 
+def breakdown(model: nn.Module, x: Tensor, n_steps: int, device: torch.device) -> str:
+    """Median ms of each phase of the flat DP step, next to the non-private step's two phases.
+
+    Uses DPSGDStep's internals (the phases of :meth:`DPSGDStep.step`), so it times the same
+    code; the two steps alternate, so load hits both alike.
+    """
+    private, plain = copy.deepcopy(model), copy.deepcopy(model)
+    dp = DPSGDStep(private, max_grad_norm=C, noise_multiplier=SIGMA, expected_batch_size=len(x),
+                   generator=torch.Generator(device=x.device).manual_seed(0), backend="torch")
+    phases: dict[str, list[float]] = {}
+
+    def lap(name: str, start: float) -> float:
+        sync(device)
+        now = time.perf_counter()
+        phases.setdefault(name, []).append(now - start)
+        return now
+
+    for i in range(n_steps + 1):
+        sync(device)
+        start = time.perf_counter()
+        for p in plain.parameters():
+            p.grad = None
+        loss = (-plain(x)).mean()
+        start = lap("non-private forward", start)
+        loss.backward()
+        start = lap("non-private backward", start)
+        with dp.record():
+            losses = -private(x)
+        start = lap("DP forward (recording)", start)
+        records = dp._recorder.backward(losses)
+        start = lap("DP backward to layer outputs + copy into scratch", start)
+        coef, _, _ = dp._flat_coefficients(records, losses)
+        start = lap("DP per-row norms + clip coefficients", start)
+        summed = dp._clipped_sums(records, coef)
+        start = lap("DP clipped sums", start)
+        dp._noise_and_normalise(summed, None)
+        lap("DP noise + p.grad", start)
+        if i == 0:  # warm-up
+            phases.clear()
+    return ", ".join(f"{name} {statistics.median(t) * 1e3:.1f}" for name, t in phases.items())
+
+
 def kernel_table(model: nn.Module, x: Tensor, n_steps: int, device: torch.device) -> list[str]:
     """Per-layer norm + clipped sum, torch functions vs the Triton kernels (CUDA only)."""
     dp = DPSGDStep(model, max_grad_norm=C, noise_multiplier=0.0, expected_batch_size=len(x))
     with dp.record():
         losses = -model(x)
-    data = dp._backward(losses)  # (h, d) per layer, as DPSGDStep.step sees them
-    dp.clear()
+    records = dp._recorder.backward(losses)  # (h, d) per layer, as DPSGDStep.step sees them
     coef = torch.rand(len(x), device=device, dtype=x.dtype)
     rows = []
-    for h, d in data.values():
+    for record in records.values():
+        h, d = record.inputs, record.grads
+
         def torch_fn(h=h, d=d):
-            dpsgd_module.linear_sq_norms(h, d, True)
-            dpsgd_module.linear_clipped_sum(h, d, coef)
+            linear_sq_norms(h, d, True)
+            linear_clipped_sum(h, d, coef)
 
         def triton_fn(h=h, d=d):
             linear_sq_norms_fused(h, d, True, backend="triton")
@@ -380,10 +399,10 @@ def run_batch(args: argparse.Namespace, batch: int, device: torch.device,
 
     steps: dict[str, Step] = {"non-private": non_private(copy.deepcopy(base), x)}
     for label, options in skdpflow_variants():
-        steps[label] = skdpflow_step(copy.deepcopy(base), x, **options)
+        steps[label] = skdpflow_step(copy.deepcopy(base), x, backend="torch", **options)
         if use_triton:
             steps[label + " + Triton kernels"] = skdpflow_step(
-                copy.deepcopy(base), x, triton=True, **options
+                copy.deepcopy(base), x, backend="triton", **options
             )
     failed: dict[str, str] = {}
     candidates = {
@@ -415,11 +434,23 @@ def run_batch(args: argparse.Namespace, batch: int, device: torch.device,
                     f"| {best * 1e3:.1f} |")
     for label, why in failed.items():
         rows.append(f"| {batch} | {label} | does not run: {why} | - | - |")
+    # Each round times every method once, back to back: the median over rounds of a
+    # method's time over the same round's non-private time cancels slow swings in load.
+    paired = {
+        name: statistics.median(a / b for a, b in zip(t, times["non-private"], strict=False))
+        for name, t in times.items() if name.startswith("skdpflow")
+    }
+    notes.append(f"B={batch}: paired ratio to non-private (median over rounds): "
+                 + ", ".join(f"{name.removeprefix('skdpflow DPSGDStep, ')} {ratio:.2f}"
+                             for name, ratio in paired.items()))
     flat = medians.get("skdpflow DPSGDStep, flat")
     hooks = medians.get("Opacus GradSampleModule (hooks)")
     if flat and hooks:
         notes.append(f"B={batch}: skdpflow flat is {hooks / flat:.1f}x faster than Opacus hooks, "
                      f"{flat / reference:.2f}x the non-private step")
+    if args.breakdown:
+        notes.append(f"B={batch}: median ms per phase: "
+                     + breakdown(base, x, args.steps, device))
     if use_triton:
         kernel_rows = kernel_table(copy.deepcopy(base), x, args.steps, device)
         notes.append(f"B={batch}: per-layer norm + clipped sum, median ms "
@@ -456,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton", default="auto", choices=["auto", "on", "off"],
                         help="rows with the fused Triton kernels (auto: on CUDA when installed; "
                         "on: also on CPU under TRITON_INTERPRET=1, very slow, for testing)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each phase of the flat DP step (after the table)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
 
