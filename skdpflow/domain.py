@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,34 +274,6 @@ def as_domain(domain: Any) -> Domain:
                                      or _is_sdv_single_table(domain)):
         return Domain.from_sdv_metadata(domain)
     return Domain.from_dict(domain)
-
-
-def resolve_domain(
-    data: pd.DataFrame, domain: Domain | dict | str | Path | None, warn: bool = True
-) -> Domain:
-    """The domain to use for ``data``: the declared one, completed from the data if needed."""
-    if domain is not None:
-        domain = as_domain(domain)
-    declared = Domain.from_dict(domain) if domain is not None else Domain()
-    extra = [c for c in declared.columns if c not in data.columns]
-    if extra:
-        raise ValueError(f"The domain declares columns that are not in the data: {extra}.")
-    missing = [c for c in data.columns if c not in declared.columns]
-    columns = {}
-    if missing:
-        inferred = Domain.from_data(data, missing)
-        if warn:
-            warnings.warn(
-                f"No public domain was declared for {len(missing)} column(s) {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}: their bounds, categories and "
-                "missingness are read from the data, and the differential-privacy guarantee "
-                "does not cover them. Pass domain=... to fit to declare them.",
-                DataDerivedDomainWarning,
-                stacklevel=3,
-            )
-    for name in data.columns:
-        columns[name] = declared.columns[name] if name in declared else inferred.columns[name]
-    return Domain(columns, data_derived=tuple(missing))
 
 
 def _infer_column(series: pd.Series, name: str) -> ColumnDomain:

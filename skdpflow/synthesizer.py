@@ -304,8 +304,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                     "name": "domain estimation (Gaussian mechanism, thresholded)",
                     "touches": f"bucket counts of {len(undeclared)} undeclared column(s) "
                                "(bounds) and value counts (categories)",
-                    "columns": [c for c in undeclared
-                                if not est.info[c]["mechanism"].startswith("none")],
+                    "columns": list(est.read),
                     "l2_sensitivity": est.l2_sensitivity,
                     "selection_delta": est.selection_delta,
                     "budget_share": self.domain_epsilon_fraction})
@@ -378,15 +377,15 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.n_features_in_ = data.shape[1]
         self.feature_names_in_ = np.asarray(data.columns, dtype=object)
         if private and (self.epsilon_ > self.epsilon * (1 + 1e-9)
-                        or self._delta_spent() > self.delta * (1 + 1e-9)):
+                        or self._delta_spent(self.epsilon_) > self.delta * (1 + 1e-9)):
             raise PrivacyBudgetError(  # fail closed: never report more than was promised
-                f"Spent ({self.epsilon_}, {self._delta_spent()}) exceeds the target "
+                f"Spent ({self.epsilon_}, {self._delta_spent(self.epsilon_)}) exceeds the target "
                 f"({self.epsilon}, {self.delta}).")
         return self
 
-    def _delta_spent(self) -> float:
+    def _delta_spent(self, epsilon: float) -> float:
         """Accountant's delta plus the category-discovery term ``e^eps * selection_delta``."""
-        return self.accountant_delta_ + math.exp(self.epsilon_) * self.selection_delta_
+        return self.accountant_delta_ + math.exp(epsilon) * self.selection_delta_
 
     def _release(self, typed: pd.DataFrame, hist_z: float, seed: int) -> tuple[list, dict]:
         specs = [histogram_spec(name, self.domain_[name], self.histogram_bins)
@@ -510,8 +509,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if private:
             delta_rdp = self.accountant_delta_
             report["epsilon_spent"] = epsilon_spent(self.history_, delta_rdp, self.accountant_)
-            report["delta_spent"] = delta_rdp + math.exp(report["epsilon_spent"]) \
-                * self.selection_delta_
+            report["delta_spent"] = self._delta_spent(report["epsilon_spent"])
             report["accountant_delta"] = delta_rdp
             report["selection_delta"] = self.selection_delta_
             for entry, release in zip(self.history_, self.releases_):

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skdpflow.domain import Domain, resolve_domain
+from skdpflow.domain import Domain
 from skdpflow.encoding import TableEncoder, TypeLayer, dequantize, typed_column
 from skdpflow.marginals import bin_index, histogram_spec, project_simplex, release_marginals
 
 
 def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 0):
-    dom = resolve_domain(frame, domain)
+    dom = Domain.from_dict(domain)
     layer = TypeLayer(dom, frame.dtypes.to_dict())
     typed = layer.transform(frame)
     specs = [histogram_spec(n, dom[n]) for n in dom.columns]

@@ -119,6 +119,7 @@ class DomainEstimate:
     """The estimated columns and the parameters of the one mechanism that produced them."""
 
     columns: dict[str, ColumnDomain]
+    read: list[str]  # the columns whose rows the mechanism read (all but booleans)
     noise_multiplier: float  # noise std / l2_sensitivity
     l2_sensitivity: float  # sqrt(number of columns whose rows were read)
     selection_delta: float  # chance that one row's category is released (0 if none)
@@ -126,7 +127,7 @@ class DomainEstimate:
 
     @property
     def touches_data(self) -> bool:
-        return self.l2_sensitivity > 0
+        return bool(self.read)
 
     @property
     def unreliable(self) -> list[str]:
@@ -201,7 +202,7 @@ def estimate_domain(
             info[name] = {"mechanism": "noisy histogram over a public grid",
                           "buckets": len(grid) - 1, "group_sizes": list(GROUP_SIZES),
                           "reliable": clear}
-    return DomainEstimate(out, noise_multiplier if read else 0.0, sensitivity,
+    return DomainEstimate(out, read, noise_multiplier if read else 0.0, sensitivity,
                           selection_delta if n_categorical else 0.0, info)
 
 
