@@ -75,7 +75,7 @@ class Options:
             return False
 
     def __str__(self) -> str:
-        return "a str among " + "{" + ", ".join(repr(v) for v in sorted(self.values)) + "}"
+        return "a value among " + "{" + ", ".join(sorted(repr(v) for v in self.values)) + "}"
 
 
 class _NoneOr:

@@ -2,9 +2,9 @@
 
 The bins come from the public :class:`~skdpflow.domain.Domain` only. Each row falls in
 exactly one bin of each of the ``m`` histograms, so adding or removing one row changes the
-concatenated count vector by at most ``sqrt(m)`` in L2 norm. One Gaussian mechanism with
-standard deviation ``z * sqrt(m)`` releases all of them at once; the accountant records it as
-one full-batch Gaussian step ``(z, 1.0, 1)`` and composes it with training.
+concatenated count vector by at most ``sqrt(m)`` in L2 norm. One discrete Gaussian mechanism
+of scale ``z * sqrt(m)`` (:mod:`skdpflow.privacy.histograms`) releases all of them at once; the
+ledger records it as one full-batch Gaussian step ``(z, 1.0, 1)``.
 
 The noisy counts are post-processed (no privacy cost): the row count is estimated from
 them (the exact count is never used), each histogram is divided by it and projected onto the
@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .domain import ColumnDomain
+from .privacy.histograms import release_histograms
+from .privacy.ledger import Release
+from .privacy.randomness import PrivacyNoise
 
 __all__ = ["HistogramSpec", "ColumnMarginal", "histogram_spec", "release_marginals"]
 
@@ -134,33 +137,24 @@ def release_marginals(
     specs: list[HistogramSpec],
     indices: list[np.ndarray],
     noise_multiplier: float,
-    rng: np.random.Generator,
-) -> tuple[list[ColumnMarginal], dict]:
-    """Release all histograms with one Gaussian mechanism of L2 sensitivity sqrt(m).
+    noise: PrivacyNoise,
+    budget_share: float = 0.0,
+) -> tuple[list[ColumnMarginal], dict, Release]:
+    """Release all histograms (:func:`~skdpflow.privacy.histograms.release_histograms`) and
+    post-process them into marginals.
 
-    Parameters
-    ----------
-    specs, indices : per-column bin specs and each row's bin.
-    noise_multiplier : float
-        Noise standard deviation divided by the sensitivity ``sqrt(m)``; 0 releases exact
-        counts (only for a non-private run).
-    rng : numpy Generator for the noise.
+    Returns the marginals, a summary (histograms, bins, sensitivity, noise std, the noisy
+    row count) and the ledger's record of the release.
     """
-    m = len(specs)
-    sensitivity = float(np.sqrt(m))
-    std = noise_multiplier * sensitivity
-    noisy = []
-    for spec, idx in zip(specs, indices):
-        counts = np.bincount(idx, minlength=spec.size).astype(float)
-        if std > 0:
-            counts = counts + rng.normal(0.0, std, size=spec.size)
-        noisy.append(counts)
+    noisy, release = release_histograms(indices, [spec.size for spec in specs],
+                                        noise_multiplier, noise, budget_share)
     n_hat = estimate_row_count(noisy)
     out = [ColumnMarginal(spec, _post_process(counts, n_hat), counts)
            for spec, counts in zip(specs, noisy)]
-    info = {"histograms": m, "bins": int(sum(s.size for s in specs)),
-            "l2_sensitivity": sensitivity, "noise_std": std, "n_rows_estimate": n_hat}
-    return out, info
+    info = {"histograms": len(specs), "bins": int(sum(s.size for s in specs)),
+            "l2_sensitivity": release.l2_sensitivity, "noise_std": release.details["noise_std"],
+            "n_rows_estimate": n_hat}
+    return out, info, release
 
 
 def estimate_row_count(noisy_counts: list[np.ndarray]) -> float:

@@ -26,22 +26,24 @@ from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import TableEncoder, TypeLayer, cell_log_volume, typed_column
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
-from .privacy.accounting import (
-    PrivacyBudgetError,
-    analytic_gaussian_noise_multiplier,
-    epsilon_spent,
-    noise_multiplier,
-)
+from .privacy.accounting import PrivacyBudgetError
 from .privacy.domain_estimation import (
     SELECTION_DELTA_SHARE,
     DomainEstimateWarning,
     estimate_domain,
 )
+from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
+from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
 from .training import TrainConfig, midpoint_latent, standard_normal_logpdf, train_flow
+
+# What the report says of the noise (see skdpflow/privacy/randomness.py).
+NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD, Poisson "
+                "masks) and OpenDP's exact discrete Gaussian (counts); never seeded, never "
+                "stored")
 
 __all__ = ["DPFlowSynthesizer"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SAMPLE_CHUNK = 65_536
 
 
@@ -81,8 +83,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ``sum C_u^2 = C^2``: same sensitivity, same noise, same epsilon.
     sparsity : float, default=0.0
         Share of output units (and their coordinates) dropped from each DP-SGD step by a
-        random mask drawn from the seeded generator, never from the data; noise goes on
-        kept coordinates only. The mask is public randomness, so no epsilon is spent on it.
+        random mask drawn from the ``random_state`` generator, never from the data; noise
+        goes on kept coordinates only. The mask is public randomness, so no epsilon is
+        spent on it.
     n_stages : int, default=6
         Coupling stages of the flow. They share one conditioner network, so the number
         of parameters does not grow with it.
@@ -93,7 +96,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     marginals_fraction : float, default=0.1
         Share of epsilon for the histogram release that shapes the encoding: its Gaussian
         noise is calibrated so that the release alone is ``(marginals_fraction * epsilon,
-        delta)``-DP; training gets the rest, composed in the same accountant.
+        delta)``-DP; training gets the rest, composed in the same ledger.
     domain_epsilon_fraction : float, default=0.2
         Share of epsilon for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
@@ -110,18 +113,24 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     histogram_bins : int, default=32
         Bins of the released histogram of a numerical column (integer columns with at most
         100 values get one bin per value).
-    accountant : {"rdp", "prv"}, default="rdp"
-        Opacus accountant that turns the budget into noise and back.
+    accountant : {"rdp"}, default="rdp"
+        How the budget is turned into noise and back: Rényi DP at one order fixed before
+        the first release (:mod:`skdpflow.privacy.ledger`), the form that stays valid when
+        DP-SGD's schedule depends on the noisy row count. (PRV cannot bound that adaptive
+        composition, so it is refused.)
     device : {"auto", "cpu", "cuda"}, default="auto"
     random_state : int, RandomState instance or None, default=None
-        Seeds noise, batches, initialisation and sampling; an int makes ``fit`` and
-        ``sample`` reproducible on CPU. The seed fixes the privacy noise too: anyone who
-        knows it and the data can remove the noise, so keep a seed used on real data
-        secret (or leave None).
-    verbose : bool, default=True
-        Show a progress bar with the loss and the epsilon spent so far. The loss is
-        computed on private rows without noise: it is for the data holder's console and
-        is not stored on the model.
+        Seeds what is not privacy noise: the flow's initial weights and coupling masks,
+        dequantisation, sparsification masks, and ``sample``. The privacy noise
+        (histogram and domain-estimation noise, Poisson batches, DP-SGD noise) never
+        follows it: it comes from a secret generator keyed with fresh OS entropy at every
+        fit, so two private fits with the same seed differ. With ``epsilon=inf`` (no noise)
+        a seeded CPU fit is reproducible.
+    verbose : bool or "loss", default=True
+        ``True`` shows a progress bar with the steps and the epsilon spent so far;
+        ``False`` shows nothing. ``"loss"`` also shows the training loss, which is a
+        statistic of the private rows without noise: not private, for a data holder's own
+        console only.
 
     Attributes
     ----------
@@ -129,8 +138,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         The domain used: declared, estimated under DP, or (opt-out) read from the data;
         ``domain_.estimated`` and ``domain_.data_derived`` name the columns of the last two.
     epsilon_ : float
-        Epsilon spent, recomputed from ``history_`` by the accountant.
+        Epsilon spent, recomputed from the ledger's releases.
     delta_ : float
+        Delta spent (the accountant's share plus the category-discovery term).
+    ledger_ : PrivacyLedger
+        Every release on the private rows, in order, with the Rényi order fixed before
+        the first; it recomputes ``epsilon_`` and writes :meth:`privacy_report`.
     noise_multiplier_ : float
         DP-SGD noise standard deviation divided by ``max_grad_norm``.
     sample_rate_ : float
@@ -138,15 +151,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     steps_ : int
     accountant_ : str
     history_ : list of (noise_multiplier, sample_rate, steps)
-        Every RDP-accounted mechanism run on the private rows, in order.
-    releases_ : list of dict
-        What each entry of ``history_`` released and touched.
-    selection_delta_ : float
-        Probability that category discovery releases a value held by one row (added to
-        the accountant's delta as ``exp(epsilon_) * selection_delta_``; 0 if no discovery).
-    accountant_delta_ : float
-        The delta at which the accountant composes ``history_`` (``delta`` minus the
-        discovery term).
+        The ledger's releases in Opacus' history format.
     n_rows_estimate_ : float
         The row count as estimated from the noisy histograms (the exact count never
         reaches the model).
@@ -156,7 +161,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "epsilon": Interval(Real, 0, None, closed="neither", allow_inf=True),
+        "epsilon": Interval(Real, 0, MAX_EPSILON, closed="right", allow_inf=True),
         "delta": Interval(Real, 0, 1, closed="neither"),
         "epochs": Interval(Real, 0, None, closed="neither"),
         "batch_size": Interval(Integral, 1, None),
@@ -171,10 +176,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "histogram_bins": Interval(Integral, 2, None),
         "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
-        "accountant": Options(frozenset({"rdp", "prv"})),
+        "accountant": Options(frozenset({"rdp"})),
         "device": Options(frozenset({"auto", "cpu", "cuda"})),
         "random_state": RANDOM_STATE,
-        "verbose": Options(frozenset({True, False})),
+        "verbose": Options(frozenset({True, False, "loss"})),
     }
 
     def __init__(
@@ -198,7 +203,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         accountant: str = "rdp",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
-        verbose: bool = True,
+        verbose: bool | str = True,
     ) -> None:
         self.epsilon = epsilon
         self.delta = delta
@@ -225,6 +230,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             ) -> DPFlowSynthesizer:
         """Learn a differentially private model of the table ``X``.
 
+        The fit is a short sequence of stages: check the budget and fix its plan, resolve
+        the domain, release the marginals, encode, train, close the ledger. Every stage that
+        reads rows is a mechanism of :mod:`skdpflow.privacy` recorded in one
+        :class:`~skdpflow.privacy.ledger.PrivacyLedger`; its noise comes from a
+        :class:`~skdpflow.privacy.randomness.SecureNoise` keyed with fresh OS entropy, never
+        from ``random_state``. The estimator is updated only when every stage succeeded.
+
         Parameters
         ----------
         X : pandas DataFrame (or 2-D array, read as numerical columns ``x0, x1, ...``)
@@ -242,39 +254,73 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
         data = _check_frame(X)
-        n = len(data)
-        private = math.isfinite(self.epsilon)
-        if private and self.delta >= 1.0 / n:
-            raise ValueError(
-                f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows = {1 / n:.3g}: "
-                "a larger delta allows releasing a whole row.")
-        if private and self.domain_epsilon_fraction + self.marginals_fraction >= 1.0:
-            raise PrivacyBudgetError(
-                "domain_epsilon_fraction + marginals_fraction must leave a share of epsilon "
-                f"for training; got {self.domain_epsilon_fraction} + {self.marginals_fraction}.")
-        rng = check_random_state(self.random_state)
-        seeds = rng.randint(0, 2**31 - 1, size=5)
-        device = _resolve_device(self.device)
+        declared = self._declared_domain(data, domain)
+        ledger = self._open_ledger(data, declared)
+        init_seed, train_seed = check_random_state(self.random_state).randint(0, 2**31 - 1, 2)
+        # The privacy noise: secret, fresh for every fit. A non-private run needs none.
+        noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
+        fitted: dict[str, Any] = {}
+        fitted["domain_"] = self._resolve_domain(data, declared, ledger, noise)
+        fitted["type_layer_"] = TypeLayer(fitted["domain_"], public_dtypes(fitted["domain_"]))
+        typed = fitted["type_layer_"].transform(data)
+        fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
+            typed, fitted["domain_"], ledger, noise)
+        fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
+        lo, hi, _ = fitted["encoder_"].cells(typed)
+        del typed
+        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims,
+                                  fitted["marginals_info_"]["n_rows_estimate"], ledger, noise,
+                                  int(init_seed), int(train_seed)))
+        ledger.close()  # fail closed: the recomputed totals must be within the promise
+        self._set_fitted(fitted, ledger, data)
+        return self
 
-        # 1. The domain: declared, else estimated under DP (or read, if the user opts out).
+    # ----------------------------------------------------------- fit stages
+    def _declared_domain(self, data: pd.DataFrame, domain: Any) -> Domain:
         declared = as_domain(domain) if domain is not None else Domain()
         extra = [c for c in declared.columns if c not in data.columns]
         if extra:
             raise ValueError(f"The domain declares columns that are not in the data: {extra}.")
-        undeclared = [c for c in data.columns if c not in declared.columns]
-        empty = [c for c in undeclared if data[c].isna().all()]
+        empty = [c for c in data.columns if c not in declared.columns and data[c].isna().all()]
         if empty:  # an input error for the data holder; nothing is released
             raise InvalidDataError([
                 f"column {c!r} is entirely missing: declare its domain (with nullable=True) "
                 "or drop it" for c in empty])
-        discovers = private and self.privacy == "strict" and any(
-            column_kind(data[c]) == "categorical" for c in undeclared)
-        self.selection_delta_ = (SELECTION_DELTA_SHARE * self.delta * math.exp(-self.epsilon)
-                                 if discovers else 0.0)
-        # The discovery term enters delta as e^eps * selection_delta (module docs).
-        delta_rdp = self.delta - (math.exp(self.epsilon) * self.selection_delta_
-                                  if discovers else 0.0)
-        history, releases = [], []
+        return declared
+
+    def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
+        """Check the budget and fix the ledger's plan from public facts only.
+
+        Public here: epsilon, delta, the shares, the batch size and epochs, and which
+        columns are declared (the schema). The row count is not used.
+        """
+        private = math.isfinite(self.epsilon)
+        if private and self.delta >= 1.0 / len(data):
+            raise ValueError(
+                f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
+                "allows releasing a whole row.")
+        estimates = private and self.privacy == "strict" and any(
+            c not in declared.columns for c in data.columns)
+        shares = self.marginals_fraction + (self.domain_epsilon_fraction if estimates else 0.0)
+        if private and shares >= 1.0:
+            raise PrivacyBudgetError(
+                "domain_epsilon_fraction + marginals_fraction must leave a share of epsilon "
+                f"for training; got {self.domain_epsilon_fraction} + {self.marginals_fraction}.")
+        discovers = estimates and any(column_kind(data[c]) == "categorical"
+                                      for c in data.columns if c not in declared.columns)
+        selection_delta = (SELECTION_DELTA_SHARE * self.delta
+                           * math.exp(-min(self.epsilon, MAX_EPSILON)) if discovers else 0.0)
+        ledger = PrivacyLedger(self.epsilon, self.delta, selection_delta=selection_delta)
+        one_off = [ledger.gaussian_noise(self.marginals_fraction)]
+        if estimates:
+            one_off.append(ledger.gaussian_noise(self.domain_epsilon_fraction))
+        ledger.plan(one_off, batch_size=self.batch_size, epochs=self.epochs)
+        return ledger
+
+    def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
+                        noise: PrivacyNoise) -> Domain:
+        """Declared columns as declared; the others estimated under DP (or read: opt-out)."""
+        undeclared = [c for c in data.columns if c not in declared.columns]
         estimated: dict = {}
         derived: list = []
         if undeclared and self.privacy == "domain_from_data":
@@ -285,123 +331,105 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 f"{len(undeclared)} undeclared column(s) {undeclared[:5]}"
                 f"{'...' if len(undeclared) > 5 else ''} are read from the data, and the "
                 "differential-privacy guarantee does not cover them.",
-                DataDerivedDomainWarning, stacklevel=2)
+                DataDerivedDomainWarning, stacklevel=3)
         elif undeclared:
-            z_d = analytic_gaussian_noise_multiplier(
-                self.domain_epsilon_fraction * self.epsilon, delta_rdp) if private else 0.0
-            est = estimate_domain(data, undeclared, z_d, self.selection_delta_,
-                                  np.random.default_rng(seeds[4]))
+            z_d = ledger.gaussian_noise(self.domain_epsilon_fraction)
+            est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
             estimated = est.columns
-            if private and est.unreliable:
+            if ledger.private and est.unreliable:
                 warnings.warn(
                     f"The DP estimate of the bounds of {est.unreliable} is dominated by noise "
                     "(no bucket's noisy count cleared the threshold: too few rows for this "
                     "budget); declare their domain, or raise epsilon or "
-                    "domain_epsilon_fraction.", DomainEstimateWarning, stacklevel=2)
-            if est.touches_data and private:
-                history.append((z_d, 1.0, 1))
-                releases.append({
-                    "name": "domain estimation (Gaussian mechanism, thresholded)",
-                    "touches": f"bucket counts of {len(undeclared)} undeclared column(s) "
-                               "(bounds) and value counts (categories)",
-                    "columns": list(est.read),
-                    "l2_sensitivity": est.l2_sensitivity,
-                    "selection_delta": est.selection_delta,
-                    "budget_share": self.domain_epsilon_fraction})
-        self.domain_ = Domain(
+                    "domain_epsilon_fraction.", DomainEstimateWarning, stacklevel=3)
+            if est.touches_data:
+                ledger.record(est.release(self.domain_epsilon_fraction))
+        return Domain(
             {c: declared.columns[c] if c in declared.columns else estimated[c]
              for c in data.columns},
             data_derived=tuple(derived),
             estimated=tuple(c for c in undeclared if c not in derived))
-        self.dtypes_ = {c: _public_dtype(data[c].dtype, self.domain_[c]) for c in data.columns}
-        self.type_layer_ = TypeLayer(self.domain_, self.dtypes_)
-        typed = self.type_layer_.transform(data)
 
-        # 2. One noisy release of every 1-way histogram; it also estimates the row count.
-        hist_z = analytic_gaussian_noise_multiplier(
-            self.marginals_fraction * self.epsilon, delta_rdp) if private else 0.0
-        self.marginals_, self.marginals_info_ = self._release(typed, hist_z, seeds[0])
-        if private:
-            history.append((hist_z, 1.0, 1))
-            releases.append({
-                "name": "1-way histograms (Gaussian mechanism)",
-                "touches": f"counts of {self.marginals_info_['histograms']} columns, "
-                           f"{self.marginals_info_['bins']} bins",
-                "l2_sensitivity": self.marginals_info_["l2_sensitivity"],
-                "budget_share": self.marginals_fraction})
-        self.encoder_ = TableEncoder(self.domain_, self.marginals_)
-        lo, hi, _ = self.encoder_.cells(typed)
-        del typed
-
-        # 3. DP-SGD. Its sampling rate and length come from the noisy row count only.
-        n_hat = self.marginals_info_["n_rows_estimate"]
-        sample_rate = min(1.0, self.batch_size / n_hat)
-        steps = max(1, int(round(self.epochs / sample_rate)))
-        sigma = noise_multiplier(self.epsilon, delta_rdp, sample_rate, steps, self.accountant,
-                                 prior=history) if private else 0.0
-        torch_gen = torch.Generator().manual_seed(int(seeds[1]))
-        self.flow_ = None
-        if self.encoder_.n_dims:
-            self.flow_ = self._build_flow(int(seeds[2])).to(device)
-            config = TrainConfig(steps, sample_rate, sigma, self.max_grad_norm,
-                                 self.learning_rate, private, delta_rdp, self.accountant,
-                                 list(history), self.verbose, clipping=self.clipping,
-                                 sparsity=self.sparsity,
-                                 expected_batch_size=sample_rate * n_hat)
-            # The loss curve is a statistic of the private rows with no noise: it is shown
-            # on the progress bar only and never kept on the model.
-            train_flow(self.flow_, lo, hi, config, torch_gen, device)
-            self.flow_ = self.flow_.cpu().eval()
-            self.flow_.requires_grad_(False)
-        if private:
-            history.append((sigma, sample_rate, steps))
-            releases.append({
-                "name": "DP-SGD (Poisson-subsampled Gaussian)",
-                "touches": "per-row gradients of the flow, clipped to max_grad_norm",
-                "max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
-                "sparsity": self.sparsity,
-                "budget_share": 1.0 - sum(r["budget_share"] for r in releases)})
-
-        self.history_ = history
-        self.releases_ = releases
-        self.epsilon_ = epsilon_spent(history, delta_rdp, self.accountant) \
-            if private else math.inf
-        self.delta_ = self.delta if private else 0.0
-        self.accountant_delta_ = delta_rdp if private else 0.0
-        self.noise_multiplier_ = sigma
-        self.marginals_noise_multiplier_ = hist_z
-        self.sample_rate_ = sample_rate
-        self.steps_ = steps
-        self.accountant_ = self.accountant
-        self.n_rows_estimate_ = n_hat
-        self.n_features_in_ = data.shape[1]
-        self.feature_names_in_ = np.asarray(data.columns, dtype=object)
-        if private and (self.epsilon_ > self.epsilon * (1 + 1e-9)
-                        or self._delta_spent(self.epsilon_) > self.delta * (1 + 1e-9)):
-            raise PrivacyBudgetError(  # fail closed: never report more than was promised
-                f"Spent ({self.epsilon_}, {self._delta_spent(self.epsilon_)}) exceeds the target "
-                f"({self.epsilon}, {self.delta}).")
-        return self
-
-    def _delta_spent(self, epsilon: float) -> float:
-        """Accountant's delta plus the category-discovery term ``e^eps * selection_delta``."""
-        return self.accountant_delta_ + math.exp(epsilon) * self.selection_delta_
-
-    def _release(self, typed: pd.DataFrame, hist_z: float, seed: int) -> tuple[list, dict]:
-        specs = [histogram_spec(name, self.domain_[name], self.histogram_bins)
-                 for name in self.domain_.columns]
+    def _release_marginals(self, typed: pd.DataFrame, domain: Domain, ledger: PrivacyLedger,
+                           noise: PrivacyNoise) -> tuple[list, dict]:
+        """One noisy release of every 1-way histogram; it also estimates the row count."""
+        specs = [histogram_spec(name, domain[name], self.histogram_bins)
+                 for name in domain.columns]
         indices = []
         for spec in specs:
-            col = self.domain_[spec.name]
+            col = domain[spec.name]
             values, is_null = typed_column(typed, spec.name, col)
             indices.append(bin_index(spec, values, is_null, col))
-        return release_marginals(specs, indices, hist_z, np.random.default_rng(seed))
+        hist_z = ledger.gaussian_noise(self.marginals_fraction)
+        marginals, info, release = release_marginals(specs, indices, hist_z, noise,
+                                                     self.marginals_fraction)
+        ledger.record(release)
+        return marginals, info
 
-    def _build_flow(self, seed: int) -> SharedConditionerFlow:
-        torch.manual_seed(seed)  # initial weights; the flow draws its masks from `seed`
-        return SharedConditionerFlow(
-            self.encoder_.n_dims, n_stages=self.n_stages, hidden_size=self.hidden_size,
-            n_bins=self.n_bins, seed=seed).float()
+    def _train(self, lo: np.ndarray, hi: np.ndarray, n_dims: int, n_hat: float,
+               ledger: PrivacyLedger, noise: PrivacyNoise, init_seed: int, train_seed: int
+               ) -> dict[str, Any]:
+        """DP-SGD. Its sampling rate and length come from the noisy row count only."""
+        sample_rate = min(1.0, self.batch_size / n_hat)
+        steps = max(1, int(round(self.epochs / sample_rate)))
+        sigma = ledger.dpsgd_noise(sample_rate, steps)
+        flow = None
+        if n_dims:
+            device = _resolve_device(self.device)
+            flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
+                                         hidden_size=self.hidden_size, n_bins=self.n_bins,
+                                         seed=init_seed).float().to(device)
+            prior = ledger.rdp_spent() if ledger.private else 0.0
+            config = TrainConfig(
+                steps, sample_rate, sigma, self.max_grad_norm, self.learning_rate,
+                ledger.private, expected_batch_size=sample_rate * n_hat,
+                clipping=self.clipping, sparsity=self.sparsity, verbose=bool(self.verbose),
+                show_loss=self.verbose == "loss",
+                epsilon_after=lambda k: rdp_to_epsilon(
+                    prior + Release("", "", 1.0, sigma, sample_rate, k).rdp(ledger.order),
+                    ledger.order, ledger.accountant_delta) if ledger.private else math.inf)
+            generator = torch.Generator().manual_seed(train_seed)
+            train_flow(flow, lo, hi, config, generator=generator, noise=noise, device=device)
+            flow = flow.cpu().eval().requires_grad_(False)
+        ledger.record(Release(
+            name="DP-SGD (Poisson-subsampled Gaussian)",
+            reads="per-row gradients of the flow, clipped to max_grad_norm",
+            l2_sensitivity=self.max_grad_norm, noise_multiplier=sigma,
+            sample_rate=sample_rate, steps=steps,
+            budget_share=1.0 - sum(r.budget_share for r in ledger.releases),
+            details={"max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
+                     "sparsity": self.sparsity}))
+        return {"flow_": flow, "noise_multiplier_": sigma, "sample_rate_": sample_rate,
+                "steps_": steps, "n_rows_estimate_": n_hat}
+
+    def _set_fitted(self, fitted: dict[str, Any], ledger: PrivacyLedger,
+                    data: pd.DataFrame) -> None:
+        """Replace the fitted state in one go (a failed refit leaves the old one intact)."""
+        for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, key)
+        for key, value in fitted.items():
+            setattr(self, key, value)
+        self.ledger_ = ledger
+        self.n_features_in_ = data.shape[1]
+        self.feature_names_in_ = np.asarray(data.columns, dtype=object)
+
+    # ------------------------------------------------- accounting attributes
+    @property
+    def epsilon_(self) -> float:
+        """Epsilon spent, recomputed from the ledger's releases."""
+        return self.ledger_.epsilon_spent()
+
+    @property
+    def delta_(self) -> float:
+        return self.ledger_.delta_spent()
+
+    @property
+    def history_(self) -> list[tuple[float, float, int]]:
+        return self.ledger_.history
+
+    @property
+    def accountant_(self) -> str:
+        return "rdp"
 
     # --------------------------------------------------------------- sample
     def sample(self, n_samples: int = 1, random_state: Any = None) -> pd.DataFrame:
@@ -458,9 +486,14 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if self.flow_ is None:
             log_flow = np.zeros(len(z))
         else:
-            with torch.no_grad():
-                log_flow = self.flow_.log_prob(torch.as_tensor(z, dtype=torch.float32)
-                                               ).double().numpy()
+            # In float64 (the float32 weights convert exactly, and back): a row's score
+            # then does not depend on which rows share its batch.
+            try:
+                with torch.no_grad():
+                    log_flow = self.flow_.double().log_prob(
+                        torch.as_tensor(z, dtype=torch.float64)).numpy()
+            finally:
+                self.flow_.float()
         return log_flow - standard_normal_logpdf(z).sum(1) + cell_log_volume(lo, hi) + logjac
 
     def score(self, X: Any, y: Any = None) -> float:
@@ -475,27 +508,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def privacy_report(self) -> dict:
         """What was spent, on what, by which accountant; the totals are recomputed.
 
-        Returns a dict: ``epsilon_spent`` is recomputed here by the accountant from the
-        recorded ``(noise_multiplier, sample_rate, steps)`` of every mechanism (not copied
-        from the target); ``delta_spent`` adds the category-discovery term. ``mechanisms``
-        lists each release with what it touched, its parameters, its nominal share of the
-        budget and the epsilon it would cost alone. ``domain`` says, per column, whether its
-        domain was declared public, estimated under DP, or read from the data (not covered).
+        Returns a dict: ``epsilon_spent`` is recomputed here by the ledger from the recorded
+        releases (noise multiplier, sampling rate, steps) at the Rényi order it fixed before
+        the first release (not copied from the target); ``delta_spent`` adds the
+        category-discovery term. ``mechanisms`` lists each release with what it touched, its
+        parameters, its nominal share of the budget and the epsilon it would cost alone.
+        ``domain`` says, per column, whether its domain was declared public, estimated under
+        DP, or read from the data (not covered). ``noise`` says where the noise came from.
         """
         self._check_fitted()
-        private = math.isfinite(self.epsilon)
         derived = list(self.domain_.data_derived)
         estimated = list(self.domain_.estimated)
-        report = {
-            "private": private,
-            "unit": "one row (add/remove neighbouring datasets)",
-            "accountant": self.accountant_,
-            "target_epsilon": self.epsilon,
-            "target_delta": self.delta,
-            "epsilon_spent": math.inf,
-            "delta_spent": self.delta_,
-            "delta": self.delta_,
-            "mechanisms": [],
+        report = self.ledger_.report()
+        report.update({
             "domain": {
                 "declared_public": [c for c in self.feature_names_in_
                                     if c not in derived and c not in estimated],
@@ -504,20 +529,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             },
             "row_count": "never released exactly; estimated from the noisy histograms "
                          f"({self.n_rows_estimate_:.1f})",
-            "guarantee_covers_everything": private and not derived,
-        }
-        if private:
-            delta_rdp = self.accountant_delta_
-            report["epsilon_spent"] = epsilon_spent(self.history_, delta_rdp, self.accountant_)
-            report["delta_spent"] = self._delta_spent(report["epsilon_spent"])
-            report["accountant_delta"] = delta_rdp
-            report["selection_delta"] = self.selection_delta_
-            for entry, release in zip(self.history_, self.releases_):
-                z, q, steps = entry
-                mechanism = dict(release, noise_multiplier=z, sample_rate=q, steps=steps)
-                mechanism["epsilon_alone"] = epsilon_spent([entry], delta_rdp,
-                                                           self.accountant_)
-                report["mechanisms"].append(mechanism)
+            "noise": NOISE_SOURCE if report["private"] else "none (epsilon = inf)",
+            "guarantee_covers_everything": report["private"] and not derived,
+        })
         return report
 
     # ------------------------------------------------------------ save/load
@@ -544,8 +558,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     def __sklearn_tags__(self):  # noqa: ANN204
         tags = super().__sklearn_tags__()
-        # Seeded CPU fits are reproducible; CUDA kernels may reduce in any order.
-        tags.non_deterministic = self.device == "cuda" or (
+        # Private fits draw secret noise (never seeded); CUDA kernels may reduce in any
+        # order. Only a non-private CPU fit repeats exactly under a seed.
+        tags.non_deterministic = math.isfinite(self.epsilon) or self.device == "cuda" or (
             self.device == "auto" and torch.cuda.is_available())
         tags.input_tags.allow_nan = True
         tags.input_tags.string = True
@@ -618,40 +633,31 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
 
 
 def _state(est: DPFlowSynthesizer) -> dict:
-    """Plain containers and tensors only: loads with ``weights_only=True``."""
+    """Plain containers and tensors only: loads with ``torch.load(weights_only=True)``.
+
+    The parameters without ``random_state``, the domain, the released marginals, the flow's
+    config (without its seed) and weights, and the ledger: nothing else.
+    """
     params = {k: v for k, v in est.get_params().items() if k != "random_state"}
-    rs = est.random_state if isinstance(est.random_state, (int, type(None))) else None
     return {
         "format": FORMAT_VERSION,
-        "params": params | {"random_state": rs},
+        "params": params,
         "domain": est.domain_.to_dict(),
         "data_derived": list(est.domain_.data_derived),
         "estimated": list(est.domain_.estimated),
-        "dtypes": {c: str(d) if not isinstance(d, pd.CategoricalDtype) else
-                   ["category", list(d.categories), bool(d.ordered)]
-                   for c, d in est.dtypes_.items()},
-        "marginals": [torch.as_tensor(codec_probs) for codec_probs in
-                      _marginal_probs(est)],
+        "marginals": [torch.as_tensor(m.probs) for m in est.marginals_],
         "marginals_info": dict(est.marginals_info_),
         "flow": None if est.flow_ is None else {
-            "config": dict(est.flow_.config), "state": est.flow_.state_dict()},
+            "config": dict(est.flow_.config, seed=0),  # the masks travel in the weights
+            "state": est.flow_.state_dict()},
+        "ledger": est.ledger_.state_dict(),
         "fitted": {
-            "history": [list(h) for h in est.history_],
-            "releases_": [dict(r) for r in est.releases_],
-            "selection_delta_": est.selection_delta_,
-            "accountant_delta_": est.accountant_delta_,
-            "epsilon_": est.epsilon_, "delta_": est.delta_,
             "noise_multiplier_": est.noise_multiplier_,
-            "marginals_noise_multiplier_": est.marginals_noise_multiplier_,
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
-            "accountant_": est.accountant_, "n_rows_estimate_": est.n_rows_estimate_,
+            "n_rows_estimate_": est.n_rows_estimate_,
             "feature_names_in_": list(est.feature_names_in_),
         },
     }
-
-
-def _marginal_probs(est: DPFlowSynthesizer) -> list[np.ndarray]:
-    return [m.probs for m in est.marginals_]
 
 
 def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
@@ -664,8 +670,7 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_ = Domain.from_dict(state["domain"])
     est.domain_.data_derived = tuple(state["data_derived"])
     est.domain_.estimated = tuple(state["estimated"])
-    est.dtypes_ = {c: _parse_dtype(d) for c, d in state["dtypes"].items()}
-    est.type_layer_ = TypeLayer(est.domain_, est.dtypes_)
+    est.type_layer_ = TypeLayer(est.domain_, public_dtypes(est.domain_))
     specs = [histogram_spec(n, est.domain_[n], est.histogram_bins) for n in est.domain_.columns]
     est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
@@ -675,33 +680,26 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
         est.flow_ = SharedConditionerFlow(**state["flow"]["config"]).float()
         est.flow_.load_state_dict(state["flow"]["state"])
         est.flow_.eval().requires_grad_(False)
+    est.ledger_ = PrivacyLedger.from_state_dict(state["ledger"])
     fitted = state["fitted"]
     for key, value in fitted.items():
         setattr(est, key, value)
-    est.history_ = [tuple(h) for h in fitted["history"]]
     est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
     est.n_features_in_ = len(est.feature_names_in_)
     return est
 
 
-def _public_dtype(dtype: Any, col: Any) -> Any:
-    """The dtype to restore on sampling, stripped of anything read from the rows.
-
-    A pandas ``Categorical`` dtype lists categories that usually come from the data
-    (``astype("category")``); only the domain's categories are kept.
-    """
-    if isinstance(dtype, pd.CategoricalDtype):
-        if col.type in ("categorical", "boolean"):
-            return pd.CategoricalDtype(list(col.categories), ordered=bool(dtype.ordered))
-        return np.dtype(object)
-    return dtype
-
-
-def _parse_dtype(spec: Any) -> Any:
-    if isinstance(spec, list) and spec and spec[0] == "category":
-        return pd.CategoricalDtype(spec[1], ordered=spec[2])
-    try:
-        return pd.api.types.pandas_dtype(spec)
-    except TypeError:
-        warnings.warn(f"Unknown dtype {spec!r} in model file; using object.", stacklevel=2)
-        return np.dtype(object)
+def public_dtypes(domain: Domain) -> dict[str, Any]:
+    """The dtype of each sampled column, from its public domain alone (never the rows)."""
+    out: dict[str, Any] = {}
+    for name, col in domain.columns.items():
+        if col.type == "numerical":
+            out[name] = (pd.Int64Dtype() if col.nullable else np.dtype(np.int64)) \
+                if col.integer else np.dtype(np.float64)
+        elif col.type == "boolean":
+            out[name] = pd.BooleanDtype() if col.nullable else np.dtype(bool)
+        elif col.type == "datetime":
+            out[name] = np.dtype("datetime64[ns]")
+        else:
+            out[name] = np.dtype(object)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +12,8 @@ from scipy.special import ndtri
 
 from .encoding import U_EPS
 from .flows.model import SharedConditionerFlow
-from .privacy.accounting import epsilon_spent
 from .privacy.dpsgd import DPSGDStep, poisson_batches
+from .privacy.randomness import PrivacyNoise
 
 __all__ = ["TrainConfig", "train_flow"]
 
@@ -25,15 +26,16 @@ class TrainConfig:
     max_grad_norm: float
     learning_rate: float
     private: bool
-    delta: float
-    accountant: str
-    prior_history: list
-    verbose: bool = True
+    # The DP step divides the noisy clipped sum by this: sample_rate times a *noisy* row
+    # count, so that the exact count never matters. None means sample_rate * n_rows.
+    expected_batch_size: float | None = None
     clipping: str = "flat"  # DPSGDStep's clipping; ignored when not private
     sparsity: float = 0.0  # DPSGDStep's sparsity; ignored when not private
-    # The DP step divides the noisy clipped sum by this; None means sample_rate * n_rows.
-    # Pass sample_rate times a *noisy* row count so that the exact count never matters.
-    expected_batch_size: float | None = None
+    verbose: bool = True  # progress bar with steps and epsilon spent
+    # Also show the loss: a statistic of the private rows without noise (never by default).
+    show_loss: bool = False
+    # Epsilon spent after k DP-SGD steps (the ledger's), for the progress bar.
+    epsilon_after: Callable[[int], float] | None = None
 
 
 def train_flow(
@@ -41,7 +43,9 @@ def train_flow(
     lo: np.ndarray,
     hi: np.ndarray,
     config: TrainConfig,
+    *,
     generator: torch.Generator,
+    noise: PrivacyNoise,
     device: torch.device,
 ) -> None:
     """Train ``flow`` on cells ``[lo, hi]`` (rows x dims) in place.
@@ -50,6 +54,10 @@ def train_flow(
     ``sample_rate``: the accountant assumes it), dequantizes it uniformly inside its cells,
     and takes one DP-SGD step with per-row clipping and Gaussian noise. The learning rate
     follows a cosine decay to a tenth of its start.
+
+    ``noise`` draws what the privacy proof needs (Poisson masks, gradient noise): a
+    :class:`~skdpflow.privacy.randomness.SecureNoise` in every private fit. ``generator``
+    (seeded by ``random_state``) draws the rest: dequantisation and sparsification masks.
     """
     n = len(lo)
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
@@ -60,12 +68,12 @@ def train_flow(
     expected = config.expected_batch_size or config.sample_rate * n
     dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
                         noise_multiplier=config.noise_multiplier,
-                        expected_batch_size=expected, generator=generator,
+                        expected_batch_size=expected, generator=generator, noise=noise,
                         clipping=config.clipping, sparsity=config.sparsity) \
         if config.private else None
     bar = _progress(config)
     refresh = max(1, config.steps // 50)
-    for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, generator)):
+    for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, noise)):
         idx = idx.to(device)
         u = lo_t[idx] + torch.rand(len(idx), lo_t.shape[1], generator=generator,
                                    dtype=lo_t.dtype).to(device) * width_t[idx]
@@ -82,11 +90,11 @@ def train_flow(
             loss = row_losses.detach().mean() if len(z) else None
         optimizer.step()
         schedule.step()
-        value = float(loss.detach()) if loss is not None else float("nan")
         if bar is not None:
             bar.update(1)
             if step % refresh == 0 or step == config.steps - 1:
-                bar.set_postfix(_postfix(config, step + 1, value))
+                bar.set_postfix(_postfix(config, step + 1, loss))
+        del loss
     if bar is not None:
         bar.close()
     optimizer.zero_grad(set_to_none=True)  # nothing of the last batch stays on the model
@@ -101,12 +109,13 @@ def _progress(config: TrainConfig):  # noqa: ANN202 - tqdm or None
                 unit="step")
 
 
-def _postfix(config: TrainConfig, done: int, loss: float) -> dict:
-    out = {"loss": f"{loss:.3f}"}
-    if config.private:
-        history = list(config.prior_history) + [
-            (config.noise_multiplier, config.sample_rate, done)]
-        out["eps"] = f"{epsilon_spent(history, config.delta, config.accountant):.3f}"
+def _postfix(config: TrainConfig, done: int, loss: torch.Tensor | None) -> dict:
+    """Epsilon spent so far; the loss only on explicit request (it is not private)."""
+    out = {}
+    if config.private and config.epsilon_after is not None:
+        out["eps"] = f"{config.epsilon_after(done):.3f}"
+    if config.show_loss:
+        out["nonprivate_loss"] = "nan" if loss is None else f"{float(loss):.3f}"
     return out
 
 

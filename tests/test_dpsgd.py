@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from skdpflow.privacy import dpsgd
 from skdpflow.privacy.dpsgd import DPSGDStep, linear_sq_norms, poisson_batches
+from skdpflow.privacy.randomness import SecureNoise, SeededNoise
 
 DTYPE = torch.float64
 
@@ -174,8 +175,9 @@ def test_unclipped_step_equals_plain_gradient() -> None:
     assert info["clipped_fraction"] == 0.0
 
 
-def _noisy_grads(model: nn.Module, x: Tensor, sigma: float, seed: int) -> Tensor:
-    step = DPSGDStep(model, 0.7, sigma, 12.0, generator=torch.Generator().manual_seed(seed))
+def _noisy_grads(model: nn.Module, x: Tensor, sigma: float, seed: int | None) -> Tensor:
+    noise = SecureNoise() if seed is None else SeededNoise(seed)
+    step = DPSGDStep(model, 0.7, sigma, 12.0, noise=noise)
     step.step(_record_losses(step, model, x))
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -205,9 +207,26 @@ def test_noise_scale_and_reproducibility() -> None:
     assert not torch.equal(noisy, _noisy_grads(model, x, 1.3, seed=4))
 
 
+def test_default_noise_is_secret_and_never_follows_a_seed() -> None:
+    """Without a noise source, DPSGDStep draws from a fresh SecureNoise: seeds change nothing."""
+    torch.manual_seed(0)
+    model = WideSquare().to(DTYPE)
+    x = torch.randn(9, 100, dtype=DTYPE)
+    clean = _noisy_grads(model, x, 0.0, seed=None)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        draws.append(_noisy_grads(model, x, 1.3, seed=None))
+    assert not torch.equal(draws[0], draws[1])
+    noise = draws[0] - clean
+    assert noise.std().item() == pytest.approx(1.3 * 0.7 / 12.0, rel=0.05)
+    step = DPSGDStep(model, 0.7, 1.3, 12.0)
+    assert isinstance(step.noise, SecureNoise)
+
+
 def test_poisson_batches_statistics() -> None:
     n, q, steps = 50, 0.2, 2000
-    batches = list(poisson_batches(n, q, steps, torch.Generator().manual_seed(0)))
+    batches = list(poisson_batches(n, q, steps, SecureNoise()))
     counts = torch.zeros(n)
     for idx in batches:
         assert idx.dtype == torch.int64
@@ -216,22 +235,22 @@ def test_poisson_batches_statistics() -> None:
     assert (freq - q).abs().max() < 4 * math.sqrt(q * (1 - q) / steps)
     sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
     assert abs(sizes.mean() - q * n) < 4 * math.sqrt(n * q * (1 - q) / steps)
-    again = list(poisson_batches(n, q, steps, torch.Generator().manual_seed(0)))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    again = list(poisson_batches(n, q, steps, SecureNoise()))  # secret: never the same twice
+    assert not all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
 def test_empty_batches_happen_and_step_handles_them() -> None:
-    batches = list(poisson_batches(10, 0.05, 50, torch.Generator().manual_seed(0)))
+    batches = list(poisson_batches(10, 0.05, 50, SeededNoise(0)))
     assert any(len(b) == 0 for b in batches)
 
     model, x = _make("tied", 10)
     sigma, clip, ebs = 2.0, 0.5, 0.5
-    step = DPSGDStep(model, clip, sigma, ebs, generator=torch.Generator().manual_seed(5))
+    step = DPSGDStep(model, clip, sigma, ebs, noise=SeededNoise(5))
     info = step.step(_record_losses(step, model, x[batches[0][:0]]))  # forward on zero rows
     assert info["batch_size"] == 0 and info["clipped_fraction"] == 0.0
     with_forward = [p.grad.clone() for p in model.parameters()]
 
-    step = DPSGDStep(model, clip, sigma, ebs, generator=torch.Generator().manual_seed(5))
+    step = DPSGDStep(model, clip, sigma, ebs, noise=SeededNoise(5))
     step.step_empty()  # no forward at all
     for p, g in zip(model.parameters(), with_forward, strict=True):
         assert p.grad.shape == p.shape

@@ -9,6 +9,7 @@ import pytest
 from skdpflow.domain import Domain
 from skdpflow.encoding import TableEncoder, TypeLayer, dequantize, typed_column
 from skdpflow.marginals import bin_index, histogram_spec, project_simplex, release_marginals
+from skdpflow.privacy.randomness import SeededNoise
 
 
 def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 0):
@@ -20,7 +21,7 @@ def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 
     for spec in specs:
         values, is_null = typed_column(typed, spec.name, dom[spec.name])
         indices.append(bin_index(spec, values, is_null, dom[spec.name]))
-    marginals, _ = release_marginals(specs, indices, noise, np.random.default_rng(seed))
+    marginals, _, _ = release_marginals(specs, indices, noise, SeededNoise(seed))
     return layer, TableEncoder(dom, marginals), typed, marginals
 
 

@@ -61,13 +61,15 @@ def test_check_estimator_private():
 
 
 def test_tags_declare_what_the_estimator_accepts():
-    tags = get_tags(DPFlowSynthesizer(device="cpu"))
+    tags = get_tags(DPFlowSynthesizer(device="cpu", epsilon=math.inf))
     assert tags.estimator_type == "density_estimator"
     assert tags.input_tags.allow_nan and tags.input_tags.string
     assert tags.input_tags.categorical and tags.input_tags.two_d_array
     assert not tags.input_tags.sparse
-    assert not tags.non_deterministic  # seeded CPU fits are reproducible
-    assert get_tags(DPFlowSynthesizer(device="cuda")).non_deterministic
+    assert not tags.non_deterministic  # seeded non-private CPU fits are reproducible
+    assert get_tags(DPFlowSynthesizer(device="cuda", epsilon=math.inf)).non_deterministic
+    # Private fits draw secret noise that no seed fixes.
+    assert get_tags(DPFlowSynthesizer(device="cpu", epsilon=1.0)).non_deterministic
 
 
 def _frame(n: int = 300, seed: int = 0) -> pd.DataFrame:

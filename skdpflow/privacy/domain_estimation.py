@@ -17,11 +17,16 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   column; rows beyond the bounds are clipped later, so an outlier never sets a bound.
 * **Categorical columns: categories by thresholded noisy counts** (the "Gaussian sparse
   histogram" / partition selection of Korolova et al. 2009 and Wilkins et al. 2024). Only
-  values that occur have a count; each gets Gaussian noise, and a value is released iff its
-  noisy count reaches ``tau_c = 1 + std * Phi^-1(1 - delta_s / m_c)``. A value held by a single
-  row is therefore released with probability at most ``delta_s / m_c``; over the ``m_c``
-  categorical columns, at most ``delta_s``. Values below the threshold map to the public
+  values that occur have a count; each gets discrete Gaussian noise, and a value is released
+  iff its noisy count reaches ``tau_c = 2 + std * Phi^-1(1 - delta_s / m_c)``. The discrete
+  Gaussian's tail obeys ``P[X >= k] <= Phi_c((k - 1) / std)`` for integers ``k >= 1`` (bound the
+  sum by an integral shifted by one, and its normaliser by ``sqrt(2 pi) std`` from below), so
+  a value held by a single row is released with probability at most ``delta_s / m_c``; over
+  the ``m_c`` categorical columns, at most ``delta_s``. Values below the threshold map to the public
   category :data:`OTHER`, which every estimated categorical column has.
+
+All counts are integers and get exact discrete Gaussian noise from the caller's
+:class:`~skdpflow.privacy.randomness.PrivacyNoise` (its Rényi curve is the Gaussian one).
 
 Privacy. Let ``D = D' + x``. Write ``M_r(D)`` for the release restricted to the keys present
 in ``D'`` (it ignores the at most ``m_c`` keys only ``x`` holds). ``M_r(D)`` and ``M(D')`` are
@@ -53,6 +58,8 @@ import pandas as pd
 from scipy.special import ndtri
 
 from ..domain import NS_PER_DAY, ColumnDomain, column_kind
+from .ledger import Release
+from .randomness import PrivacyNoise
 
 __all__ = [
     "BOUNDS_FALSE_ALARM",
@@ -107,7 +114,7 @@ def category_threshold(std: float, selection_delta: float, n_columns: int) -> fl
     """Noisy count a value needs to be released: a single row crosses w.p. delta_s / m_c."""
     if std == 0:
         return 0.5
-    return float(1.0 + std * -ndtri(selection_delta / max(n_columns, 1)))
+    return float(2.0 + std * -ndtri(selection_delta / max(n_columns, 1)))
 
 
 class DomainEstimateWarning(UserWarning):
@@ -129,6 +136,16 @@ class DomainEstimate:
     def touches_data(self) -> bool:
         return bool(self.read)
 
+    def release(self, budget_share: float) -> Release:
+        """The ledger's record of this mechanism."""
+        return Release(
+            name="domain estimation (discrete Gaussian, thresholded)",
+            reads=f"bucket counts (bounds) and value counts (categories) of {len(self.read)} "
+                  "undeclared column(s)",
+            l2_sensitivity=self.l2_sensitivity, noise_multiplier=self.noise_multiplier,
+            budget_share=budget_share, columns=list(self.read),
+            details={"selection_delta": self.selection_delta})
+
     @property
     def unreliable(self) -> list[str]:
         """Columns where no bucket cleared the threshold (bounds are a noisy guess)."""
@@ -140,7 +157,7 @@ def estimate_domain(
     columns: list[str],
     noise_multiplier: float,
     selection_delta: float,
-    rng: np.random.Generator,
+    noise: PrivacyNoise,
     false_alarm: float = BOUNDS_FALSE_ALARM,
 ) -> DomainEstimate:
     """Estimate the domain of ``columns`` of ``data`` with one Gaussian mechanism.
@@ -162,7 +179,8 @@ def estimate_domain(
     selection_delta : float
         Total chance, over all categorical columns, that a value held by one row is
         released.
-    rng : numpy Generator for the noise.
+    noise : PrivacyNoise
+        The caller's secret source (discrete Gaussian noise on every count).
     false_alarm : float
         Chance per column that noise alone widens a bound.
     """
@@ -171,9 +189,8 @@ def estimate_domain(
     n_categorical = sum(kinds[name] == "categorical" for name in read)
     sensitivity = math.sqrt(len(read))
     std = noise_multiplier * sensitivity
-    streams = rng.spawn(len(columns)) if columns else []
     out, info = {}, {}
-    for name, stream in zip(columns, streams):
+    for name in columns:
         series, kind = data[name], kinds[name]
         nullable = _dtype_nullable(series.dtype)
         if kind == "boolean":
@@ -181,7 +198,7 @@ def estimate_domain(
             info[name] = {"mechanism": "none (boolean dtype)"}
         elif kind == "categorical":
             tau = category_threshold(std, selection_delta, n_categorical)
-            keys = _released_keys(series, std, tau, stream)
+            keys = _released_keys(series, std, tau, noise)
             out[name] = ColumnDomain("categorical", categories=keys + [OTHER],
                                      nullable=True, other=OTHER)
             info[name] = {"mechanism": "thresholded noisy value counts",
@@ -189,7 +206,7 @@ def estimate_domain(
         else:
             grid = datetime_grid() if kind == "datetime" else numeric_grid()
             values = _as_float(series)
-            lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, stream,
+            lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, noise,
                                           zero_bucket=kind != "datetime")
             if kind == "datetime":
                 out[name] = ColumnDomain("datetime", min=_iso(lo), max=_iso(hi), nullable=True)
@@ -222,7 +239,7 @@ def _as_float(series: pd.Series) -> np.ndarray:
 
 
 def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm: float,
-                  rng: np.random.Generator, zero_bucket: bool) -> tuple[float, float, bool]:
+                  noise: PrivacyNoise, zero_bucket: bool) -> tuple[float, float, bool]:
     """Bounds from the noisy bucket counts, and whether any count cleared its threshold.
 
     For each window size ``W`` in :data:`GROUP_SIZES`, the noisy counts are summed over
@@ -238,9 +255,8 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     """
     n_buckets = len(grid) - 1
     idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
-    counts = np.bincount(idx, minlength=n_buckets).astype(float)
-    if std > 0:
-        counts += rng.normal(0.0, std, size=n_buckets)
+    counts = noise.discrete_gaussian(np.bincount(idx, minlength=n_buckets), std
+                                     ).astype(float)
     sizes = GROUP_SIZES if std > 0 else (1,)
     n_tests = sum(n_buckets - w + 1 for w in sizes)
     cumsum = np.concatenate([[0.0], np.cumsum(counts)])
@@ -268,12 +284,11 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
 
 
 def _released_keys(series: pd.Series, std: float, tau: float,
-                   rng: np.random.Generator) -> list:
+                   noise: PrivacyNoise) -> list:
     counts = series.dropna().astype(object).value_counts(sort=False)
     keys = sorted(counts.index, key=lambda v: (type(v).__name__, str(v)))
-    noisy = counts.loc[keys].to_numpy(dtype=float) if keys else np.zeros(0)
-    if std > 0:
-        noisy = noisy + rng.normal(0.0, std, size=len(keys))
+    noisy = noise.discrete_gaussian(
+        counts.loc[keys].to_numpy(dtype=np.int64) if keys else np.zeros(0, np.int64), std)
     return [_plain(k) for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
 
 

@@ -50,6 +50,7 @@ from .norms import (
     linear_sq_norms,
     linear_unit_sq_norms,
 )
+from .randomness import PrivacyNoise, SecureNoise
 from .recording import LayerRecord, LinearRecorder, linear_layers
 
 __all__ = [
@@ -70,7 +71,7 @@ Records = dict[nn.Linear, LayerRecord]
 
 
 def poisson_batches(
-    n: int, sample_rate: float, steps: int, generator: torch.Generator
+    n: int, sample_rate: float, steps: int, noise: PrivacyNoise
 ) -> Iterator[Tensor]:
     """Yield Poisson-sampled batches of row indices.
 
@@ -85,8 +86,9 @@ def poisson_batches(
         Inclusion probability q, in (0, 1].
     steps : int
         Number of batches to yield.
-    generator : torch.Generator
-        CPU generator; the same seed gives the same batches.
+    noise : PrivacyNoise
+        Source of the masks: :class:`~skdpflow.privacy.randomness.SecureNoise` in every fit
+        (amplification by sampling needs the batches secret).
 
     Yields
     ------
@@ -98,8 +100,7 @@ def poisson_batches(
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
     for _ in range(steps):
-        mask = torch.rand(n, generator=generator) < sample_rate
-        yield mask.nonzero().squeeze(1)
+        yield noise.poisson_mask(n, sample_rate).nonzero().squeeze(1)
 
 
 class DPSGDStep:
@@ -107,9 +108,10 @@ class DPSGDStep:
 
     Usage::
 
+        noise = SecureNoise()                         # secret: OS-keyed, never stored
         step = DPSGDStep(model, max_grad_norm=1.0, noise_multiplier=sigma,
-                         expected_batch_size=q * n, generator=g)
-        for idx in poisson_batches(n, q, steps, g):
+                         expected_batch_size=q * n, noise=noise)
+        for idx in poisson_batches(n, q, steps, noise):
             optimizer.zero_grad()
             with step.record():
                 losses = -model.log_prob(x[idx])      # shape (B,), one term per row
@@ -141,9 +143,9 @@ class DPSGDStep:
         so dividing by it would make the released gradient depend on that row beyond its
         clipped term, which the accountant's subsampled-Gaussian analysis does not cover.
     generator : torch.Generator or None, default=None
-        Source of the noise and of the sparsification masks, on the parameters' device;
+        Source of the sparsification masks (public randomness), on the parameters' device;
         None uses torch's global generator. The same seed gives the same masks, whatever
-        the data.
+        the data. It never draws the privacy noise.
     norm_strategy : {"auto", "gram", "materialise"}, default="auto"
         How per-row norms of multiply-used layers are computed; ``"auto"`` picks the cheaper
         one per layer (:func:`.norms.choose_strategy`). The others exist for tests and
@@ -152,6 +154,10 @@ class DPSGDStep:
         Flat per-row clipping, or per-output-unit clipping with bounds ``C_u`` (above).
     sparsity : float, default=0.0
         Fraction ``p`` in [0, 1) of output units (hence coordinates) dropped per step.
+    noise : PrivacyNoise or None, default=None
+        Source of the Gaussian noise; None draws a fresh
+        :class:`~skdpflow.privacy.randomness.SecureNoise` (secret, never reproducible).
+        Tests may pass a :class:`~skdpflow.privacy.randomness.SeededNoise`.
     backend : {"auto", "torch", "triton"}, default="auto"
         Flat per-row norms and clipped sums by the fused Triton kernels
         (:mod:`.kernels`) or by torch. ``"auto"`` takes Triton on CUDA when it is
@@ -181,6 +187,7 @@ class DPSGDStep:
         expected_batch_size: float,
         generator: torch.Generator | None = None,
         norm_strategy: NormStrategy = "auto",
+        noise: PrivacyNoise | None = None,
         clipping: Clipping = "flat",
         sparsity: float = 0.0,
         backend: str = "auto",
@@ -206,6 +213,7 @@ class DPSGDStep:
         self.noise_multiplier = float(noise_multiplier)
         self.expected_batch_size = float(expected_batch_size)
         self.generator = generator
+        self.noise = SecureNoise() if noise is None else noise
         self.norm_strategy = norm_strategy
         self.clipping = clipping
         self.sparsity = float(sparsity)
@@ -459,15 +467,9 @@ class DPSGDStep:
                 keep.update(parameter_masks(layer, unit_keep))
         for p, grad in summed.items():
             if std > 0:
-                noise = torch.normal(
-                    0.0,
-                    std,
-                    size=tuple(p.shape),
-                    generator=self.generator,
-                    dtype=p.dtype,
-                    device=p.device,
-                )
-                grad = noise.add_(grad)
+                # float64 noise from the secret source, added, then rounded to the dtype.
+                noise = self.noise.normal(tuple(p.shape), std, device=p.device)
+                grad = noise.add_(grad).to(p.dtype)
             if p in keep:
                 grad = torch.where(keep[p], grad, torch.zeros_like(grad))
             p.grad = (grad / self.expected_batch_size).detach().contiguous()
