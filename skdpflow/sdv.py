@@ -16,6 +16,9 @@ What it changes in SDV's pipeline, and why (privacy):
   SDV's validation error (which would quote the private values). In SDV 1.x, where the
   metadata has no ranges, pass ``domain=`` (a :class:`~skdpflow.Domain`, dict or path).
 - Constraints and custom transformers would be fitted on the private rows: refused.
+- SDV logs the private table's row count during ``fit``, and its validation errors quote
+  private values: SDV's loggers are silenced while fitting, and the errors are re-raised
+  naming the column and the problem only (:mod:`skdpflow._sdv_redaction`).
 - The pickle (``save``) holds the model's state dict only, never a per-row gradient.
 """
 
@@ -30,6 +33,7 @@ import pandas as pd
 import sdv
 from sdv.single_table.base import BaseSingleTableSynthesizer
 
+from ._sdv_redaction import sdv_logs_silenced, value_free_errors
 from .domain import ColumnDomain, Domain, as_domain
 from .synthesizer import DPFlowSynthesizer
 
@@ -166,6 +170,12 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         Declared ranges are not checked here: skdpflow clips numbers to them and refuses
         undeclared categories itself, without quoting private values, and SDV's check that
         the data covers the declared range (a data-dependent warning) is skipped.
+
+        Raises
+        ------
+        sdv.errors.InvalidDataError
+            Naming each column and its problem, without SDV's quotes of the offending
+            values (they come from the private rows).
         """
         table = data[self._table_name] if isinstance(data, dict) else data
         spec = self._original_metadata.to_dict()
@@ -173,12 +183,9 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
             for key in RANGE_KEYS:
                 col.pop(key, None)
         structure = type(self._original_metadata).load_from_dict(spec)
-        structure.validate_data({self._table_name: table})
-        errors = self._validate(table)
-        if errors:
-            from sdv.errors import InvalidDataError
-
-            raise InvalidDataError(errors)
+        columns = [*map(str, table.columns), *self._columns()]
+        _raise_value_free(_structure_errors(structure, self._table_name, table), columns)
+        _raise_value_free(self._validate(table), columns)
 
     def add_constraints(self, constraints: Any) -> None:
         """Refused: SDV constraints are fitted on the private rows, outside the guarantee."""
@@ -199,6 +206,22 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
             "time; auto_assign_transformers would fit it on the private rows.")
 
     # ---------------------------------------------------------------- fit
+    def fit(self, data: Any) -> None:
+        """SDV's ``fit``, with SDV's loggers silenced: they would record the row count.
+
+        Parameters
+        ----------
+        data : dict of {str: pandas.DataFrame} or pandas.DataFrame
+            The private table (``{table: DataFrame}`` in SDV 2.x, a DataFrame in 1.x).
+        """
+        with sdv_logs_silenced():
+            super().fit(data)
+
+    def fit_processed_data(self, processed_data: Any) -> None:
+        """SDV's ``fit_processed_data``, with SDV's loggers silenced (row count)."""
+        with sdv_logs_silenced():
+            super().fit_processed_data(processed_data)
+
     def _preprocess(self, table_data: pd.DataFrame) -> pd.DataFrame:
         # Nothing here learns from the rows: the schema (dtypes) is public, and SDV's data
         # processor is fitted in `_fit`, on a skeleton of public values only.
@@ -218,17 +241,24 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
 
     def _to_model_space(self, table: pd.DataFrame) -> pd.DataFrame:
         """Datetimes as datetime64 and categories as objects, whatever their storage dtype."""
-        out = {}
+        out, errors = {}, []
         for name in table.columns:
             col, sdtype = table[name], self._columns()[name].get("sdtype")
             if sdtype == "datetime" and not pd.api.types.is_datetime64_any_dtype(col.dtype):
-                fmt = self._columns()[name].get("datetime_format")
-                col = pd.to_datetime(col, format=fmt)
+                col = _parse_datetimes(col, self._columns()[name].get("datetime_format"))
+                if col is None:  # pandas' message would quote the value
+                    errors.append(f"Invalid values found for datetime column {name!r} (they "
+                                  "do not parse as datetimes; values withheld).")
+                    continue
             elif sdtype in ("categorical", "ordinal") and (
                     pd.api.types.is_numeric_dtype(col.dtype)
                     or pd.api.types.is_bool_dtype(col.dtype)):
                 col = col.astype(object)
             out[name] = col
+        if errors:
+            from sdv.errors import InvalidDataError
+
+            raise InvalidDataError(errors)
         return pd.DataFrame(out, index=table.index)
 
     def _from_model_space(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -317,6 +347,41 @@ def sdgym_synthesizer(display_name: str, domains: dict | None = None, **params: 
 
     return sdgym.create_single_table_synthesizer(display_name, get_trained_synthesizer,
                                                  sample_from_synthesizer)
+
+
+def _structure_errors(structure: Any, table_name: str, table: pd.DataFrame) -> list:
+    """SDV's structural validation of ``table``: its error messages, or []."""
+    from sdv.errors import InvalidDataError
+
+    try:
+        structure.validate_data({table_name: table})
+    except InvalidDataError as exc:
+        return list(exc.errors)
+    except (ValueError, TypeError) as exc:  # pandas' messages may quote values too
+        return [str(exc)]
+    return []
+
+
+def _raise_value_free(errors: list, columns: list[str]) -> None:
+    """Raise SDV's ``InvalidDataError`` with ``errors`` stripped of data values, if any.
+
+    Raised outside any ``except`` block: the original error (with the values) is neither
+    chained nor kept as context.
+    """
+    if not errors:
+        return
+    from sdv.errors import InvalidDataError
+
+    raise InvalidDataError(value_free_errors(errors, columns))
+
+
+def _parse_datetimes(col: pd.Series, fmt: str | None) -> pd.Series | None:
+    """``pd.to_datetime(col, format=fmt)``, or None where a value does not parse."""
+    try:
+        return pd.to_datetime(col, format=fmt)
+    except (ValueError, TypeError):
+        return None
+
 
 def _skeleton(columns: dict[str, dict], domain: Domain, dtypes: dict) -> pd.DataFrame:
     """A small frame of public values only: the domain's bounds and categories, NaN where

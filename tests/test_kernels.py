@@ -186,6 +186,22 @@ def test_zero_rows_and_zero_coefficients_interpreter():
     _close(weight_grad, ref, torch.float32)
 
 
+@needs_interpreter
+def test_gram_rounding_never_gives_negative_norms_interpreter():
+    """Rows whose gradient cancels to ~0: the float32 Gram sum is clamped at 0, not NaN-bound."""
+    generator = torch.Generator().manual_seed(0)
+    h1 = torch.randn(64, 1, 8, generator=generator)
+    d1 = torch.randn(64, 1, 8, generator=generator)
+    h = torch.cat([h1, h1 * (1 + 1e-7 * torch.randn(64, 1, 8, generator=generator))], 1)
+    d = torch.cat([d1, -d1 * (1 + 1e-7 * torch.randn(64, 1, 8, generator=generator))], 1)
+    weight_sq, bias_sq = linear_sq_norms_fused(h, d, True, backend="triton")
+    assert (weight_sq >= 0).all() and weight_sq.sqrt().isfinite().all()
+    assert (bias_sq >= 0).all()
+    ref_w, _ = linear_sq_norms(h.double(), d.double(), True, "materialise")
+    scale = float((h.square().sum((1, 2)) * d.square().sum((1, 2))).max())
+    assert float((weight_sq.double() - ref_w).abs().max()) <= 1e-5 * scale
+
+
 # ---------------------------------------------------------------------------- CUDA
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -156,3 +156,38 @@ def test_unknown_strategy_raises() -> None:
         linear_unit_sq_norms(h, d, True, "magic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="strategy"):
         linear_sq_norms(h, d, True, "magic")  # type: ignore[arg-type]
+
+
+def _cancelling_rows(batch: int = 64, width: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """float32 rows using a layer twice with opposite-sign ``d``: gradient ~0, Gram sum not.
+
+    ``h_2 = h_1 (1 + 1e-7 noise)``, ``d_2 = -d_1 (1 + 1e-7 noise)``: the true per-row gradient
+    is ~1e-7 of its terms, so the float32 Gram sum rounds on either side of 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    h1 = torch.randn(batch, 1, width, generator=g)
+    d1 = torch.randn(batch, 1, width, generator=g)
+    h2 = h1 * (1 + 1e-7 * torch.randn(batch, 1, width, generator=g))
+    d2 = -d1 * (1 + 1e-7 * torch.randn(batch, 1, width, generator=g))
+    return torch.cat([h1, h2], 1), torch.cat([d1, d2], 1)
+
+
+def test_gram_rounding_never_gives_negative_norms() -> None:
+    """Negative squared norms would make sqrt NaN and the DP step NaN (issue 9)."""
+    h, d = _cancelling_rows()
+    # The unclamped Gram form does round below 0 on these rows (the case being tested).
+    raw = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum((1, 2))
+    assert (raw < 0).any()
+
+    rows = _naive_grads(h.double(), d.double(), bias=True)
+    expected_w = torch.stack([w.square().sum() for w, _ in rows])
+    expected_units = _naive_unit_sq(rows)
+    # float32 error of a sum whose terms are |h|^2 |d|^2: relative to that scale.
+    scale = float((h.square().sum((1, 2)) * d.square().sum((1, 2))).max())
+    for strategy in ("gram", "auto"):
+        weight_sq, bias_sq = linear_sq_norms(h, d, True, strategy)
+        units = linear_unit_sq_norms(h, d, True, strategy)
+        for sq in (weight_sq, bias_sq, units):
+            assert (sq >= 0).all() and sq.sqrt().isfinite().all()
+        torch.testing.assert_close(weight_sq.double(), expected_w, rtol=0, atol=1e-5 * scale)
+        torch.testing.assert_close(units.double(), expected_units, rtol=0, atol=1e-5 * scale)

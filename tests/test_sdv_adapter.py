@@ -7,7 +7,9 @@ environment (docs/integrations.md); the version-specific I/O is checked in both.
 from __future__ import annotations
 
 import inspect
+import logging
 import pickle
+import re
 import struct
 import warnings
 
@@ -18,9 +20,16 @@ import pytest
 pytest.importorskip("sdv")
 
 from conftest import MIXED_DOMAIN, make_mixed_frame
+from sdv.errors import InvalidDataError
 from sdv.metadata import Metadata
 
 from skdpflow import DPFlowSynthesizer
+from skdpflow._sdv_redaction import (
+    SDV_LOGGER_NAMES,
+    WITHHELD,
+    sdv_logs_silenced,
+    value_free_errors,
+)
 from skdpflow.sdv import SDV_MAJOR, DPFlowSDVSynthesizer
 
 TABLE = "people"
@@ -264,3 +273,107 @@ def test_domain_argument_must_name_modelled_columns():
     synth = DPFlowSDVSynthesizer(md, **FAST, domain={"nope": {"type": "boolean"}})
     with pytest.raises(ValueError, match="nope"):
         synth.fit(_wrap(_frame(sentinels=False)))
+
+
+# ------------------------------------------------------- logs and error messages (issue 9)
+N_ROWS = 1237
+_LOG_NOISE = re.compile(r"datetime\.datetime\([^)]*\)|'SYNTHESIZER ID': '[^']*'")
+
+
+def _every_record(monkeypatch) -> list[logging.LogRecord]:
+    """Records any logger handles, even one that does not propagate to caplog's handler."""
+    records: list[logging.LogRecord] = []
+    handle = logging.Logger.handle
+
+    def recording(self, record):  # noqa: ANN001, ANN202
+        records.append(record)
+        return handle(self, record)
+
+    monkeypatch.setattr(logging.Logger, "handle", recording)
+    return records
+
+
+def test_fit_and_sample_log_neither_the_row_count_nor_private_values(caplog, monkeypatch):
+    """SDV logs 'TOTAL NUMBER OF ROWS': len(data) at INFO during fit: silenced."""
+    caplog.set_level(logging.DEBUG)
+    records = _every_record(monkeypatch)
+    before = {name: logging.getLogger(name).level for name in SDV_LOGGER_NAMES}
+    synth = _fit(_frame(n=N_ROWS))
+    synth.sample(50)
+    assert {name: logging.getLogger(name).level for name in SDV_LOGGER_NAMES} == before
+    # Timestamps and random ids are no data, and could hold the digits by chance.
+    messages = [_LOG_NOISE.sub("", r.getMessage()) for r in [*records, *caplog.records]]
+    for secret in (str(N_ROWS), f"{N_ROWS:,}", SENTINEL_NAME, "987654", "123456789"):
+        assert not [m for m in messages if secret in m], secret
+
+
+def test_sdv_logs_are_restored_after_an_error():
+    sdv_logger = logging.getLogger("sdv")
+    previous = sdv_logger.level
+    sdv_logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(RuntimeError), sdv_logs_silenced():
+            assert not logging.getLogger("SingleTableSynthesizer").isEnabledFor(logging.CRITICAL)
+            assert not sdv_logger.isEnabledFor(logging.CRITICAL)
+            raise RuntimeError
+        assert sdv_logger.level == logging.INFO
+    finally:
+        sdv_logger.setLevel(previous)
+
+
+def _fit_error(df: pd.DataFrame, md: Metadata | None = None) -> InvalidDataError:
+    synth = DPFlowSDVSynthesizer(md or _metadata()[0], **FAST, **_metadata()[1])
+    with pytest.raises(InvalidDataError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        synth.fit(_wrap(df))
+    error = info.value
+    # Nothing that holds SDV's original message is chained to it.
+    assert error.__cause__ is None and error.__context__ is None
+    return error
+
+
+def test_validation_errors_name_the_column_but_quote_no_value():
+    """SDV quotes offending values: a duplicated key, a string in a numerical column."""
+    df = _frame(sentinels=False)
+    df["score"] = df["score"].astype(object)
+    df.loc[3, "score"] = "SENTINEL-dtype-91"
+    df.loc[[5, 6], "id"] = 424242
+    message = str(_fit_error(df))
+    assert "'id'" in message and "repeating values" in message
+    assert "'score'" in message and "Invalid values" in message
+    assert "SENTINEL-dtype-91" not in message and "424242" not in message
+
+
+def test_unparsable_datetimes_are_reported_without_the_value():
+    df = _frame(sentinels=False).astype({"when": str})
+    df.loc[7, "when"] = "SENTINEL-when-55"
+    message = str(_fit_error(df))  # SDV's check (it samples 1,000 rows at most)
+    assert "'when'" in message and "SENTINEL-when-55" not in message
+    # Past SDV's sample, pandas' own parse error would quote it: withheld too.
+    synth = DPFlowSDVSynthesizer(_metadata()[0], **FAST, **_metadata()[1])
+    with pytest.raises(InvalidDataError) as info:
+        synth._to_model_space(df[["when"]])
+    assert "'when'" in str(info.value) and "SENTINEL-when-55" not in str(info.value)
+    if SDV_MAJOR >= 2:  # a declared datetime_format: SDV checks every value
+        md = _metadata()[0]
+        md.update_column("when", table_name=TABLE, datetime_format="%Y-%m-%d")
+        message = str(_fit_error(df, md))
+        assert "'when'" in message and "SENTINEL-when-55" not in message
+
+
+def test_value_free_errors_keep_the_problem_and_drop_the_values():
+    errors = ["Errors in people:\nError: Key column 'id' contains repeating values: "
+              "[424242]\nError: Invalid values found for numerical column 'score': "
+              "['x:SECRET']",
+              "Relationships:\nError: foreign key column 'fk' contains unknown references:\n"
+              "   fk\n0  SECRET\nPlease use the method 'drop_unknown_references'",
+              "The columns ['extra'] are not present in the metadata."]
+    out = value_free_errors(errors, ["id", "score", "fk", "extra"])
+    assert out[:3] == [
+        f"Key column 'id' contains repeating values {WITHHELD}.",
+        f"Invalid values found for numerical column 'score' {WITHHELD}.",
+        f"foreign key column 'fk' contains unknown references {WITHHELD}.",
+    ]
+    assert out[3] == "The columns ['extra'] are not present in the metadata."
+    assert not any("SECRET" in line or "424242" in line for line in out)
+    assert value_free_errors(["could not convert 'SECRET'"], ["id"])[0].startswith("The table")

@@ -6,7 +6,8 @@ kernels on CUDA:
 * :func:`linear_sq_norms_fused`: each row's squared weight-gradient norm in Gram form,
   ``sum_{t,s} (d_t . d_s)(h_t . h_s)``, and bias norm ``|sum_t d_t|^2``. One program per row
   builds the ``T x T`` Gram tiles in registers and reduces them at once: no ``(B, T, T)``
-  intermediate reaches global memory.
+  intermediate reaches global memory. The Gram sum mixes signs, so the kernel clamps it at 0
+  (rounding could take a ~0 norm below 0, and its square root to NaN).
 * :func:`linear_clipped_sum_fused`: ``sum_i c_i sum_t d_{i,t} h_{i,t}^T`` ``(out, in)`` and the
   bias ``sum_i c_i sum_t d_{i,t}``: a tiled ``(B*T, out)^T x (B*T, in)`` matmul with the clip
   coefficient applied as the ``D`` tile is loaded (and split over the ``B*T`` rows so that
@@ -196,7 +197,8 @@ def _kernels(interpret: bool) -> SimpleNamespace:
                     gram_d += tl.sum(a[:, None, :] * b[None, :, :], axis=2)
                 weight = tl.where(s0 == t0, 1.0, 2.0)
                 acc += gram_h * gram_d * weight
-        tl.store(w_out_ptr + row, tl.sum(tl.sum(acc, axis=1), axis=0))
+        # Mixed-sign terms: rounding can take a ~0 norm below 0 (sqrt -> NaN), so clamp.
+        tl.store(w_out_ptr + row, tl.maximum(tl.sum(tl.sum(acc, axis=1), axis=0), 0.0))
         if HAS_BIAS:
             bias_acc = tl.zeros((BLOCK_K,), dtype=ACC)
             for k0 in range(0, OUT, BLOCK_K):

@@ -59,7 +59,9 @@ def linear_sq_norms(
 
     ``|G_i|^2 = sum_{t,s} (d_t . d_s)(h_t . h_s)`` (Gram form) or
     ``|einsum('to,ti->oi', d_i, h_i)|^2`` (materialised); the bias gradient is
-    ``sum_t d_{i,t}``. The product ``|D_i|^2 |H_i|^2`` would be wrong for T > 1.
+    ``sum_t d_{i,t}``. The product ``|D_i|^2 |H_i|^2`` would be wrong for T > 1. The Gram
+    form sums terms of both signs, so a norm that is ~0 can round below 0: it is clamped at
+    0, so that the norm's square root is never NaN.
 
     Parameters
     ----------
@@ -86,9 +88,10 @@ def linear_sq_norms(
     elif strategy == "gram":
         gram_d = torch.bmm(grads, grads.transpose(1, 2))
         gram_h = torch.bmm(inputs, inputs.transpose(1, 2))
-        weight_sq = (gram_d * gram_h).sum((1, 2))
+        # A sum of mixed-sign terms: rounding can take a ~0 norm below 0, and sqrt to NaN.
+        weight_sq = (gram_d * gram_h).sum((1, 2)).clamp_min_(0.0)
         # |sum_t d_t|^2 = sum_{t,s} d_t . d_s: free from the Gram matrix, no pass over D.
-        return weight_sq, gram_d.sum((1, 2)) if bias else None
+        return weight_sq, gram_d.sum((1, 2)).clamp_min_(0.0) if bias else None
     else:
         weight_sq = torch.einsum("bto,bti->boi", grads, inputs).square().sum((1, 2))
     bias_sq = grads.sum(1).square().sum(1) if bias else None
@@ -109,7 +112,8 @@ def linear_unit_sq_norms(
     ``|G_i[j]|^2 + b_{i,j}^2 = sum_{t,s} d_{t,j} d_{s,j} (h_t . h_s) + (sum_t d_{t,j})^2``,
     i.e. ``einsum('btj,bsj,bts->bj', D, D, H H^T)`` in Gram form (one ``(T x T) @ (T x out)``
     product per row), or the row norms of the materialised ``G_i``. Summed over j it gives
-    :func:`linear_sq_norms`' weight plus bias norms.
+    :func:`linear_sq_norms`' weight plus bias norms. Clamped at 0, as there, against the
+    Gram form's rounding.
 
     Parameters
     ----------
@@ -139,7 +143,8 @@ def linear_unit_sq_norms(
         if bias:
             gram_h += 1.0
         weighted = torch.bmm(gram_h, grads, out=workspace)  # sum_s (h_t . h_s + 1) d_s
-        return weighted.mul_(grads).sum(1)
+        # Mixed-sign terms again: clamp what rounding takes below 0 (sqrt would give NaN).
+        return weighted.mul_(grads).sum(1).clamp_min_(0.0)
     unit_sq = torch.einsum("bto,bti->boi", grads, inputs).square().sum(2)
     return unit_sq + grads.sum(1).square() if bias else unit_sq
 
