@@ -75,7 +75,9 @@ class Options:
             return False
 
     def __str__(self) -> str:
-        return "a str among " + "{" + ", ".join(repr(v) for v in sorted(self.values)) + "}"
+        # By repr: the options may mix types (verbose takes True, False and "loss").
+        shown = sorted(repr(v) for v in self.values)
+        return "a str among " + "{" + ", ".join(shown) + "}"
 
 
 class _NoneOr:

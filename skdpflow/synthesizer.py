@@ -41,7 +41,7 @@ from .training import TrainConfig, midpoint_latent, standard_normal_logpdf, trai
 
 __all__ = ["DPFlowSynthesizer"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SAMPLE_CHUNK = 65_536
 
 
@@ -174,7 +174,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "accountant": Options(frozenset({"rdp", "prv"})),
         "device": Options(frozenset({"auto", "cpu", "cuda"})),
         "random_state": RANDOM_STATE,
-        "verbose": Options(frozenset({True, False})),
+        "verbose": Options(frozenset({True, False, "loss"})),
     }
 
     def __init__(
@@ -313,8 +313,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
              for c in data.columns},
             data_derived=tuple(derived),
             estimated=tuple(c for c in undeclared if c not in derived))
-        self.dtypes_ = {c: _public_dtype(data[c].dtype, self.domain_[c]) for c in data.columns}
-        self.type_layer_ = TypeLayer(self.domain_, self.dtypes_)
+        self.type_layer_ = TypeLayer(self.domain_)  # dtypes from the domain, not the rows
         typed = self.type_layer_.transform(data)
 
         # 2. One noisy release of every 1-way histogram; it also estimates the row count.
@@ -405,7 +404,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     # --------------------------------------------------------------- sample
     def sample(self, n_samples: int = 1, random_state: Any = None) -> pd.DataFrame:
-        """Draw ``n_samples`` synthetic rows: same columns, dtypes and kinds of values.
+        """Draw ``n_samples`` synthetic rows: the fitted columns, in dtypes from the domain.
 
         Parameters
         ----------
@@ -627,9 +626,6 @@ def _state(est: DPFlowSynthesizer) -> dict:
         "domain": est.domain_.to_dict(),
         "data_derived": list(est.domain_.data_derived),
         "estimated": list(est.domain_.estimated),
-        "dtypes": {c: str(d) if not isinstance(d, pd.CategoricalDtype) else
-                   ["category", list(d.categories), bool(d.ordered)]
-                   for c, d in est.dtypes_.items()},
         "marginals": [torch.as_tensor(codec_probs) for codec_probs in
                       _marginal_probs(est)],
         "marginals_info": dict(est.marginals_info_),
@@ -664,8 +660,7 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_ = Domain.from_dict(state["domain"])
     est.domain_.data_derived = tuple(state["data_derived"])
     est.domain_.estimated = tuple(state["estimated"])
-    est.dtypes_ = {c: _parse_dtype(d) for c, d in state["dtypes"].items()}
-    est.type_layer_ = TypeLayer(est.domain_, est.dtypes_)
+    est.type_layer_ = TypeLayer(est.domain_)
     specs = [histogram_spec(n, est.domain_[n], est.histogram_bins) for n in est.domain_.columns]
     est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
@@ -683,25 +678,3 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.n_features_in_ = len(est.feature_names_in_)
     return est
 
-
-def _public_dtype(dtype: Any, col: Any) -> Any:
-    """The dtype to restore on sampling, stripped of anything read from the rows.
-
-    A pandas ``Categorical`` dtype lists categories that usually come from the data
-    (``astype("category")``); only the domain's categories are kept.
-    """
-    if isinstance(dtype, pd.CategoricalDtype):
-        if col.type in ("categorical", "boolean"):
-            return pd.CategoricalDtype(list(col.categories), ordered=bool(dtype.ordered))
-        return np.dtype(object)
-    return dtype
-
-
-def _parse_dtype(spec: Any) -> Any:
-    if isinstance(spec, list) and spec and spec[0] == "category":
-        return pd.CategoricalDtype(spec[1], ordered=spec[2])
-    try:
-        return pd.api.types.pandas_dtype(spec)
-    except TypeError:
-        warnings.warn(f"Unknown dtype {spec!r} in model file; using object.", stacklevel=2)
-        return np.dtype(object)

@@ -13,7 +13,7 @@ from skdpflow.marginals import bin_index, histogram_spec, project_simplex, relea
 
 def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 0):
     dom = Domain.from_dict(domain)
-    layer = TypeLayer(dom, frame.dtypes.to_dict())
+    layer = TypeLayer(dom)
     typed = layer.transform(frame)
     specs = [histogram_spec(n, dom[n]) for n in dom.columns]
     indices = []

@@ -21,7 +21,9 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   noisy count reaches ``tau_c = 1 + std * Phi^-1(1 - delta_s / m_c)``. A value held by a single
   row is therefore released with probability at most ``delta_s / m_c``; over the ``m_c``
   categorical columns, at most ``delta_s``. Values below the threshold map to the public
-  category :data:`OTHER`, which every estimated categorical column has.
+  category :data:`OTHER`, which every estimated categorical column has. Values are counted
+  by their canonical string (:func:`~skdpflow.domain.canonical`) and released as strings, so
+  the type of a released category never depends on a row.
 
 Privacy. Let ``D = D' + x``. Write ``M_r(D)`` for the release restricted to the keys present
 in ``D'`` (it ignores the at most ``m_c`` keys only ``x`` holds). ``M_r(D)`` and ``M(D')`` are
@@ -52,7 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ..domain import NS_PER_DAY, ColumnDomain, column_kind
+from ..domain import NS_PER_DAY, ColumnDomain, canonical, column_kind
 
 __all__ = [
     "BOUNDS_FALSE_ALARM",
@@ -268,17 +270,19 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
 
 
 def _released_keys(series: pd.Series, std: float, tau: float,
-                   rng: np.random.Generator) -> list:
-    counts = series.dropna().astype(object).value_counts(sort=False)
-    keys = sorted(counts.index, key=lambda v: (type(v).__name__, str(v)))
+                   rng: np.random.Generator) -> list[str]:
+    """The canonical strings whose noisy count reaches ``tau``.
+
+    Values are counted by :func:`~skdpflow.domain.canonical` string and the strings are
+    released, so ``1``, ``1.0``, ``True`` and ``"1"`` never depend on which one a row holds
+    (Python's ``1 == 1.0 == True`` would otherwise let the first row pick the type).
+    """
+    counts = series.dropna().astype(object).map(canonical).value_counts(sort=False)
+    keys = sorted(counts.index)
     noisy = counts.loc[keys].to_numpy(dtype=float) if keys else np.zeros(0)
     if std > 0:
         noisy = noisy + rng.normal(0.0, std, size=len(keys))
-    return [_plain(k) for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+    return [k for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
 
 
 def _iso(days: float) -> str:
