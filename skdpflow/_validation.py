@@ -75,9 +75,7 @@ class Options:
             return False
 
     def __str__(self) -> str:
-        # By repr: the options may mix types (verbose takes True, False and "loss").
-        shown = sorted(repr(v) for v in self.values)
-        return "a str among " + "{" + ", ".join(shown) + "}"
+        return "a value among " + "{" + ", ".join(sorted(repr(v) for v in self.values)) + "}"
 
 
 class _NoneOr:

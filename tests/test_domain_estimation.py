@@ -136,8 +136,8 @@ def test_categorical_dtype_categories_are_not_kept(tmp_path):
     synth.save(path)
     assert b"SENTINEL" not in path.read_bytes() + pickle.dumps(synth)
     fake = synth.sample(1000, random_state=0)
-    assert isinstance(fake["city"].dtype, pd.CategoricalDtype)
-    assert "SENTINEL-Rare" not in list(fake["city"].cat.categories)
+    assert fake["city"].dtype == object  # the dtype comes from the domain, not the frame
+    assert "SENTINEL-Rare" not in set(fake["city"])
 
 
 # ----------------------------------------------------------------- accounting
