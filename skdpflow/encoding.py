@@ -174,8 +174,7 @@ def _rdt_transformer(col: ColumnDomain) -> tuple[str, object]:
 
 
 def _unreadable(name: str, values: pd.Series, isna: np.ndarray, kind: str) -> list[str]:
-    """A problem naming the column and counting the cells not read as ``kind``; no value is
-    quoted (it would put private data in logs)."""
+    """A problem naming the column and counting its unreadable cells, never quoting them."""
     bad = int((values.isna().to_numpy() & ~isna).sum())
     return [f"column {name!r} has {bad} value(s) that are not {kind}"] if bad else []
 
