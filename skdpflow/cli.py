@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._validation import InvalidDataError
+from .domain import ColumnDomain, Domain, as_domain
+
 __all__ = ["main"]
+
+# Text a declared boolean column may hold (case-insensitive); anything else is an error.
+BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+# What a declared column's cells must be, by type (for error messages).
+READABLE = {"numerical": "numbers", "datetime": "datetimes",
+            "boolean": "booleans (true/false, yes/no or 1/0)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("data", type=Path, help="CSV file (may be .gz)")
     fit.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     fit.add_argument("--domain", type=Path,
-                     help="JSON or YAML file with the public domain; undeclared columns are "
-                          "estimated under DP (their kind is read from the CSV's inferred "
-                          "dtypes: declare them to keep the schema independent of the rows)")
+                     help="JSON or YAML file with the public domain: declared columns are read "
+                          "by their declared type; undeclared columns are estimated under DP, "
+                          "their kind inferred by pandas from the rows (declare them to keep "
+                          "the schema public)")
     _add_hyperparameters(fit)
     fit.set_defaults(func=_fit)
 
@@ -69,15 +79,22 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--privacy", choices=["strict", "domain_from_data"], default="strict",
                    help="'domain_from_data' reads undeclared domains from the data: NOT "
                         "covered by the guarantee")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=None,
+                   help="fixes model initialisation and sampling only, never the privacy "
+                        "noise (default: none)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    output.add_argument("--show-nonprivate-loss", action="store_true",
+                        help="show the training loss on the progress bar: a statistic of the "
+                             "private rows without noise; not private")
 
 
 def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
     from .synthesizer import DPFlowSynthesizer
 
+    verbose = "loss" if args.show_nonprivate_loss else not args.quiet
     params = {"epsilon": args.epsilon, "delta": args.delta, "accountant": args.accountant,
-              "random_state": args.seed, "verbose": not args.quiet, "privacy": args.privacy}
+              "random_state": args.seed, "verbose": verbose, "privacy": args.privacy}
     if args.domain_epsilon_fraction is not None:
         params["domain_epsilon_fraction"] = args.domain_epsilon_fraction
     if args.epochs is not None:
@@ -88,13 +105,62 @@ def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _fit(args: argparse.Namespace) -> int:
-    data = pd.read_csv(args.data)
+    domain = as_domain(args.domain) if args.domain is not None else Domain()
+    data = _read_csv(args.data, domain)
     synth = _synthesizer(args)
-    synth.fit(data, domain=args.domain)
+    synth.fit(data, domain=domain)
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
     print(f"model written to {args.output}")
     return 0
+
+
+def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
+    """Read a CSV file: declared columns by their domain type, never by pandas inference.
+
+    Declared columns are read as text (only an empty field is missing) and converted by
+    :func:`_parse_column`. Undeclared columns keep pandas inference, column by column, and a
+    warning on stderr names them: their kind (number or category) then depends on the rows.
+
+    Raises
+    ------
+    InvalidDataError
+        Listing every declared column with cells its type cannot read (counted, not quoted).
+    """
+    text = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    undeclared = [c for c in text.columns if c not in domain.columns]
+    columns, problems = {}, []
+    for name in text.columns:
+        if name in domain.columns:
+            columns[name], bad = _parse_column(text[name], domain[name])
+            if bad:
+                problems.append(f"column {name!r}: {bad} cell(s) are not "
+                                f"{READABLE[domain[name].type]}")
+    if problems:
+        raise InvalidDataError(problems)
+    if undeclared:
+        print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number or "
+              "category) is inferred from the rows; declare them in --domain to keep the "
+              "schema public", file=sys.stderr)
+        inferred = pd.read_csv(path, usecols=undeclared)
+        columns.update({name: inferred[name] for name in undeclared})
+    return pd.DataFrame({name: columns[name] for name in text.columns})
+
+
+def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
+    """A text column in its declared type, and the number of non-empty cells it cannot read.
+
+    Categories stay text: they match the declared categories by canonical string.
+    """
+    if col.type == "numerical":
+        values = pd.to_numeric(text.str.strip(), errors="coerce")
+    elif col.type == "datetime":
+        values = pd.to_datetime(text, errors="coerce", format="mixed")
+    elif col.type == "boolean":
+        values = text.str.strip().str.lower().map(BOOLEAN_TEXT).astype(object)
+    else:
+        return text, 0
+    return values, int((values.isna() & text.notna()).sum())
 
 
 def _sample(args: argparse.Namespace) -> int:

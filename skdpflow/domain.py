@@ -11,8 +11,11 @@ to draft a domain by hand from data that is public anyway).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import numbers
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning"]
+__all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning", "canonical", "public_dtype"]
 
 KINDS = ("numerical", "categorical", "boolean", "datetime")
 # Bounds with a spread above this (and a lower bound >= 0) get a log1p transform: heavy tails.
@@ -87,6 +90,7 @@ class ColumnDomain:
                     raise ValueError("'other' must be a category, not a missing value.")
                 if self.other not in self.categories:
                     self.categories = list(self.categories) + [self.other]
+            _check_canonical_categories(self.categories)
         elif self.other is not None:
             raise ValueError("Only a categorical column can declare an 'other' category.")
         if self.type == "boolean":
@@ -140,12 +144,7 @@ class Domain:
         for name, col in spec.items():
             if not isinstance(col, dict) or "type" not in col:
                 raise ValueError(f"Domain entry for {name!r} must be a dict with a 'type' key.")
-            try:
-                columns[name] = ColumnDomain(**col)
-            except TypeError as exc:
-                raise ValueError(f"Domain entry for {name!r}: {exc}") from None
-            except ValueError as exc:
-                raise ValueError(f"Domain entry for {name!r}: {exc}") from None
+            columns[name] = _column(name, col)
         return cls(columns)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -186,7 +185,7 @@ class Domain:
         for name, col in spec.get("columns", {}).items():
             entry = _from_sdv_column(col)
             if entry is not None:
-                columns[name] = ColumnDomain(**entry)
+                columns[name] = _column(name, entry)
         return cls(columns)
 
     def save(self, path: str | Path) -> None:
@@ -223,6 +222,52 @@ class Domain:
         return len(self.columns)
 
 
+def canonical(value: Any) -> str:
+    """The canonical string of a category value: what matches data to declared categories.
+
+    ``"True"``/``"False"`` for a boolean; ``str(int(v))`` for an integral number (an int,
+    or a float with no fractional part); ``repr(float(v))`` for any other real number; the
+    string itself for a string; the ISO format for a datetime. So ``1``, ``1.0``,
+    ``np.int64(1)`` and ``"1"`` are one category, whatever the column's dtype.
+
+    Raises
+    ------
+    TypeError
+        For any other kind of value.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    if isinstance(value, (datetime.datetime, np.datetime64)):
+        return pd.Timestamp(value).isoformat()
+    raise TypeError(f"a category must be a string, number, boolean or datetime, got "
+                    f"{type(value).__name__}")
+
+
+def public_dtype(col: ColumnDomain) -> Any:
+    """The dtype of a column's samples, from its domain alone (never from the rows).
+
+    Integer numerical: ``int64``, or pandas ``Int64`` if nullable; other numerical:
+    ``float64``; boolean: ``bool``, or pandas ``boolean`` if nullable; datetime:
+    ``datetime64[ns]``; categorical: ``object``, holding the declared category objects.
+    """
+    if col.type == "numerical" and col.integer:
+        return pd.Int64Dtype() if col.nullable else np.dtype(np.int64)
+    if col.type == "numerical":
+        return np.dtype(np.float64)
+    if col.type == "boolean":
+        return pd.BooleanDtype() if col.nullable else np.dtype(bool)
+    if col.type == "datetime":
+        return np.dtype("datetime64[ns]")
+    return np.dtype(object)
+
+
 def column_kind(series: pd.Series) -> str:
     """The kind of a column from its dtype alone (the schema is public)."""
     dtype = series.dtype
@@ -237,6 +282,26 @@ def column_kind(series: pd.Series) -> str:
     if dtype == object:
         return "categorical"
     raise TypeError(f"dtype {dtype} is not supported")
+
+
+def _column(name: str, entry: dict[str, Any]) -> ColumnDomain:
+    """One column's domain; its errors name the column."""
+    try:
+        return ColumnDomain(**entry)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Domain entry for {name!r}: {exc}") from None
+
+
+def _check_canonical_categories(categories: list) -> None:
+    """Two categories with one canonical string could not be told apart in the data."""
+    try:
+        keys = [canonical(c) for c in categories]
+    except TypeError as exc:
+        raise ValueError(f"The 'categories' list holds an unsupported value: {exc}.") from None
+    clashes = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if clashes:
+        raise ValueError(f"The 'categories' list has values with the same canonical string "
+                         f"{clashes} (e.g. 1 and '1'): keep one of each.")
 
 
 def _from_sdv_column(col: dict[str, Any]) -> dict[str, Any] | None:
@@ -283,7 +348,8 @@ def _infer_column(series: pd.Series, name: str) -> ColumnDomain:
     if kind == "boolean" or (kind == "categorical" and _looks_boolean(values)):
         return ColumnDomain("boolean", nullable=nullable)
     if kind == "categorical":
-        cats = list(pd.unique(values))
+        # One value per canonical string (the first seen): 1 and "1" are one category.
+        cats = list({canonical(v): v for v in values.astype(object).iloc[::-1]}.values())
         try:
             cats = sorted(cats)
         except TypeError:

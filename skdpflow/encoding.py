@@ -29,7 +29,7 @@ import rdt
 from rdt.transformers import FloatFormatter, OrderedLabelEncoder, UnixTimestampEncoder
 from scipy.special import ndtr, ndtri
 
-from .domain import NS_PER_DAY, ColumnDomain, Domain
+from .domain import NS_PER_DAY, ColumnDomain, Domain, canonical, public_dtype
 from .marginals import (
     ATOM_THRESHOLD,
     ColumnMarginal,
@@ -45,14 +45,20 @@ __all__ = ["TypeLayer", "TableEncoder"]
 
 U_EPS = 1e-7  # keeps Phi^-1(u) finite
 MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
+# A boolean column also reads 0 and 1 (of any dtype) as False and True.
+BOOLEAN_KEYS = {"False": False, "True": True, "0": False, "1": True}
 
 
 class TypeLayer:
-    """RDT set-up from a public domain: raw frame <-> numeric codes, and back."""
+    """RDT set-up from a public domain: raw frame <-> numeric codes, and back.
 
-    def __init__(self, domain: Domain, dtypes: dict[str, object]) -> None:
+    Both directions read the domain only: data values match categories by their
+    :func:`~skdpflow.domain.canonical` string, whatever the frame's dtypes, and
+    :meth:`reverse` gives each column the dtype of :func:`~skdpflow.domain.public_dtype`.
+    """
+
+    def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self.dtypes = dict(dtypes)
         self.hyper = rdt.HyperTransformer()
         sdtypes, transformers = {}, {}
         for name, col in domain.columns.items():
@@ -101,23 +107,22 @@ class TypeLayer:
                                 "nullable=False")
             if col.type == "numerical":
                 lo, hi = col.numeric_bounds()
-                values = pd.to_numeric(series, errors="coerce").astype(float).clip(lo, hi)
+                values = pd.to_numeric(series, errors="coerce").astype(float)
+                problems += _unreadable(name, values, isna, "numbers")
+                values = values.clip(lo, hi)
                 if col.integer:
                     values = values.round()
                 out[name] = values
             elif col.type == "datetime":
-                values = pd.to_datetime(series, errors="coerce")
+                values = pd.to_datetime(series, errors="coerce", format="mixed")
+                problems += _unreadable(name, values, isna, "datetimes")
                 if getattr(values.dt, "tz", None) is not None:
                     values = values.dt.tz_convert(None)
                 lo, hi = pd.Timestamp(col.min), pd.Timestamp(col.max)
                 out[name] = values.clip(lo, hi)
             else:
-                declared = pd.Index(col.categories, dtype=object)
-                values = series.astype(object)
-                unknown = ~values.isin(declared) & ~isna
-                if col.type == "boolean":
-                    values = values.map(lambda v: v if pd.isna(v) else bool(v))
-                    unknown = ~values.isin([False, True]) & ~isna
+                values = _match_categories(series, col)
+                unknown = values.isna() & ~isna
                 if unknown.any():
                     if col.other is not None:
                         values = values.where(~unknown, col.other)
@@ -150,7 +155,7 @@ class TypeLayer:
                 transformer = self.hyper.field_transformers[name]
                 own = codes[transformer.get_output_columns()]
                 raw = transformer.reverse_transform(own)[name]
-                out[name] = _restore_dtype(raw, self.domain[name], self.dtypes.get(name))
+                out[name] = _restore_dtype(raw, self.domain[name])
         return pd.DataFrame(out)
 
 
@@ -168,34 +173,29 @@ def _rdt_transformer(col: ColumnDomain) -> tuple[str, object]:
         missing_value_replacement=(lo + hi) / 2, missing_value_generation=generation)
 
 
-def _restore_dtype(series: pd.Series, col: ColumnDomain, dtype: object) -> pd.Series:
-    has_na = bool(series.isna().any())
+def _unreadable(name: str, values: pd.Series, isna: np.ndarray, kind: str) -> list[str]:
+    """A problem naming the column and counting its unreadable cells, never quoting them."""
+    bad = int((values.isna().to_numpy() & ~isna).sum())
+    return [f"column {name!r} has {bad} value(s) that are not {kind}"] if bad else []
+
+
+def _match_categories(series: pd.Series, col: ColumnDomain) -> pd.Series:
+    """Each value as the declared category with its canonical string (missing: NaN)."""
+    lookup = BOOLEAN_KEYS if col.type == "boolean" else {
+        canonical(c): c for c in col.categories}
+    keys = series.astype(object).map(canonical, na_action="ignore")
+    return keys.map(lookup).astype(object)
+
+
+def _restore_dtype(series: pd.Series, col: ColumnDomain) -> pd.Series:
+    """RDT's reverse output in the dtype the domain gives the column."""
+    dtype = public_dtype(col)
     if col.type == "numerical":
         values = pd.to_numeric(series, errors="coerce")
-        if dtype is not None and pd.api.types.is_integer_dtype(dtype):
-            return values.round().astype("Int64" if has_na else dtype)
-        if dtype is not None and pd.api.types.is_float_dtype(dtype):
-            return values.astype(dtype)
-        return values.round() if col.integer else values
+        return (values.round() if col.integer else values).astype(dtype)
     if col.type == "datetime":
-        values = pd.to_datetime(series)
-        if dtype is not None and not pd.api.types.is_datetime64_any_dtype(dtype):
-            return values.astype(str).where(values.notna(), None)
-        return values
-    if col.type == "boolean":
-        values = series.map(lambda v: v if pd.isna(v) else bool(v))
-        if dtype is not None and pd.api.types.is_bool_dtype(dtype) and not has_na:
-            return values.astype(bool)
-        if isinstance(dtype, pd.BooleanDtype):
-            return values.astype("boolean")
-        return values.astype(object)
-    if isinstance(dtype, pd.CategoricalDtype):
-        return pd.Categorical(series, categories=dtype.categories, ordered=dtype.ordered)
-    if dtype is not None and pd.api.types.is_string_dtype(dtype) and dtype != object:
-        return series.astype(dtype)
-    if dtype is not None and pd.api.types.is_numeric_dtype(dtype) and not has_na:
-        return series.astype(dtype)
-    return series.astype(object)
+        return pd.to_datetime(series).astype(dtype)
+    return series.astype(dtype)
 
 
 @dataclass

@@ -261,7 +261,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
         fitted: dict[str, Any] = {}
         fitted["domain_"] = self._resolve_domain(data, declared, ledger, noise)
-        fitted["type_layer_"] = TypeLayer(fitted["domain_"], public_dtypes(fitted["domain_"]))
+        fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
             typed, fitted["domain_"], ledger, noise)
@@ -433,7 +433,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     # --------------------------------------------------------------- sample
     def sample(self, n_samples: int = 1, random_state: Any = None) -> pd.DataFrame:
-        """Draw ``n_samples`` synthetic rows: same columns, dtypes and kinds of values.
+        """Draw ``n_samples`` synthetic rows: the fitted columns, in dtypes from the domain.
 
         Parameters
         ----------
@@ -670,7 +670,7 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_ = Domain.from_dict(state["domain"])
     est.domain_.data_derived = tuple(state["data_derived"])
     est.domain_.estimated = tuple(state["estimated"])
-    est.type_layer_ = TypeLayer(est.domain_, public_dtypes(est.domain_))
+    est.type_layer_ = TypeLayer(est.domain_)
     specs = [histogram_spec(n, est.domain_[n], est.histogram_bins) for n in est.domain_.columns]
     est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
@@ -688,18 +688,3 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.n_features_in_ = len(est.feature_names_in_)
     return est
 
-
-def public_dtypes(domain: Domain) -> dict[str, Any]:
-    """The dtype of each sampled column, from its public domain alone (never the rows)."""
-    out: dict[str, Any] = {}
-    for name, col in domain.columns.items():
-        if col.type == "numerical":
-            out[name] = (pd.Int64Dtype() if col.nullable else np.dtype(np.int64)) \
-                if col.integer else np.dtype(np.float64)
-        elif col.type == "boolean":
-            out[name] = pd.BooleanDtype() if col.nullable else np.dtype(bool)
-        elif col.type == "datetime":
-            out[name] = np.dtype("datetime64[ns]")
-        else:
-            out[name] = np.dtype(object)
-    return out

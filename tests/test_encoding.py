@@ -14,7 +14,7 @@ from skdpflow.privacy.randomness import SeededNoise
 
 def _encoder(frame: pd.DataFrame, domain: dict, noise: float = 0.0, seed: int = 0):
     dom = Domain.from_dict(domain)
-    layer = TypeLayer(dom, frame.dtypes.to_dict())
+    layer = TypeLayer(dom)
     typed = layer.transform(frame)
     specs = [histogram_spec(n, dom[n]) for n in dom.columns]
     indices = []

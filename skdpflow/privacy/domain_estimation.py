@@ -22,8 +22,10 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   Gaussian's tail obeys ``P[X >= k] <= Phi_c((k - 1) / std)`` for integers ``k >= 1`` (bound the
   sum by an integral shifted by one, and its normaliser by ``sqrt(2 pi) std`` from below), so
   a value held by a single row is released with probability at most ``delta_s / m_c``; over
-  the ``m_c`` categorical columns, at most ``delta_s``. Values below the threshold map to the public
-  category :data:`OTHER`, which every estimated categorical column has.
+  the ``m_c`` categorical columns, at most ``delta_s``. Values below the threshold map to the
+  public category :data:`OTHER`, which every estimated categorical column has. Values are
+  counted by their canonical string (:func:`~skdpflow.domain.canonical`) and released as
+  strings, so the type of a released category never depends on a row.
 
 All counts are integers and get exact discrete Gaussian noise from the caller's
 :class:`~skdpflow.privacy.randomness.PrivacyNoise` (its Rényi curve is the Gaussian one).
@@ -57,7 +59,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ..domain import NS_PER_DAY, ColumnDomain, column_kind
+from ..domain import NS_PER_DAY, ColumnDomain, canonical, column_kind
 from .ledger import Release
 from .randomness import PrivacyNoise
 
@@ -284,16 +286,18 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
 
 
 def _released_keys(series: pd.Series, std: float, tau: float,
-                   noise: PrivacyNoise) -> list:
-    counts = series.dropna().astype(object).value_counts(sort=False)
-    keys = sorted(counts.index, key=lambda v: (type(v).__name__, str(v)))
+                   noise: PrivacyNoise) -> list[str]:
+    """The canonical strings whose noisy count reaches ``tau``.
+
+    Values are counted by :func:`~skdpflow.domain.canonical` string and the strings are
+    released, so ``1``, ``1.0``, ``True`` and ``"1"`` never depend on which one a row holds
+    (Python's ``1 == 1.0 == True`` would otherwise let the first row pick the type).
+    """
+    counts = series.dropna().astype(object).map(canonical).value_counts(sort=False)
+    keys = sorted(counts.index)
     noisy = noise.discrete_gaussian(
         counts.loc[keys].to_numpy(dtype=np.int64) if keys else np.zeros(0, np.int64), std)
-    return [_plain(k) for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+    return [k for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
 
 
 def _iso(days: float) -> str:
