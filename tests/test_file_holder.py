@@ -1,0 +1,177 @@
+"""The attacker of the threat model: holds the model file, every sample and every log line,
+knows the code and every row but one, and guesses any seed a person would type. Each test asks
+whether that attacker can tell D from D plus one row."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from skdpflow import DPFlowSynthesizer
+from skdpflow.cli import main
+
+FAST = dict(epochs=1, batch_size=64, n_stages=3, hidden_size=16, verbose=False)
+SEED = 1_234_567  # a seed a person would type, and easy to find in bytes
+
+
+def _neighbours(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    extra = pd.DataFrame({"age": [77], "income": [123_456], "score": [3.5], "city": ["Lille"],
+                          "flag": [True], "when": [pd.Timestamp("2021-03-04")]})
+    return frame, pd.concat([frame, extra], ignore_index=True)
+
+
+def _saved_state(synth: DPFlowSynthesizer, path) -> dict:
+    synth.save(path)
+    return torch.load(path, weights_only=True)
+
+
+def _walk(state, prefix=""):
+    """Every (key path, value) of a nested state."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from _walk(value, f"{prefix}/{key}")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _walk(value, f"{prefix}/{i}")
+    else:
+        yield prefix, state
+
+
+def test_nothing_seed_like_is_stored(tmp_path, mixed_frame, mixed_domain):
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=SEED, **FAST)
+    synth.fit(mixed_frame, domain=mixed_domain)
+    state = _saved_state(synth, tmp_path / "m.skdpflow")
+    for path, value in _walk(state):
+        name = path.rsplit("/", 1)[-1]
+        assert "random_state" not in path, path
+        if name == "seed":
+            assert value == 0, path  # the flow's masks travel in its weights instead
+        if not isinstance(value, torch.Tensor):
+            assert value != SEED, path
+    blob = (tmp_path / "m.skdpflow").read_bytes()
+    for pattern in (str(SEED).encode(), struct.pack("<q", SEED), struct.pack("<i", SEED)):
+        assert pattern not in blob
+
+
+def test_the_seed_in_file_attack_no_longer_tells_neighbours_apart(tmp_path, mixed_frame,
+                                                                   mixed_domain):
+    """The attack of the issue: refit D and D' with the file's parameters and every seed the
+    attacker can guess; before, exactly one refit reproduced the file's noisy marginals."""
+    d, d_plus = _neighbours(mixed_frame)
+    published = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=SEED, **FAST)
+    published.fit(d_plus, domain=mixed_domain)
+    state = _saved_state(published, tmp_path / "m.skdpflow")
+    assert "random_state" not in state["params"]
+    target = [m.numpy() for m in state["marginals"]]
+    for guess in (SEED, 0, 42):
+        for candidate in (d, d_plus):
+            refit = DPFlowSynthesizer(**state["params"], random_state=guess)
+            refit.fit(candidate, domain=mixed_domain)
+            same = all(np.array_equal(m.probs, t) for m, t in zip(refit.marginals_, target))
+            assert not same, (guess, len(candidate))
+
+
+def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mixed_domain):
+    """The whole saved state, field by field, except the released noisy arrays, the flow
+    weights and what is computed from the noisy row count."""
+    d, d_plus = _neighbours(mixed_frame)
+    states = []
+    for i, frame in enumerate((d, d_plus)):
+        synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=0, **FAST)
+        states.append(_saved_state(synth.fit(frame, domain=mixed_domain),
+                                   tmp_path / f"{i}.skdpflow"))
+    a, b = states
+    assert set(a) == set(b)
+    noisy = {"marginals", "flow", "fitted", "marginals_info", "ledger"}
+    for key in set(a) - noisy:
+        assert a[key] == b[key], key
+    assert a["marginals_info"].keys() == b["marginals_info"].keys()
+    for key in ("histograms", "bins", "l2_sensitivity", "noise_std"):
+        assert a["marginals_info"][key] == b["marginals_info"][key], key
+    la, lb = a["ledger"], b["ledger"]
+    for key in ("epsilon", "delta", "selection_delta", "order"):
+        assert la[key] == lb[key], key
+    # The releases' public parts; DP-SGD's rate and steps follow the noisy count.
+    for ra, rb in zip(la["releases"], lb["releases"], strict=True):
+        for key in ("name", "reads", "l2_sensitivity", "columns"):
+            assert ra[key] == rb[key], key
+    assert la["releases"][0] == lb["releases"][0]  # the histogram release: all public
+    assert [m.dtype for m in a["marginals"]] == [m.dtype for m in b["marginals"]]
+    assert [m.shape for m in a["marginals"]] == [m.shape for m in b["marginals"]]
+
+
+def test_fit_leaves_torch_and_numpy_global_random_state_alone(mixed_frame, mixed_domain):
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=3, **FAST).fit(
+        mixed_frame, domain=mixed_domain)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(x, y) for x, y in zip(np.random.get_state(), numpy_state)
+               if isinstance(x, np.ndarray))
+
+
+def test_global_seeds_do_not_make_private_fits_repeat(mixed_frame, mixed_domain):
+    fits = []
+    for _ in range(2):
+        np.random.seed(0)
+        torch.manual_seed(0)
+        fits.append(DPFlowSynthesizer(epsilon=1.0, delta=1e-4, **FAST).fit(
+            mixed_frame, domain=mixed_domain))
+    counts = [np.concatenate([m.noisy_counts for m in f.marginals_]) for f in fits]
+    assert np.mean(counts[0] != counts[1]) > 0.5
+
+
+def test_a_large_epsilon_with_category_discovery_fits_without_overflow(mixed_frame):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synth = DPFlowSynthesizer(epsilon=500.0, delta=1e-4, random_state=0, **FAST)
+        synth.fit(mixed_frame)  # city is undeclared: discovery's e^eps term
+    assert math.isfinite(synth.delta_) and synth.delta_ <= 1e-4
+    with pytest.raises(ValueError, match="'epsilon' parameter"):
+        DPFlowSynthesizer(epsilon=1000.0, **FAST).fit(mixed_frame)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli_fit(tmp_path, name, *extra):
+    data = tmp_path / "data.csv"
+    model = tmp_path / name
+    code = main(["fit", str(data), "--epsilon", "2", "--delta", "1e-4", "--epochs", "1",
+                 "--batch-size", "64", "--domain", str(tmp_path / "domain.json"),
+                 "-o", str(model), *extra])
+    assert code == 0
+    return torch.load(model, weights_only=True)
+
+
+def test_cli_fits_with_the_same_seed_draw_different_noise(tmp_path, mixed_frame, mixed_domain):
+    mixed_frame.to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "domain.json").write_text(json.dumps(mixed_domain))
+    a = _cli_fit(tmp_path, "a.skdpflow", "--seed", "0", "--quiet")
+    b = _cli_fit(tmp_path, "b.skdpflow", "--seed", "0", "--quiet")
+    assert not all(torch.equal(x, y) for x, y in zip(a["marginals"], b["marginals"]))
+    assert "random_state" not in a["params"]
+
+
+def test_cli_progress_shows_epsilon_and_no_loss_by_default(tmp_path, mixed_frame, mixed_domain,
+                                                           capsys):
+    mixed_frame.to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "domain.json").write_text(json.dumps(mixed_domain))
+    capsys.readouterr()
+    _cli_fit(tmp_path, "m.skdpflow")
+    out = capsys.readouterr()
+    assert "eps=" in out.err
+    assert "loss" not in (out.out + out.err).lower()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_tiny_fit_runs_on_cuda(mixed_frame, mixed_domain):
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, device="cuda", random_state=0, **FAST)
+    synth.fit(mixed_frame, domain=mixed_domain)
+    assert synth.epsilon_ <= 1.0
+    assert len(synth.sample(100)) == 100
+    assert next(synth.flow_.parameters()).device.type == "cpu"  # the fitted model lives on CPU
