@@ -113,6 +113,8 @@ def non_private(model: nn.Module, x: Tensor) -> Step:
 
 def skdpflow_step(model: nn.Module, x: Tensor, **options) -> Step:
     generator = torch.Generator(device=x.device).manual_seed(0)
+    if options.get("noise") == "torch":
+        options["noise"] = TorchNormalNoise(x.device)
     dp = DPSGDStep(model, max_grad_norm=C, noise_multiplier=SIGMA,
                    expected_batch_size=x.shape[0], generator=generator, **options)
 
@@ -124,10 +126,25 @@ def skdpflow_step(model: nn.Module, x: Tensor, **options) -> Step:
     return step
 
 
+class TorchNormalNoise:
+    """torch.normal from a seeded generator: the insecure noise of earlier versions, timed
+    next to the secret source to show what secrecy costs. Never used for a real fit."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(0)
+
+    def normal(self, shape, std, *, device=None, dtype=torch.float64):  # noqa: ANN001, ANN201
+        return torch.normal(0.0, std, size=shape, generator=self.generator, device=device,
+                            dtype=torch.float32).to(dtype)
+
+
 def skdpflow_variants() -> list[tuple[str, dict]]:
     """The clipping modes the installed DPSGDStep accepts (detected from its signature)."""
     params = inspect.signature(DPSGDStep).parameters
-    variants = [("skdpflow DPSGDStep, flat", {})]
+    variants = [("skdpflow DPSGDStep, flat (secret noise: AES-CTR, 4 normals summed)", {})]
+    if "noise" in params:
+        variants.append(("skdpflow DPSGDStep, flat, insecure torch.normal noise (reference)",
+                         {"noise": "torch"}))
     if "clipping" in params:
         variants.append(("skdpflow DPSGDStep, per-unit", {"clipping": "per_unit"}))
     if "sparsity" in params:
@@ -318,6 +335,29 @@ def time_methods(
     return times
 
 
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def noise_draw_ms(model: nn.Module, device: torch.device, n_steps: int) -> tuple[float, float]:
+    """Median ms to draw one step's noise for every parameter: secret source vs torch.normal."""
+    from skdpflow.privacy.randomness import SecureNoise
+
+    secret, reference = SecureNoise(), TorchNormalNoise(device)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    times: dict[str, list[float]] = {"secret": [], "torch": []}
+    for _ in range(max(n_steps, 5) + 1):
+        for name, source in (("secret", secret), ("torch", reference)):
+            sync(device)
+            start = time.perf_counter()
+            for shape in shapes:
+                source.normal(shape, 1.0, device=device, dtype=torch.float32)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return (statistics.median(times["secret"][1:]) * 1e3,
+            statistics.median(times["torch"][1:]) * 1e3)
+
+
 def breakdown(model: nn.Module, x: Tensor, n_steps: int, device: torch.device) -> str:
     """Median ms of each phase of the flat DP step, next to the non-private step's two phases.
 
@@ -443,7 +483,18 @@ def run_batch(args: argparse.Namespace, batch: int, device: torch.device,
     notes.append(f"B={batch}: paired ratio to non-private (median over rounds): "
                  + ", ".join(f"{name.removeprefix('skdpflow DPSGDStep, ')} {ratio:.2f}"
                              for name, ratio in paired.items()))
-    flat = medians.get("skdpflow DPSGDStep, flat")
+    flat = next((m for name, m in medians.items()
+                 if name.startswith("skdpflow DPSGDStep, flat (secret")), None)
+    insecure = next((m for name, m in paired.items() if "insecure" in name), None)
+    secret = next((m for name, m in paired.items() if "secret" in name), None)
+    draw_secret, draw_torch = noise_draw_ms(base, device, args.steps)
+    if flat:
+        notes.append(f"B={batch}: drawing one step's noise for all {n_params(base)} parameters: "
+                     f"secret {draw_secret:.2f} ms, torch.normal {draw_torch:.2f} ms; the secret "
+                     f"draw is {draw_secret / (flat * 1e3):.1%} of the flat DP step")
+    if insecure and secret:
+        notes.append(f"B={batch}: secret noise costs {secret / insecure:.3f}x the step with "
+                     f"torch.normal noise (paired ratios {secret:.2f} / {insecure:.2f})")
     hooks = medians.get("Opacus GradSampleModule (hooks)")
     if flat and hooks:
         notes.append(f"B={batch}: skdpflow flat is {hooks / flat:.1f}x faster than Opacus hooks, "

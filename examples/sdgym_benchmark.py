@@ -84,7 +84,7 @@ def run(out: Path, rows: int = 3000, epsilons: tuple[float, ...] = (1.0, 10.0),
 
     out = build_datasets(Path(out).resolve(), rows, list(names))
     # PRV: calibrating the noise with RDP is slow under SDGym's tracemalloc (pure Python).
-    params = dict(delta=1e-5, batch_size=256, epochs=16, accountant="prv", random_state=0,
+    params = dict(delta=1e-5, batch_size=256, epochs=16, random_state=0,
                   verbose=False)
     params.update(skdpflow_params or {})
     custom = [sdgym_synthesizer(f"skdpflow_eps{eps:g}", domains={"adult": load_demo_domain()},
