@@ -9,7 +9,8 @@
 # Steps, each bounded in time so the whole script fits in ~10 minutes:
 #   1. environment: GPU name, torch / triton versions;
 #   2. tests/test_kernels.py on CUDA (compiled Triton kernels vs the torch functions, float32
-#      and float64, including the flow's real layer shapes) and the DP-step tests;
+#      and float64, including the flow's real layer shapes), the DP-step tests, and a tiny
+#      whole fit on CUDA (tests/test_file_holder.py::test_a_tiny_fit_runs_on_cuda);
 #   3. benchmarks/clipping.py --device cuda --check: skdpflow (torch and Triton rows) vs
 #      Opacus on the Adult-sized flow at batch 1024 and 4096, plus the per-layer kernel table.
 # It stops at the first failure: timings of kernels that failed the check mean nothing.
@@ -34,7 +35,8 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
 # TRITON_INTERPRET must be unset: the CUDA tests need compiled kernels.
 unset TRITON_INTERPRET
 
-timeout 300 python -m pytest -q -rs tests/test_kernels.py tests/test_dpsgd.py 2>&1 \
+timeout 300 python -m pytest -q -rs tests/test_kernels.py tests/test_dpsgd.py \
+    tests/test_file_holder.py::test_a_tiny_fit_runs_on_cuda 2>&1 \
     | tee "$out/tests.txt"
 
 timeout 420 python benchmarks/clipping.py --device cuda --check --breakdown \
