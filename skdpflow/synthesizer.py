@@ -571,7 +571,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self._check_fitted()
         path = check_output_path(path, option="path")
         state = _state(self)
-        atomic_write(path, lambda tmp: torch.save(state, str(tmp)))
+        atomic_write(path, lambda tmp: _write_state(state, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> DPFlowSynthesizer:
@@ -707,6 +707,13 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "feature_names_in_": list(est.feature_names_in_),
         },
     }
+
+
+def _write_state(state: dict, path: Path) -> None:
+    # Through a file object: torch.save names the archive inside after a path's stem,
+    # which is empty for a temporary ".name" file.
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
