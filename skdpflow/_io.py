@@ -181,7 +181,7 @@ def _parse_yaml(path: Path, text: str) -> Any:
     import yaml
 
     try:
-        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader: builds plain data only
     except _DuplicateKey as exc:
         where = f", line {exc.line}" if exc.line is not None else ""
         raise ValueError(f"domain file {path}{where}: the key {exc.key!r} is given "

@@ -11,9 +11,9 @@ from sklearn.exceptions import NotFittedError
 
 __all__ = [
     "Interval",
-    "Options",
     "InvalidDataError",
     "NotFittedError",
+    "Options",
     "as_records_frame",
     "check_columns",
     "duplicate_names",

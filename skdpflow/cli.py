@@ -211,8 +211,9 @@ def _check_header(path: Path) -> None:
         raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
     repeated = duplicate_names(header)
     if repeated:
-        raise InvalidDataError([f"{path}: column name(s) {repeated} given more than once: "
-                                "each column needs its own name"])
+        problem = f"{path}: column name(s) {repeated} given more than once: each column " \
+                  "needs its own name"
+        raise InvalidDataError([problem])
 
 
 def _read_text_csv(path: Path) -> pd.DataFrame:

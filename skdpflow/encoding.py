@@ -41,7 +41,7 @@ from .marginals import (
     transform_log_derivative,
 )
 
-__all__ = ["TypeLayer", "TableEncoder", "indicator_clashes"]
+__all__ = ["TableEncoder", "TypeLayer", "indicator_clashes"]
 
 # Names RDT gives the extra output of the transformers of `_rdt_transformer`: FloatFormatter
 # and UnixTimestampEncoder add "<column>.is_null" for a nullable column; OrderedLabelEncoder

@@ -234,10 +234,12 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         ValueError
             No rows, or no column to model (SDV would skip the model silently).
         """
-        if len(processed_data) == 0:
+        table = (processed_data.get(self._table_name) if isinstance(processed_data, dict)
+                 else processed_data)
+        if isinstance(table, pd.DataFrame) and len(table) == 0:
             raise ValueError(f"The table {self._table_name!r} is empty (0 rows): there is "
                              "nothing to learn.")
-        if processed_data.shape[1] == 0:
+        if isinstance(table, pd.DataFrame) and table.shape[1] == 0:
             raise ValueError(f"The table {self._table_name!r} has no column to model (only "
                              "keys or PII columns, which SDV generates): nothing to learn.")
         with sdv_logs_silenced():

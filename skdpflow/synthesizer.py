@@ -656,8 +656,8 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
                         f"{[c for c in names if not isinstance(c, str)][:5]}.")
     repeated = duplicate_names(names)
     if repeated:  # checked first: with a repeated name, data[name] is not one column
-        raise InvalidDataError([f"column name(s) {repeated} given more than once: each "
-                                "column needs its own name"])
+        raise InvalidDataError([
+            f"column name(s) {repeated} given more than once: each column needs its own name"])
     for name in names:
         series = data[name]
         try:
@@ -723,11 +723,13 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     ------
     ModelFileError
         Another format version.
+    TypeError
+        Not a dict.
     ValueError
-        Not a dict, or entries missing (naming them).
+        Entries missing (naming them).
     """
     if not isinstance(state, dict):
-        raise ValueError(f"a model state is a dict, got {type(state).__name__}")
+        raise TypeError(f"a model state is a dict, got {type(state).__name__}")
     if state.get("format") != FORMAT_VERSION:
         raise ModelFileError(f"Unsupported model file format {state.get('format')!r} (this "
                              f"version reads format {FORMAT_VERSION}); refit the model.")

@@ -13,15 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from skdpflow import DPFlowSynthesizer
-from skdpflow._io import ModelFileError, OutputPathError
-from skdpflow._validation import InvalidDataError
+from skdpflow import DPFlowSynthesizer, InvalidDataError, ModelFileError, OutputPathError
 from skdpflow.cli import main
 from skdpflow.domain import as_domain
 from skdpflow.privacy.ledger import MAX_EPSILON
 
-FAST = dict(epsilon=math.inf, epochs=1, batch_size=64, n_stages=2, hidden_size=8,
-            verbose=False, device="cpu")
+FAST = {"epsilon": math.inf, "epochs": 1, "batch_size": 64, "n_stages": 2, "hidden_size": 8,
+        "verbose": False, "device": "cpu"}
 CLI_FAST = ["--epsilon", "inf", "--epochs", "0.5", "--batch-size", "64", "--quiet"]
 DOMAIN = {"a": {"type": "numerical", "min": -5, "max": 5},
           "b": {"type": "categorical", "categories": ["x", "y"]}}
