@@ -196,7 +196,11 @@ class Domain:
         return cls(columns)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write the dict form as JSON, atomically (a failed write leaves no broken file)."""
+        from ._io import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def from_data(cls, data: pd.DataFrame, columns: list[str] | None = None) -> Domain:
