@@ -5,6 +5,7 @@
 >>> fake = synth.sample(1000)  # doctest: +SKIP
 """
 
+from ._io import ModelFileError, OutputPathError
 from ._validation import InvalidDataError, NotFittedError
 from .datasets import load_demo, load_demo_domain
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
@@ -21,7 +22,9 @@ __all__ = [
     "DataDerivedDomainWarning",
     "DomainEstimateWarning",
     "InvalidDataError",
+    "ModelFileError",
     "NotFittedError",
+    "OutputPathError",
     "PrivacyBudgetError",
     "load_demo",
     "load_demo_domain",

@@ -11,9 +11,12 @@ from sklearn.exceptions import NotFittedError
 
 __all__ = [
     "Interval",
-    "Options",
     "InvalidDataError",
     "NotFittedError",
+    "Options",
+    "as_records_frame",
+    "check_columns",
+    "duplicate_names",
     "validate_params",
 ]
 
@@ -23,6 +26,9 @@ class InvalidDataError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"The data cannot be used: {self.problems[0]}.")
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"The data cannot be used:\n{lines}")
 
@@ -127,3 +133,34 @@ def _is_type_error(value: Any, constraint: Any) -> bool:
     if isinstance(constraint, Options):
         return not isinstance(value, str)
     return False
+
+
+def as_records_frame(X: Any) -> Any:
+    """A list of dicts as a DataFrame (one dict per row, as pandas reads it); else ``X``."""
+    if isinstance(X, list) and X and all(isinstance(row, dict) for row in X):
+        import pandas as pd
+
+        return pd.DataFrame(X)
+    return X
+
+
+def duplicate_names(names: list) -> list:
+    """The column names given more than once, each once, in order of first repeat."""
+    seen: set = set()
+    repeated: list = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
+
+
+def check_columns(owner: str, names: list, expected: list) -> None:
+    """Raise a ``ValueError`` naming the missing and the extra columns, if any."""
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        found = "; ".join(f"{what}: {cols}" for what, cols in
+                          (("missing", missing), ("extra", extra)) if cols)
+        raise ValueError(f"X has {len(names)} features, but {owner} is expecting "
+                         f"{len(expected)} features as input ({found}).")

@@ -1,4 +1,11 @@
-"""Command line: ``skdpflow fit | sample | report | demo``."""
+"""Command line: ``skdpflow fit | sample | report | demo``.
+
+Errors a user can cause print one line, ``skdpflow: error: ...``, and exit with 2 (a
+command-line argument that cannot be used: a hyperparameter out of range, an output path
+refused) or 1 (the data, a domain or model file); ``--debug`` shows the traceback instead.
+Ctrl-C prints ``skdpflow: interrupted`` and exits 130. Nothing is written before the work is
+done, and then atomically, never over an input, never over a file without ``--force``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._validation import InvalidDataError
+from ._io import OutputPathError, atomic_write, check_input_path, check_output_path
+from ._validation import InvalidDataError, validate_params
 from .domain import ColumnDomain, Domain, as_domain
 
 __all__ = ["main"]
@@ -22,26 +30,58 @@ READABLE = {"numerical": "numbers", "datetime": "datetimes",
             "boolean": "booleans (true/false, yes/no or 1/0)"}
 
 
+# Exit statuses: a command-line argument that cannot be used; bad data or files; Ctrl-C.
+EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used (exit status 2)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"skdpflow: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("skdpflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"skdpflow: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (UsageError, OutputPathError)) else EXIT_DATA
+
+
+def _one_line(exc: Exception) -> str:
+    """The package's message on one line; an unexpected error says what it is."""
+    if isinstance(exc, InvalidDataError):
+        return "The data cannot be used: " + "; ".join(exc.problems) + "."
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        text = str(exc) or type(exc).__name__
+    else:  # a bug, not a user error: name it, point at --debug
+        text = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skdpflow", description=__doc__)
+    p = argparse.ArgumentParser(prog="skdpflow", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: after the command, --debug must not reset the flag given before it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
     sub = p.add_subparsers(dest="command")
 
-    fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV file")
+    fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV file", parents=[common])
     fit.add_argument("data", type=Path, help="CSV file (may be .gz)")
-    fit.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    fit.add_argument("-o", "--output", type=Path, required=True,
+                     help="model file to write (never the input; replaced only with --force)")
+    fit.add_argument("--force", action="store_true", help="replace an existing output file")
     fit.add_argument("--domain", type=Path,
                      help="JSON or YAML file with the public domain: declared columns are read "
                           "by their declared type; undeclared columns are estimated under DP, "
@@ -50,18 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_hyperparameters(fit)
     fit.set_defaults(func=_fit)
 
-    sample = sub.add_parser("sample", help="sample rows from a fitted model")
+    sample = sub.add_parser("sample", help="sample rows from a fitted model", parents=[common])
     sample.add_argument("model", type=Path)
     sample.add_argument("-n", "--num-rows", type=int, required=True)
-    sample.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
+    sample.add_argument("-o", "--output", type=Path, required=True,
+                        help="CSV file to write (never the model; replaced only with --force)")
+    sample.add_argument("--force", action="store_true", help="replace an existing output file")
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=_sample)
 
-    report = sub.add_parser("report", help="print a fitted model's privacy report")
+    report = sub.add_parser("report", help="print a fitted model's privacy report",
+                            parents=[common])
     report.add_argument("model", type=Path)
     report.set_defaults(func=_report)
 
-    demo = sub.add_parser("demo", help="fit the bundled Adult table, sample, summarise")
+    demo = sub.add_parser("demo", help="fit the bundled Adult table, sample, summarise",
+                          parents=[common])
     _add_hyperparameters(demo)
     demo.add_argument("-n", "--num-rows", type=int, default=10_000)
     demo.set_defaults(func=_demo)
@@ -101,13 +145,22 @@ def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
         params["epochs"] = args.epochs
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    return DPFlowSynthesizer(**params)
+    synth = DPFlowSynthesizer(**params)
+    try:  # before any file is read: a value out of range is a usage error
+        validate_params(type(synth).__name__, synth.get_params(),
+                        synth._parameter_constraints)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return synth
 
 
 def _fit(args: argparse.Namespace) -> int:
+    synth = _synthesizer(args)
+    inputs = [args.data] + ([args.domain] if args.domain is not None else [])
+    check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
+    check_input_path(args.data, "data file")
     domain = as_domain(args.domain) if args.domain is not None else Domain()
     data = _read_csv(args.data, domain)
-    synth = _synthesizer(args)
     synth.fit(data, domain=domain)
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
@@ -127,7 +180,8 @@ def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
     InvalidDataError
         Listing every declared column with cells its type cannot read (counted, not quoted).
     """
-    text = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    _check_header(path)
+    text = _read_text_csv(path)
     undeclared = [c for c in text.columns if c not in domain.columns]
     columns, problems = {}, []
     for name in text.columns:
@@ -145,6 +199,33 @@ def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
         inferred = pd.read_csv(path, usecols=undeclared)
         columns.update({name: inferred[name] for name in undeclared})
     return pd.DataFrame({name: columns[name] for name in text.columns})
+
+
+def _check_header(path: Path) -> None:
+    """Refuse repeated column names (pandas would rename them ``a.1`` silently)."""
+    from ._validation import duplicate_names
+
+    try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
+    repeated = duplicate_names(header)
+    if repeated:
+        problem = f"{path}: column name(s) {repeated} given more than once: each column " \
+                  "needs its own name"
+        raise InvalidDataError([problem])
+
+
+def _read_text_csv(path: Path) -> pd.DataFrame:
+    """Every cell as text (an empty field is missing), with errors naming the file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "empty"
 
 
 def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
@@ -166,9 +247,13 @@ def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
 def _sample(args: argparse.Namespace) -> int:
     from .synthesizer import DPFlowSynthesizer
 
+    if args.num_rows < 1:
+        raise UsageError(f"-n/--num-rows must be a positive number of rows, got "
+                         f"{args.num_rows}.")
+    check_output_path(args.output, inputs=[args.model], overwrite=args.force, option="-o")
     synth = DPFlowSynthesizer.load(args.model)
     rows = synth.sample(args.num_rows, random_state=args.seed)
-    rows.to_csv(args.output, index=False)
+    atomic_write(args.output, lambda tmp: rows.to_csv(tmp, index=False))
     print(f"{len(rows)} rows written to {args.output}")
     return 0
 

@@ -152,14 +152,21 @@ class Domain:
 
     @classmethod
     def load(cls, path: str | Path) -> Domain:
-        """Read the dict form from a JSON or YAML (``.yaml``/``.yml``) file."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        """Read the dict form from a JSON or YAML (``.yaml``/``.yml``) file.
 
-            return cls.from_dict(yaml.safe_load(text))
-        return cls.from_dict(json.loads(text))
+        Raises
+        ------
+        ValueError or TypeError
+            Naming the file (and the line, for a syntax error): malformed JSON/YAML, a key
+            given twice, or an entry that is not a valid column domain.
+        """
+        from ._io import read_domain_spec
+
+        spec = read_domain_spec(path)
+        try:
+            return cls.from_dict(spec)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"domain file {path}: {exc}") from None
 
     @classmethod
     def from_sdv_metadata(cls, metadata: Any, table_name: str | None = None) -> Domain:
@@ -189,7 +196,11 @@ class Domain:
         return cls(columns)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write the dict form as JSON, atomically (a failed write leaves no broken file)."""
+        from ._io import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=2)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def from_data(cls, data: pd.DataFrame, columns: list[str] | None = None) -> Domain:

@@ -213,12 +213,35 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         ----------
         data : dict of {str: pandas.DataFrame} or pandas.DataFrame
             The private table (``{table: DataFrame}`` in SDV 2.x, a DataFrame in 1.x).
+
+        Raises
+        ------
+        ValueError
+            The table has no rows (SDV would skip the model and fail only at sampling).
         """
+        table = data.get(self._table_name) if isinstance(data, dict) else data
+        if isinstance(table, pd.DataFrame) and len(table) == 0:
+            raise ValueError(f"The table {self._table_name!r} is empty (0 rows): there is "
+                             "nothing to learn.")
         with sdv_logs_silenced():
             super().fit(data)
 
     def fit_processed_data(self, processed_data: Any) -> None:
-        """SDV's ``fit_processed_data``, with SDV's loggers silenced (row count)."""
+        """SDV's ``fit_processed_data``, with SDV's loggers silenced (row count).
+
+        Raises
+        ------
+        ValueError
+            No rows, or no column to model (SDV would skip the model silently).
+        """
+        table = (processed_data.get(self._table_name) if isinstance(processed_data, dict)
+                 else processed_data)
+        if isinstance(table, pd.DataFrame) and len(table) == 0:
+            raise ValueError(f"The table {self._table_name!r} is empty (0 rows): there is "
+                             "nothing to learn.")
+        if isinstance(table, pd.DataFrame) and table.shape[1] == 0:
+            raise ValueError(f"The table {self._table_name!r} has no column to model (only "
+                             "keys or PII columns, which SDV generates): nothing to learn.")
         with sdv_logs_silenced():
             super().fit_processed_data(processed_data)
 

@@ -14,16 +14,32 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 
+from ._io import (
+    ModelFileError,
+    atomic_write,
+    check_output_path,
+    not_a_model,
+    read_model_state,
+)
 from ._validation import (
     RANDOM_STATE,
     Interval,
     InvalidDataError,
     NotFittedError,
     Options,
+    as_records_frame,
+    check_columns,
+    duplicate_names,
     validate_params,
 )
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
-from .encoding import TableEncoder, TypeLayer, cell_log_volume, typed_column
+from .encoding import (
+    TableEncoder,
+    TypeLayer,
+    cell_log_volume,
+    indicator_clashes,
+    typed_column,
+)
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
@@ -44,6 +60,9 @@ NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD
 __all__ = ["DPFlowSynthesizer"]
 
 FORMAT_VERSION = 3
+# The entries of a model file (see `_state`).
+STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
+              "flow", "ledger", "fitted")
 SAMPLE_CHUNK = 65_536
 
 
@@ -282,10 +301,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if extra:
             raise ValueError(f"The domain declares columns that are not in the data: {extra}.")
         empty = [c for c in data.columns if c not in declared.columns and data[c].isna().all()]
-        if empty:  # an input error for the data holder; nothing is released
-            raise InvalidDataError([
-                f"column {c!r} is entirely missing: declare its domain (with nullable=True) "
-                "or drop it" for c in empty])
+        problems = [f"column {c!r} is entirely missing: declare its domain (with "
+                    "nullable=True) or drop it" for c in empty]
+        problems += indicator_clashes(list(data.columns), declared)
+        if problems:  # an input error for the data holder; nothing is released
+            raise InvalidDataError(problems)
         return declared
 
     def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
@@ -475,11 +495,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """
         self._check_fitted()
         data = _check_frame(X, min_rows=1)
-        missing = [c for c in self.feature_names_in_ if c not in data.columns]
-        if missing or data.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {data.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.n_features_in_} features as input (missing: "
-                             f"{missing}).")
+        check_columns(type(self).__name__, list(data.columns), list(self.feature_names_in_))
         typed = self.type_layer_.transform(data[list(self.feature_names_in_)])
         lo, hi, logjac = self.encoder_.cells(typed)
         z = midpoint_latent(lo, hi)
@@ -541,14 +557,44 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         The file holds no training row, no per-row gradient and no raw statistic: only
         the declared (or data-derived, as reported) domain, the noisy marginals and the
         flow's weights. It loads without executing code (``torch.load(weights_only=True)``).
+
+        The write is atomic: a temporary file in the same folder, moved into place once
+        complete, so a failure (or Ctrl-C) never leaves a broken file. An existing file is
+        replaced, as ``torch.save`` does (the command line refuses unless ``--force``).
+
+        Raises
+        ------
+        OutputPathError
+            ``path`` is a folder, or its folder is missing or not writable (checked before
+            anything is written).
         """
         self._check_fitted()
-        torch.save(_state(self), str(path))
+        path = check_output_path(path, option="path")
+        state = _state(self)
+        atomic_write(path, lambda tmp: _write_state(state, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> DPFlowSynthesizer:
-        """Read a model written by :meth:`save`."""
-        return _from_state(cls, torch.load(str(path), weights_only=True))
+        """Read a model written by :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ModelFileError
+            ``path`` is not a skdpflow model file (a folder, an empty, truncated or other
+            file, a pickle of arbitrary objects, a missing entry) or has another format
+            version; a ``ValueError`` naming the file.
+        """
+        state = read_model_state(path)
+        try:
+            return _from_state(cls, state)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+                RuntimeError) as exc:
+            reason = f"missing entry {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise not_a_model(path, reason) from None
 
     # -------------------------------------------------------------- helpers
     def _check_fitted(self) -> None:
@@ -585,6 +631,7 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
             raise TypeError("Sparse data is not supported: pass a dense DataFrame.")
     except ImportError:  # pragma: no cover
         pass
+    X = as_records_frame(X)
     if isinstance(X, pd.DataFrame):
         data = X
     elif isinstance(X, np.ndarray) or isinstance(X, list):
@@ -607,8 +654,10 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
     if not all(isinstance(c, str) for c in names):
         raise TypeError("Column names must all be strings; got "
                         f"{[c for c in names if not isinstance(c, str)][:5]}.")
-    if len(set(names)) != len(names):
-        problems.append("duplicate column names")
+    repeated = duplicate_names(names)
+    if repeated:  # checked first: with a repeated name, data[name] is not one column
+        raise InvalidDataError([
+            f"column name(s) {repeated} given more than once: each column needs its own name"])
     for name in names:
         series = data[name]
         try:
@@ -660,10 +709,33 @@ def _state(est: DPFlowSynthesizer) -> dict:
     }
 
 
+def _write_state(state: dict, path: Path) -> None:
+    # Through a file object: torch.save names the archive inside after a path's stem,
+    # which is empty for a temporary ".name" file.
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
 def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
+    """The estimator that :func:`_state` describes.
+
+    Raises
+    ------
+    ModelFileError
+        Another format version.
+    TypeError
+        Not a dict.
+    ValueError
+        Entries missing (naming them).
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"a model state is a dict, got {type(state).__name__}")
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"Unsupported model file format {state.get('format')!r} (this version "
-                         f"reads format {FORMAT_VERSION}); refit the model.")
+        raise ModelFileError(f"Unsupported model file format {state.get('format')!r} (this "
+                             f"version reads format {FORMAT_VERSION}); refit the model.")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing entries {missing}")
     from .marginals import ColumnMarginal
 
     est = cls(**state["params"])
