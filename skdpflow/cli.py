@@ -117,7 +117,9 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    p.add_argument("--accountant", choices=["rdp"], default="rdp",
+                   help="Rényi DP at one order fixed before the first release (the only one "
+                        "that bounds the adaptive composition)")
     p.add_argument("--domain-epsilon-fraction", type=float, default=None,
                    help="share of epsilon for estimating undeclared domains (default 0.2)")
     p.add_argument("--privacy", choices=["strict", "domain_from_data"], default="strict",
