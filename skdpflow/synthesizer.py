@@ -634,6 +634,15 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
     X = as_records_frame(X)
     if isinstance(X, pd.DataFrame):
         data = X
+    elif isinstance(X, list) and X and all(isinstance(row, (list, tuple)) for row in X):
+        # Rows of Python values: each column keeps its own types (np.asarray would turn a
+        # row mixing numbers and strings into strings everywhere).
+        widths = {len(row) for row in X}
+        if len(widths) != 1:
+            raise ValueError(f"Rows of X have different lengths {sorted(widths)[:5]}: pass "
+                             "a rectangular table.")
+        data = pd.DataFrame(X)
+        data.columns = [f"x{i}" for i in range(data.shape[1])]
     elif isinstance(X, np.ndarray) or isinstance(X, list):
         arr = np.asarray(X)
         if arr.ndim != 2:
@@ -673,12 +682,18 @@ def _check_frame(X: Any, min_rows: int = 2) -> pd.DataFrame:
             if bad:
                 problems.append(f"column {name!r}: holds unsupported values (lists, dicts or "
                                 "other objects); use strings, numbers, booleans or datetimes")
+            elif series.dropna().map(_is_infinite).any():
+                problems.append(f"column {name!r}: holds infinite values")
         if kind == "numerical" and series.notna().any() and not np.isfinite(
                 series.dropna().to_numpy(dtype=float)).all():
             problems.append(f"column {name!r}: holds infinite values")
     if problems:
         raise InvalidDataError(problems)
     return data
+
+
+def _is_infinite(value: Any) -> bool:
+    return isinstance(value, (float, np.floating)) and math.isinf(value)
 
 
 def _state(est: DPFlowSynthesizer) -> dict:

@@ -274,6 +274,21 @@ def test_a_list_of_records_is_read_as_pandas_reads_it():
     assert model.score_samples(records[:3]).shape == (3,)
 
 
+def test_rows_of_mixed_python_values_keep_each_column_type():
+    rows = [[i % 5, "a" if i % 2 else "b", float(i)] for i in range(60)]
+    synth = DPFlowSynthesizer(**FAST).fit(rows)
+    kinds = [synth.domain_[c].type for c in synth.feature_names_in_]
+    assert kinds == ["numerical", "categorical", "numerical"]  # not all strings
+    with pytest.raises(ValueError, match="different lengths"):
+        DPFlowSynthesizer(**FAST).fit([[1, 2], [3]] * 10)
+
+
+def test_an_infinity_inside_a_text_column_is_an_error_not_other():
+    frame = pd.DataFrame({"c": ["a", "b", math.inf] * 20})
+    with pytest.raises(InvalidDataError, match="'c': holds infinite values"):
+        DPFlowSynthesizer(**FAST).fit(frame)
+
+
 def test_score_samples_names_extra_and_missing_columns(model_file):
     model = DPFlowSynthesizer.load(model_file)
     rows = _frame(3)
