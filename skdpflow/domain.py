@@ -432,8 +432,9 @@ def _infer_column(series: pd.Series, name: str) -> ColumnDomain:
         len(numbers) and np.all(numbers == np.round(numbers))
     )
     lo, hi = float(numbers.min()), float(numbers.max())
-    if integer:
-        lo, hi = int(lo), int(hi)
+    if integer:  # exact: float(2**63 - 1) would round up out of int64
+        lo, hi = (int(values.min()), int(values.max())) if pd.api.types.is_integer_dtype(
+            series.dtype) else (int(lo), int(hi))
     return ColumnDomain("numerical", min=lo, max=hi, integer=integer, nullable=nullable)
 
 

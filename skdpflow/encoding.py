@@ -8,7 +8,10 @@ Two layers:
    ``<column>.is_null`` indicator for nullable columns. It is fitted on a *public skeleton*
    frame built from the :class:`~skdpflow.domain.Domain` only, so no statistic of the
    private rows is stored in it (RDT would otherwise keep means, null rates, category
-   frequencies, min/max and a seed hashed from the first values).
+   frequencies, min/max and a seed hashed from the first values). RDT sees the columns
+   under positional keys (``c0, c1, ...``) and the typed frame is keyed by
+   ``(column, "value")`` and ``(column, "is_null")``, so no column name (``"a.is_null"``
+   beside ``"a"``) can clash with another column's indicator.
 2. **Shape (DP marginals).** Each encoded dimension maps a value to a cell ``[lo, hi]`` of
    ``[0, 1]`` from the noisy 1-way marginals (:mod:`skdpflow.marginals`): a category (or a
    point mass, or "missing") to an interval whose width is its noisy frequency; a number
@@ -64,13 +67,15 @@ class TypeLayer:
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
         self.hyper = rdt.HyperTransformer()
+        self.keys = {name: f"c{i}" for i, name in enumerate(domain.columns)}
         sdtypes, transformers = {}, {}
         for name, col in domain.columns.items():
-            sdtypes[name], transformers[name] = _rdt_transformer(col)
+            key = self.keys[name]
+            sdtypes[key], transformers[key] = _rdt_transformer(col)
         self.hyper.set_config({"sdtypes": sdtypes, "transformers": transformers})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.hyper.fit(self.skeleton())
+            self.hyper.fit(self.skeleton().rename(columns=self.keys))
 
     def skeleton(self) -> pd.DataFrame:
         """A frame of public values only: bounds, midpoints, each category, a missing row."""
@@ -145,12 +150,21 @@ class TypeLayer:
         return pd.DataFrame(out, index=data.index)
 
     def transform(self, data: pd.DataFrame) -> pd.DataFrame:
+        """The typed frame: columns ``(name, "value")`` and, if nullable, ``(name, "is_null")``."""
         # A throw-away copy reads the private rows: RDT advances internal random states
         # while transforming, and the kept transformers must hold public state only.
         hyper = copy.deepcopy(self.hyper)
+        clean = self.clean(data)
+        clean.columns = [self.keys[name] for name in clean.columns]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return hyper.transform(self.clean(data))
+            codes = hyper.transform(clean)
+        out = {}
+        for name, key in self.keys.items():
+            out[(name, "value")] = codes[key].to_numpy()
+            if f"{key}.is_null" in codes:
+                out[(name, "is_null")] = codes[f"{key}.is_null"].to_numpy()
+        return pd.DataFrame(out, index=codes.index)
 
     def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
         # Column by column: the HyperTransformer's whole-frame reverse copies the frame once
@@ -165,9 +179,13 @@ class TypeLayer:
                     values, is_null = typed_column(codes, name, col)
                     raw = pd.Series(np.where(is_null, np.nan, values * NS_PER_DAY))
                 else:
-                    transformer = self.hyper.field_transformers[name]
-                    own = codes[transformer.get_output_columns()]
-                    raw = transformer.reverse_transform(own)[name]
+                    key = self.keys[name]
+                    transformer = self.hyper.field_transformers[key]
+                    own = pd.DataFrame({
+                        out_key: codes[(name, "is_null" if out_key.endswith(".is_null")
+                                        else "value")].to_numpy()
+                        for out_key in transformer.get_output_columns()})
+                    raw = transformer.reverse_transform(own)[key]
                 out[name] = _restore_dtype(raw, col)
         return pd.DataFrame(out)
 
@@ -384,7 +402,7 @@ class TableEncoder:
                     j += 1
                 else:
                     codes = np.zeros(n, dtype=np.int64)
-                out[name] = codes
+                out[(name, "value")] = codes
                 continue
             mode = np.zeros(n, dtype=np.int64)
             if codec.mode_dim is not None:
@@ -407,20 +425,20 @@ class TableEncoder:
                     values[mode == k] = m
             if codec.col.type == "datetime":
                 values = values * NS_PER_DAY
-            out[name] = values
+            out[(name, "value")] = values
             if codec.col.nullable:
-                out[f"{name}.is_null"] = is_null.astype(float)
+                out[(name, "is_null")] = is_null.astype(float)
         return pd.DataFrame(out)
 
 
 def typed_column(typed: pd.DataFrame, name: str, col: ColumnDomain
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One column of the typed frame as floats (datetimes in days) and its missing mask."""
-    values = typed[name].to_numpy(dtype=float)
+    values = typed[(name, "value")].to_numpy(dtype=float)
     if col.type == "datetime":
         values = values / NS_PER_DAY
-    null_col = f"{name}.is_null"
-    is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed else \
+    null_col = (name, "is_null")
+    is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed.columns else \
         np.zeros(len(values), dtype=bool)
     return values, is_null
 

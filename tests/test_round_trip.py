@@ -172,6 +172,20 @@ def test_bad_timezones_are_domain_errors(entry, match):
         Domain.from_dict({"when": entry})
 
 
+# ------------------------------------------------------------- column names
+def test_a_column_named_like_another_columns_null_indicator():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=N)
+    a[::5] = np.nan
+    frame = pd.DataFrame({"a": a, "a.is_null": rng.normal(5, 1, N)})
+    domain = {"a": {"type": "numerical", "min": -5, "max": 5, "nullable": True},
+              "a.is_null": {"type": "numerical", "min": 0, "max": 10}}
+    rows = _fit(frame, domain).sample(500)
+    assert list(rows.columns) == ["a", "a.is_null"]
+    assert 0.1 < rows["a"].isna().mean() < 0.3 and rows["a.is_null"].notna().all()
+    assert rows["a.is_null"].mean() > 3
+
+
 # ----------------------------------------------------------- integer bounds
 @pytest.mark.parametrize("bounds", [(0, 1e308), (-1e19, 0), (0, 2**63)])
 def test_integer_bounds_outside_int64_are_domain_errors(bounds):
