@@ -23,12 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning", "canonical", "public_dtype"]
+__all__ = ["ColumnDomain", "Domain", "DataDerivedDomainWarning", "canonical", "public_dtype",
+           "timezone_name"]
 
 KINDS = ("numerical", "categorical", "boolean", "datetime")
 # Bounds with a spread above this (and a lower bound >= 0) get a log1p transform: heavy tails.
 LOG_SPREAD = 1000.0
 NS_PER_DAY = 86_400e9  # datetimes are handled as days since the epoch
+# Integer columns are sampled as int64: their bounds must be inside it (|x| < 2**63).
+INT64_LIMIT = 2**63
 
 
 class DataDerivedDomainWarning(UserWarning):
@@ -57,6 +60,17 @@ class ColumnDomain:
         Categorical only: the category that stands for every value outside ``categories``
         (appended to them if missing). Without it, a value outside the declared categories
         makes ``fit`` raise.
+    timezone : str, optional
+        Datetime only: the zone the column's values live in (``"UTC"``,
+        ``"Europe/Paris"``, ``"+01:00"``); samples come back tz-aware in it. Bounds without
+        an offset are wall times in this zone. ``None`` (default): naive datetimes.
+
+    Raises
+    ------
+    ValueError
+        For an invalid entry: unknown type, missing or crossed bounds, bounds whose spread
+        is not a finite float, integer bounds outside int64, bad categories, an unknown
+        time zone.
     """
 
     type: str
@@ -67,6 +81,7 @@ class ColumnDomain:
     nullable: bool = False
     transform: str = "auto"
     other: Any = None
+    timezone: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in KINDS:
@@ -74,9 +89,7 @@ class ColumnDomain:
         if self.type in ("numerical", "datetime"):
             if self.min is None or self.max is None:
                 raise ValueError(f"A {self.type} column needs both 'min' and 'max'.")
-            lo, hi = self.numeric_bounds()
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                raise ValueError(f"Invalid bounds min={self.min!r}, max={self.max!r}.")
+            self._check_bounds()
         if self.type == "categorical":
             if not self.categories:
                 raise ValueError("A categorical column needs a non-empty 'categories' list.")
@@ -97,12 +110,45 @@ class ColumnDomain:
             self.categories = [False, True]
         if self.transform not in ("auto", "none", "log"):
             raise ValueError(f"transform must be 'auto', 'none' or 'log', got {self.transform!r}.")
+        if self.timezone is not None and self.type != "datetime":
+            raise ValueError("Only a datetime column can declare a 'timezone'.")
+
+    def _check_bounds(self) -> None:
+        if self.type == "datetime":
+            _check_timezone(self.timezone)
+        lo, hi = self.numeric_bounds()
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"Invalid bounds min={self.min!r}, max={self.max!r}.")
+        if not math.isfinite(hi - lo):
+            raise ValueError(f"The bounds min={self.min!r}, max={self.max!r} are too far apart "
+                             "(max - min overflows a float).")
+        if self.type == "numerical" and self.integer:
+            if not all(abs(_exact(v)) < INT64_LIMIT for v in (self.min, self.max)):
+                raise ValueError(f"An integer column is sampled as int64: its bounds must lie "
+                                 f"within |x| < 2**63, got min={self.min!r}, max={self.max!r}.")
+            lo, hi = self.integer_bounds()
+            if lo > hi:
+                raise ValueError(f"No integer lies between min={self.min!r} and "
+                                 f"max={self.max!r}.")
 
     def numeric_bounds(self) -> tuple[float, float]:
-        """Bounds as floats (datetimes in days since the epoch)."""
+        """Bounds as floats (datetimes in days since the epoch, UTC)."""
         if self.type == "datetime":
-            return _to_days(self.min), _to_days(self.max)
+            lo, hi = self.datetime_bounds()
+            return lo.value / NS_PER_DAY, hi.value / NS_PER_DAY
         return float(self.min), float(self.max)
+
+    def integer_bounds(self) -> tuple[int, int]:
+        """The smallest and largest integers within the bounds, exactly (not via float)."""
+        return math.ceil(_exact(self.min)), math.floor(_exact(self.max))
+
+    def datetime_bounds(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """Datetime bounds as exact naive UTC timestamps (the internal form of the values).
+
+        A bound without an offset is a wall time in the column's ``timezone`` (naive when
+        there is none); one with an offset is converted.
+        """
+        return _naive_utc(self.min, self.timezone), _naive_utc(self.max, self.timezone)
 
     def uses_log(self) -> bool:
         if self.type != "numerical" or self.transform == "none":
@@ -266,7 +312,8 @@ def public_dtype(col: ColumnDomain) -> Any:
 
     Integer numerical: ``int64``, or pandas ``Int64`` if nullable; other numerical:
     ``float64``; boolean: ``bool``, or pandas ``boolean`` if nullable; datetime:
-    ``datetime64[ns]``; categorical: ``object``, holding the declared category objects.
+    ``datetime64[ns]``, or ``datetime64[ns, <timezone>]`` when the domain declares a zone;
+    categorical: ``object``, holding the declared category objects.
     """
     if col.type == "numerical" and col.integer:
         return pd.Int64Dtype() if col.nullable else np.dtype(np.int64)
@@ -274,9 +321,29 @@ def public_dtype(col: ColumnDomain) -> Any:
         return np.dtype(np.float64)
     if col.type == "boolean":
         return pd.BooleanDtype() if col.nullable else np.dtype(bool)
+    if col.type == "datetime" and col.timezone is not None:
+        return pd.DatetimeTZDtype("ns", col.timezone)
     if col.type == "datetime":
         return np.dtype("datetime64[ns]")
     return np.dtype(object)
+
+
+def timezone_name(dtype: Any) -> str | None:
+    """The zone of a datetime dtype as a name :class:`ColumnDomain` accepts (None if naive).
+
+    The dtype is schema, hence public: an undeclared tz-aware column keeps its zone.
+    """
+    tz = getattr(dtype, "tz", None)
+    if tz is None:
+        return None
+    for name in (getattr(tz, "key", None), getattr(tz, "zone", None), str(tz)):
+        if isinstance(name, str):
+            try:
+                _check_timezone(name)
+            except ValueError:
+                continue
+            return name
+    raise ValueError(f"time zone {tz!r} has no name that pandas can read back")
 
 
 def column_kind(series: pd.Series) -> str:
@@ -369,14 +436,16 @@ def _infer_column(series: pd.Series, name: str) -> ColumnDomain:
                             nullable=nullable)
     if kind == "datetime":
         lo, hi = values.min(), values.max()
-        return ColumnDomain("datetime", min=str(lo), max=str(hi), nullable=nullable)
+        return ColumnDomain("datetime", min=str(lo), max=str(hi), nullable=nullable,
+                            timezone=timezone_name(series.dtype))
     numbers = values.to_numpy(dtype=float)
     integer = pd.api.types.is_integer_dtype(series.dtype) or bool(
         len(numbers) and np.all(numbers == np.round(numbers))
     )
     lo, hi = float(numbers.min()), float(numbers.max())
-    if integer:
-        lo, hi = int(lo), int(hi)
+    if integer:  # exact: float(2**63 - 1) would round up out of int64
+        lo, hi = (int(values.min()), int(values.max())) if pd.api.types.is_integer_dtype(
+            series.dtype) else (int(lo), int(hi))
     return ColumnDomain("numerical", min=lo, max=hi, integer=integer, nullable=nullable)
 
 
@@ -393,8 +462,33 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def _to_days(value: Any) -> float:
-    return pd.Timestamp(value).value / NS_PER_DAY
+def _exact(value: Any) -> numbers.Real:
+    """A bound as given when it is a number (ints stay exact), else read as a float."""
+    return value if isinstance(value, numbers.Real) else float(value)
+
+
+def _check_timezone(timezone: Any) -> None:
+    if timezone is None:
+        return
+    if not isinstance(timezone, str):
+        raise ValueError(f"'timezone' must be a zone name such as 'UTC' or 'Europe/Paris', "
+                         f"got {type(timezone).__name__}.")
+    try:
+        pd.DatetimeTZDtype("ns", timezone)
+    except Exception:  # pytz raises a KeyError subclass, others ValueError
+        raise ValueError(f"Unknown time zone {timezone!r}.") from None
+
+
+def _naive_utc(value: Any, timezone: str | None) -> pd.Timestamp:
+    """A datetime bound as a naive UTC timestamp (naive values are wall times in the zone)."""
+    stamp = pd.Timestamp(value)
+    if stamp is pd.NaT:
+        raise ValueError(f"Invalid datetime bound {value!r}.")
+    if stamp.tz is None and timezone is not None:
+        stamp = stamp.tz_localize(timezone, ambiguous=False, nonexistent="shift_forward")
+    if stamp.tz is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.as_unit("ns")
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,10 @@ Two layers:
    ``<column>.is_null`` indicator for nullable columns. It is fitted on a *public skeleton*
    frame built from the :class:`~skdpflow.domain.Domain` only, so no statistic of the
    private rows is stored in it (RDT would otherwise keep means, null rates, category
-   frequencies, min/max and a seed hashed from the first values).
+   frequencies, min/max and a seed hashed from the first values). RDT sees the columns
+   under positional keys (``c0, c1, ...``) and the typed frame is keyed by
+   ``(column, "value")`` and ``(column, "is_null")``, so no column name (``"a.is_null"``
+   beside ``"a"``) can clash with another column's indicator.
 2. **Shape (DP marginals).** Each encoded dimension maps a value to a cell ``[lo, hi]`` of
    ``[0, 1]`` from the noisy 1-way marginals (:mod:`skdpflow.marginals`): a category (or a
    point mass, or "missing") to an interval whose width is its noisy frequency; a number
@@ -20,6 +23,7 @@ Two layers:
 from __future__ import annotations
 
 import copy
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -29,7 +33,7 @@ import rdt
 from rdt.transformers import FloatFormatter, OrderedLabelEncoder, UnixTimestampEncoder
 from scipy.special import ndtr, ndtri
 
-from .domain import NS_PER_DAY, ColumnDomain, Domain, canonical, public_dtype
+from .domain import INT64_LIMIT, NS_PER_DAY, ColumnDomain, Domain, canonical, public_dtype
 from .marginals import (
     ATOM_THRESHOLD,
     ColumnMarginal,
@@ -50,8 +54,11 @@ INDICATOR_SUFFIXES = (".is_null",)
 
 U_EPS = 1e-7  # keeps Phi^-1(u) finite
 MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
-# A boolean column also reads 0 and 1 (of any dtype) as False and True.
-BOOLEAN_KEYS = {"False": False, "True": True, "0": False, "1": True}
+# What a declared boolean column reads, besides real booleans and the numbers 0 and 1:
+# this text, after stripping spaces, in any case (the CLI reads CSV cells the same way).
+BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+# The largest float64 below 2**63: a float at or above it overflows an int64 cast.
+INT64_FLOAT_MAX = float(INT64_LIMIT - 1024)
 
 
 class TypeLayer:
@@ -65,13 +72,15 @@ class TypeLayer:
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
         self.hyper = rdt.HyperTransformer()
+        self.keys = {name: f"c{i}" for i, name in enumerate(domain.columns)}
         sdtypes, transformers = {}, {}
         for name, col in domain.columns.items():
-            sdtypes[name], transformers[name] = _rdt_transformer(col)
+            key = self.keys[name]
+            sdtypes[key], transformers[key] = _rdt_transformer(col)
         self.hyper.set_config({"sdtypes": sdtypes, "transformers": transformers})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.hyper.fit(self.skeleton())
+            self.hyper.fit(self.skeleton().rename(columns=self.keys))
 
     def skeleton(self) -> pd.DataFrame:
         """A frame of public values only: bounds, midpoints, each category, a missing row."""
@@ -80,7 +89,7 @@ class TypeLayer:
             if col.type in ("categorical", "boolean"):
                 values = list(col.categories)
             elif col.type == "datetime":
-                values = [pd.Timestamp(col.min), pd.Timestamp(col.max)]
+                values = list(col.datetime_bounds())
             else:
                 lo, hi = col.numeric_bounds()
                 values = [lo, hi, (lo + hi) / 2]
@@ -119,12 +128,15 @@ class TypeLayer:
                     values = values.round()
                 out[name] = values
             elif col.type == "datetime":
-                values = pd.to_datetime(series, errors="coerce", format="mixed")
+                values = _parse_datetimes(series, col.timezone)
                 problems += _unreadable(name, values, isna, "datetimes")
-                if getattr(values.dt, "tz", None) is not None:
-                    values = values.dt.tz_convert(None)
-                lo, hi = pd.Timestamp(col.min), pd.Timestamp(col.max)
+                lo, hi = col.datetime_bounds()
                 out[name] = values.clip(lo, hi)
+            elif col.type == "boolean":
+                values = _parse_booleans(series)
+                problems += _unreadable(name, values, isna,
+                                        "booleans (true/false, yes/no or 1/0)")
+                out[name] = values.where(~isna, np.nan)
             else:
                 values = _match_categories(series, col)
                 unknown = values.isna() & ~isna
@@ -143,12 +155,21 @@ class TypeLayer:
         return pd.DataFrame(out, index=data.index)
 
     def transform(self, data: pd.DataFrame) -> pd.DataFrame:
+        """The typed frame: columns ``(name, "value")`` and, if nullable, ``(name, "is_null")``."""
         # A throw-away copy reads the private rows: RDT advances internal random states
         # while transforming, and the kept transformers must hold public state only.
         hyper = copy.deepcopy(self.hyper)
+        clean = self.clean(data)
+        clean.columns = [self.keys[name] for name in clean.columns]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return hyper.transform(self.clean(data))
+            codes = hyper.transform(clean)
+        out = {}
+        for name, key in self.keys.items():
+            out[(name, "value")] = codes[key].to_numpy()
+            if f"{key}.is_null" in codes:
+                out[(name, "is_null")] = codes[f"{key}.is_null"].to_numpy()
+        return pd.DataFrame(out, index=codes.index)
 
     def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
         # Column by column: the HyperTransformer's whole-frame reverse copies the frame once
@@ -156,11 +177,21 @@ class TypeLayer:
         out = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for name in self.domain.columns:
-                transformer = self.hyper.field_transformers[name]
-                own = codes[transformer.get_output_columns()]
-                raw = transformer.reverse_transform(own)[name]
-                out[name] = _restore_dtype(raw, self.domain[name])
+            for name, col in self.domain.columns.items():
+                if col.type == "datetime":
+                    # Not RDT's reverse: it rounds through a strftime format guessed from
+                    # the skeleton's midnight-only bounds, which drops the time of day.
+                    values, is_null = typed_column(codes, name, col)
+                    raw = pd.Series(np.where(is_null, np.nan, values * NS_PER_DAY))
+                else:
+                    key = self.keys[name]
+                    transformer = self.hyper.field_transformers[key]
+                    own = pd.DataFrame({
+                        out_key: codes[(name, "is_null" if out_key.endswith(".is_null")
+                                        else "value")].to_numpy()
+                        for out_key in transformer.get_output_columns()})
+                    raw = transformer.reverse_transform(own)[key]
+                out[name] = _restore_dtype(raw, col)
         return pd.DataFrame(out)
 
 
@@ -186,20 +217,99 @@ def _unreadable(name: str, values: pd.Series, isna: np.ndarray, kind: str) -> li
 
 def _match_categories(series: pd.Series, col: ColumnDomain) -> pd.Series:
     """Each value as the declared category with its canonical string (missing: NaN)."""
-    lookup = BOOLEAN_KEYS if col.type == "boolean" else {
-        canonical(c): c for c in col.categories}
+    lookup = {canonical(c): c for c in col.categories}
     keys = series.astype(object).map(canonical, na_action="ignore")
     return keys.map(lookup).astype(object)
 
 
+def _parse_booleans(series: pd.Series) -> pd.Series:
+    """Booleans by the documented rule, as ``True``/``False`` objects (unreadable: NaN).
+
+    A real boolean; the number 0 or 1 (any numeric type); the text true/false, yes/no or
+    1/0 in any case, spaces stripped. Never ``bool(value)``, which reads ``"False"`` and
+    ``"no"`` as True.
+    """
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype(object)
+    return series.astype(object).map(_read_boolean, na_action="ignore").astype(object)
+
+
+def _read_boolean(value: object) -> bool | None:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        return BOOLEAN_TEXT.get(value.strip().lower())
+    if isinstance(value, numbers.Real) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def _parse_datetimes(series: pd.Series, timezone: str | None) -> pd.Series:
+    """Datetimes as naive UTC (the internal form), unreadable cells as NaT.
+
+    Values with a zone or an offset are converted; values without one are wall times in
+    the column's ``timezone`` (taken as they are when it has none). DST-ambiguous wall
+    times read as standard time, non-existent ones shift forward.
+    """
+    values = series
+    if not pd.api.types.is_datetime64_any_dtype(series.dtype):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                values = pd.to_datetime(series, errors="coerce", format="mixed")
+            except (ValueError, TypeError):  # naive and aware values mixed
+                values = None
+        if values is None or not pd.api.types.is_datetime64_any_dtype(values.dtype):
+            # Several zones or offsets, or naive and aware values: one value at a time.
+            stamps = series.astype(object).map(lambda v: _naive_utc(v, timezone))
+            return pd.to_datetime(stamps).astype("datetime64[ns]")
+    if values.dt.tz is None and timezone is not None:
+        values = values.dt.tz_localize(timezone, ambiguous=np.zeros(len(values), dtype=bool),
+                                       nonexistent="shift_forward")
+    if values.dt.tz is not None:
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return values.astype("datetime64[ns]")
+
+
+def _naive_utc(value: object, timezone: str | None) -> pd.Timestamp:
+    """One value as a naive UTC timestamp (NaT when missing or unreadable)."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    if stamp is pd.NaT:
+        return pd.NaT
+    if stamp.tz is None and timezone is not None:
+        stamp = stamp.tz_localize(timezone, ambiguous=False, nonexistent="shift_forward")
+    if stamp.tz is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp
+
+
 def _restore_dtype(series: pd.Series, col: ColumnDomain) -> pd.Series:
-    """RDT's reverse output in the dtype the domain gives the column."""
+    """Decoded values (datetimes: naive UTC nanoseconds) in the dtype the domain gives the
+    column, clipped to its declared bounds before the cast, so none can overflow it."""
     dtype = public_dtype(col)
+    if col.type == "numerical" and col.integer:
+        lo, hi = col.integer_bounds()
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+        values = np.clip(np.round(values), max(lo, -INT64_FLOAT_MAX), min(hi, INT64_FLOAT_MAX))
+        out = pd.Series(values).astype(dtype)
+        return out.clip(lo, hi)  # exact: float(hi) may round above an int64 bound
     if col.type == "numerical":
-        values = pd.to_numeric(series, errors="coerce")
-        return (values.round() if col.integer else values).astype(dtype)
+        lo, hi = col.numeric_bounds()
+        return pd.to_numeric(series, errors="coerce").astype(float).clip(lo, hi).astype(dtype)
     if col.type == "datetime":
-        return pd.to_datetime(series).astype(dtype)
+        lo, hi = (b.value for b in col.datetime_bounds())
+        ns = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+        missing = np.isnan(ns)
+        ns = np.clip(np.round(np.where(missing, 0.0, ns)), lo, min(hi, INT64_FLOAT_MAX))
+        stamps = np.clip(ns.astype(np.int64), lo, hi).astype("datetime64[ns]")
+        stamps[missing] = np.datetime64("NaT")
+        values = pd.Series(stamps)
+        if col.timezone is not None:
+            values = values.dt.tz_localize("UTC").dt.tz_convert(col.timezone)
+        return values.astype(dtype)
     return series.astype(dtype)
 
 
@@ -297,7 +407,7 @@ class TableEncoder:
                     j += 1
                 else:
                     codes = np.zeros(n, dtype=np.int64)
-                out[name] = codes
+                out[(name, "value")] = codes
                 continue
             mode = np.zeros(n, dtype=np.int64)
             if codec.mode_dim is not None:
@@ -320,9 +430,9 @@ class TableEncoder:
                     values[mode == k] = m
             if codec.col.type == "datetime":
                 values = values * NS_PER_DAY
-            out[name] = values
+            out[(name, "value")] = values
             if codec.col.nullable:
-                out[f"{name}.is_null"] = is_null.astype(float)
+                out[(name, "is_null")] = is_null.astype(float)
         return pd.DataFrame(out)
 
 
@@ -353,11 +463,11 @@ def _may_get_indicator(col: ColumnDomain | None) -> bool:
 def typed_column(typed: pd.DataFrame, name: str, col: ColumnDomain
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One column of the typed frame as floats (datetimes in days) and its missing mask."""
-    values = typed[name].to_numpy(dtype=float)
+    values = typed[(name, "value")].to_numpy(dtype=float)
     if col.type == "datetime":
         values = values / NS_PER_DAY
-    null_col = f"{name}.is_null"
-    is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed else \
+    null_col = (name, "is_null")
+    is_null = (typed[null_col].to_numpy() > 0.5) if null_col in typed.columns else \
         np.zeros(len(values), dtype=bool)
     return values, is_null
 
