@@ -45,12 +45,7 @@ from .marginals import (
     transform_log_derivative,
 )
 
-__all__ = ["TableEncoder", "TypeLayer", "indicator_clashes"]
-
-# Names RDT gives the extra output of the transformers of `_rdt_transformer`: FloatFormatter
-# and UnixTimestampEncoder add "<column>.is_null" for a nullable column; OrderedLabelEncoder
-# adds none. A data column with that name would be read as the indicator.
-INDICATOR_SUFFIXES = (".is_null",)
+__all__ = ["TableEncoder", "TypeLayer"]
 
 U_EPS = 1e-7  # keeps Phi^-1(u) finite
 MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
@@ -434,30 +429,6 @@ class TableEncoder:
             if codec.col.nullable:
                 out[(name, "is_null")] = is_null.astype(float)
         return pd.DataFrame(out)
-
-
-def indicator_clashes(names: list[str], declared: Domain) -> list[str]:
-    """Problems for columns named like the indicator RDT adds to another column.
-
-    ``x.is_null`` next to ``x`` collides with the missing-value indicator of ``x`` whenever
-    ``x`` may get one: declared numerical or datetime and nullable, or undeclared (its kind
-    and missingness are known only once estimated, after privacy has been spent).
-    """
-    present = set(names)
-    problems = []
-    for name in names:
-        for suffix in INDICATOR_SUFFIXES:
-            base = name[: -len(suffix)]
-            if name.endswith(suffix) and base in present and _may_get_indicator(
-                    declared.columns.get(base)):
-                problems.append(
-                    f"columns {base!r} and {name!r}: {name!r} is the name skdpflow's "
-                    f"encoding gives the missing-value indicator of {base!r}; rename {name!r}")
-    return problems
-
-
-def _may_get_indicator(col: ColumnDomain | None) -> bool:
-    return col is None or (col.nullable and col.type in ("numerical", "datetime"))
 
 
 def typed_column(typed: pd.DataFrame, name: str, col: ColumnDomain

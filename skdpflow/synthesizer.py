@@ -37,7 +37,6 @@ from .encoding import (
     TableEncoder,
     TypeLayer,
     cell_log_volume,
-    indicator_clashes,
     typed_column,
 )
 from .flows.model import SharedConditionerFlow
@@ -303,7 +302,6 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         empty = [c for c in data.columns if c not in declared.columns and data[c].isna().all()]
         problems = [f"column {c!r} is entirely missing: declare its domain (with "
                     "nullable=True) or drop it" for c in empty]
-        problems += indicator_clashes(list(data.columns), declared)
         if problems:  # an input error for the data holder; nothing is released
             raise InvalidDataError(problems)
         return declared

@@ -144,8 +144,6 @@ def test_undeclared_zone_is_schema_read_from_the_dtype():
     assert synth.sample(20)["t"].dtype == pd.DatetimeTZDtype("ns", "America/New_York")
 
 
-@pytest.mark.xfail(strict=True, reason="the DP domain estimate (privacy/domain_estimation.py) "
-                   "does not yet carry the dtype's zone: needs timezone_name(dtype) there")
 def test_estimated_column_keeps_its_zone():
     frame = pd.DataFrame({"t": _times(500).dt.tz_localize("UTC")})
     synth = _fit(frame, None, epsilon=5.0, delta=1e-5)

@@ -59,7 +59,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ..domain import NS_PER_DAY, ColumnDomain, canonical, column_kind
+from ..domain import (
+    INT64_LIMIT,
+    NS_PER_DAY,
+    ColumnDomain,
+    canonical,
+    column_kind,
+    timezone_name,
+)
 from .ledger import Release
 from .randomness import PrivacyNoise
 
@@ -210,12 +217,15 @@ def estimate_domain(
             values = _as_float(series)
             lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, noise,
                                           zero_bucket=kind != "datetime")
-            if kind == "datetime":
-                out[name] = ColumnDomain("datetime", min=_iso(lo), max=_iso(hi), nullable=True)
+            if kind == "datetime":  # the dtype's zone is schema: public
+                zone = timezone_name(series.dtype)
+                out[name] = ColumnDomain("datetime", min=_iso(lo, zone), max=_iso(hi, zone),
+                                         nullable=True, timezone=zone)
             else:
                 integer = pd.api.types.is_integer_dtype(series.dtype)
-                if integer:
-                    lo, hi = math.floor(lo), math.ceil(hi)
+                if integer:  # rounded outward, within int64 (the grid reaches 2^64)
+                    lo = max(math.floor(lo), -(INT64_LIMIT - 1))
+                    hi = min(math.ceil(hi), INT64_LIMIT - 1)
                 out[name] = ColumnDomain("numerical", min=lo, max=hi, integer=integer,
                                          nullable=nullable)
             info[name] = {"mechanism": "noisy histogram over a public grid",
@@ -300,5 +310,7 @@ def _released_keys(series: pd.Series, std: float, tau: float,
     return [k for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
 
 
-def _iso(days: float) -> str:
-    return str(pd.Timestamp(int(round(days * NS_PER_DAY))))
+def _iso(days: float, zone: str | None = None) -> str:
+    """A bound in days since the epoch (UTC) as text; with a zone, as an explicit UTC time."""
+    stamp = pd.Timestamp(int(round(days * NS_PER_DAY)))
+    return str(stamp.tz_localize("UTC") if zone is not None else stamp)
