@@ -34,6 +34,7 @@ import sdv
 from sdv.single_table.base import BaseSingleTableSynthesizer
 
 from ._sdv_redaction import sdv_logs_silenced, value_free_errors
+from ._validation import check_parameter_names, validate_params
 from .domain import ColumnDomain, Domain, as_domain
 from .synthesizer import DPFlowSynthesizer
 
@@ -42,6 +43,8 @@ __all__ = ["SDV_MAJOR", "DPFlowSDVSynthesizer", "sdgym_synthesizer"]
 SDV_MAJOR = int(sdv.__version__.split(".")[0])
 MODELLED_SDTYPES = ("numerical", "categorical", "boolean", "datetime", "ordinal")
 RANGE_KEYS = ("range_min", "range_max", "range_values")
+# The estimator's hyperparameters and defaults, declared once, in DPFlowSynthesizer.
+_ESTIMATOR_DEFAULTS = DPFlowSynthesizer().get_params()
 # A value with many significant digits, so that rounding learned from the skeleton is none.
 _ODD_FRACTION = (math.sqrt(5) - 1) / 2
 
@@ -66,11 +69,11 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
     domain : Domain, dict, path or None, default=None
         Extra public domain, merged over the metadata's (needed in SDV 1.x, whose metadata
         holds no ranges). Same forms as ``DPFlowSynthesizer.fit(domain=...)``.
-    epsilon, delta, epochs, batch_size, learning_rate, max_grad_norm, clipping, sparsity, \
-n_stages, hidden_size, n_bins, marginals_fraction, histogram_bins, \
-domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
-        Passed unchanged to :class:`~skdpflow.DPFlowSynthesizer` (same defaults, same
-        meaning); ``random_state`` seeds the fit. Sampling follows SDV: it starts from SDV's
+    **params
+        Hyperparameters of :class:`~skdpflow.DPFlowSynthesizer` (``epsilon``, ``delta``,
+        ``epochs``, ...), passed unchanged (same defaults, same meaning); an unknown name
+        raises ``ValueError``. ``get_parameters()`` lists them all. ``random_state`` seeds
+        the fit. Sampling follows SDV: it starts from SDV's
         fixed seed after each fit, and ``reset_sampling()`` starts it over.
 
     Notes
@@ -90,50 +93,26 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         locales: list[str] | str = ["en_US"],  # noqa: B006 (SDV's own default)
         *,
         domain: Domain | dict | str | None = None,
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        epochs: float = 6,
-        batch_size: int = 1024,
-        learning_rate: float = 1e-2,
-        max_grad_norm: float = 1.0,
-        clipping: str = "flat",
-        sparsity: float = 0.0,
-        n_stages: int = 6,
-        hidden_size: int = 64,
-        n_bins: int = 8,
-        marginals_fraction: float = 0.1,
-        histogram_bins: int = 32,
-        domain_epsilon_fraction: float = 0.2,
-        privacy: str = "strict",
-        accountant: str = "rdp",
-        device: str = "auto",
-        random_state: int | None = None,
-        verbose: bool = True,
+        **params: Any,
     ) -> None:
+        check_parameter_names(type(self).__name__, params, _ESTIMATOR_DEFAULTS)
         super().__init__(metadata, enforce_min_max_values=enforce_min_max_values,
                          enforce_rounding=enforce_rounding, locales=locales)
         self.domain = domain
-        self.epsilon = epsilon
-        self.delta = delta
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.max_grad_norm = max_grad_norm
-        self.clipping = clipping
-        self.sparsity = sparsity
-        self.n_stages = n_stages
-        self.hidden_size = hidden_size
-        self.n_bins = n_bins
-        self.marginals_fraction = marginals_fraction
-        self.histogram_bins = histogram_bins
-        self.domain_epsilon_fraction = domain_epsilon_fraction
-        self.privacy = privacy
-        self.accountant = accountant
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        for name, default in _ESTIMATOR_DEFAULTS.items():
+            setattr(self, name, params.get(name, default))
         self._model = None
         self._sample_rng = np.random.RandomState()
+
+    def get_parameters(self) -> dict:
+        """SDV's ``get_parameters``, with every :class:`~skdpflow.DPFlowSynthesizer`
+        hyperparameter (SDV reads the ``__init__`` signature, where they are ``**params``)."""
+        parameters = super().get_parameters()
+        parameters.pop("params", None)
+        return {**parameters, **self._estimator_params()}
+
+    def _estimator_params(self) -> dict:
+        return {name: getattr(self, name) for name in _ESTIMATOR_DEFAULTS}
 
     # ------------------------------------------------------------- schema
     def _table_metadata(self) -> dict:
@@ -219,6 +198,9 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         ValueError
             The table has no rows (SDV would skip the model and fail only at sampling).
         """
+        # Before SDV reads the rows: a value out of range is the caller's error.
+        validate_params(type(self).__name__, self._estimator_params(),
+                        DPFlowSynthesizer._parameter_constraints)
         table = data.get(self._table_name) if isinstance(data, dict) else data
         if isinstance(table, pd.DataFrame) and len(table) == 0:
             raise ValueError(f"The table {self._table_name!r} is empty (0 rows): there is "
@@ -252,8 +234,7 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         return self._to_model_space(table_data[self._modelled()])
 
     def _fit(self, processed_data: pd.DataFrame) -> None:
-        model = DPFlowSynthesizer(**{name: getattr(self, name)
-                                     for name in DPFlowSynthesizer().get_params()})
+        model = DPFlowSynthesizer(**self._estimator_params())
         declared = self._declared_domain()
         model.fit(processed_data, domain=Domain(
             {c: d for c, d in declared.columns.items() if c in processed_data.columns}))

@@ -122,9 +122,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Not spent when everything is declared. Category discovery also reserves 10% of
         ``delta``.
     privacy : {"strict", "domain_from_data"}, default="strict"
-        ``"strict"`` makes every part of the fit covered by the guarantee: undeclared
-        domains are estimated under DP, nothing is read from the data otherwise.
-        ``"domain_from_data"`` is the opt-out: undeclared bounds, categories and
+        ``"strict"`` estimates undeclared domains under DP; ``"domain_from_data"`` reads
+        them from the data, which the guarantee does NOT cover. With ``"strict"`` every
+        part of the fit is covered by the guarantee: nothing is read from the data outside
+        a DP release. ``"domain_from_data"`` is the opt-out: undeclared bounds, categories and
         missingness are read exactly from the data (as most synthesizers do), which the
         guarantee does not cover; a ``DataDerivedDomainWarning`` and ``privacy_report()``
         say so.
@@ -137,6 +138,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         DP-SGD's schedule depends on the noisy row count. (PRV cannot bound that adaptive
         composition, so it is refused.)
     device : {"auto", "cpu", "cuda"}, default="auto"
+        Where the flow is trained; ``"auto"`` takes CUDA when it is available.
     random_state : int, RandomState instance or None, default=None
         Seeds what is not privacy noise: the flow's initial weights and coupling masks,
         dequantisation, sparsification masks, and ``sample``. The privacy noise
