@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from skdpflow.privacy import dpsgd
-from skdpflow.privacy.dpsgd import DPSGDStep, linear_sq_norms, poisson_batches
+from skdpflow.privacy.dpsgd import DPSGDStep, poisson_batches
+from skdpflow.privacy.norms import linear_sq_norms
 from skdpflow.privacy.randomness import SecureNoise, SeededNoise
 
 DTYPE = torch.float64
@@ -115,12 +115,6 @@ def test_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
     assert info["batch_size"] == batch
 
 
-def test_auto_strategy_chooses_cheaper_form() -> None:
-    assert dpsgd._choose_strategy(3, 16, 16) == "gram"
-    assert dpsgd._choose_strategy(6, 64, 460) == "gram"
-    assert dpsgd._choose_strategy(50, 4, 3) == "materialise"
-
-
 def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     original = torch.einsum
@@ -129,7 +123,7 @@ def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append("materialise")
         return original(*args)
 
-    monkeypatch.setattr(dpsgd.torch, "einsum", spy)
+    monkeypatch.setattr(torch, "einsum", spy)
     g = torch.Generator().manual_seed(1)
     h = torch.randn(5, 40, 3, dtype=DTYPE, generator=g)  # T=40 uses of a 3->2 layer
     d = torch.randn(5, 40, 2, dtype=DTYPE, generator=g)
