@@ -175,29 +175,12 @@ def _on_torch(inputs: Tensor, grads: Tensor, prefer: Preference) -> bool:
 def linear_sq_norms_fused(
     inputs: Tensor, grads: Tensor, bias: bool, backend: Preference = "auto"
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-row squared gradient norms of a linear layer used T times per row.
+    """:func:`~skdpflow.privacy.norms.linear_sq_norms` by the backend ``backend`` picks.
 
-    Same semantics and return types as :func:`~skdpflow.privacy.norms.linear_sq_norms`:
-    ``|G_i|^2 = sum_{t,s} (d_t . d_s)(h_t . h_s)`` and bias ``|sum_t d_t|^2``. The Triton
-    kernel always uses the Gram form; the torch path picks its own strategy.
-
-    Parameters
-    ----------
-    inputs : Tensor
-        Layer inputs ``h``, shape ``(B, T, in)``.
-    grads : Tensor
-        Output gradients ``d``, shape ``(B, T, out)``.
-    bias : bool
-        Whether to return the bias norms too.
-    backend : {"auto", "triton", "torch"}, default="auto"
-        Passed to :func:`select_backend` as ``prefer``.
-
-    Returns
-    -------
-    weight_sq : Tensor
-        Shape ``(B,)``.
-    bias_sq : Tensor or None
-        Shape ``(B,)``, or None when ``bias`` is False.
+    Same arguments (but ``backend`` for ``strategy``), semantics and return types:
+    ``|G_i|^2 = sum_{t,s} (d_t . d_s)(h_t . h_s)`` and bias ``|sum_t d_t|^2``, each ``(B,)``.
+    The Triton kernel always uses the Gram form; torch picks its own strategy.
+    ``backend`` is passed to :func:`select_backend` as ``prefer``.
     """
     _check_shapes(inputs, grads)
     if _on_torch(inputs, grads, backend):
@@ -208,29 +191,11 @@ def linear_sq_norms_fused(
 def linear_clipped_sum_fused(
     inputs: Tensor, grads: Tensor, coef: Tensor, backend: Preference = "auto"
 ) -> tuple[Tensor, Tensor]:
-    """Sum of per-row gradients scaled by ``coef``, without per-row gradients.
+    """:func:`~skdpflow.privacy.norms.linear_clipped_sum` by the backend ``backend`` picks.
 
-    Same semantics and return types as :func:`~skdpflow.privacy.norms.linear_clipped_sum`:
-    ``sum_i c_i sum_t d_{i,t} h_{i,t}^T`` and ``sum_i c_i sum_t d_{i,t}``; with ``coef`` of
-    shape ``(B, out)``, unit j of row i is scaled by ``c_{i,j}``.
-
-    Parameters
-    ----------
-    inputs : Tensor
-        Shape ``(B, T, in)``.
-    grads : Tensor
-        Shape ``(B, T, out)``.
-    coef : Tensor
-        Clip coefficients, shape ``(B,)`` or ``(B, 1)`` (one per row) or ``(B, out)``.
-    backend : {"auto", "triton", "torch"}, default="auto"
-        Passed to :func:`select_backend` as ``prefer``.
-
-    Returns
-    -------
-    weight_grad : Tensor
-        Shape ``(out, in)``.
-    bias_grad : Tensor
-        Shape ``(out,)``.
+    Same arguments, semantics and return types: ``sum_i c_i sum_t d_{i,t} h_{i,t}^T``
+    ``(out, in)`` and ``sum_i c_i sum_t d_{i,t}`` ``(out,)``; ``coef`` may also be ``(B, 1)``.
+    ``backend`` is passed to :func:`select_backend` as ``prefer``.
     """
     _check_shapes(inputs, grads)
     batch, d_out = inputs.shape[0], grads.shape[2]
