@@ -37,6 +37,7 @@ from .encoding import (
     TableEncoder,
     TypeLayer,
     cell_log_volume,
+    dequantize,
     typed_column,
 )
 from .flows.model import SharedConditionerFlow
@@ -49,7 +50,7 @@ from .privacy.domain_estimation import (
 )
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
-from .training import TrainConfig, midpoint_latent, standard_normal_logpdf, train_flow
+from .training import TrainConfig, standard_normal_logpdf, train_flow
 
 # What the report says of the noise (see skdpflow/privacy/randomness.py).
 NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD, Poisson "
@@ -498,7 +499,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         check_columns(type(self).__name__, list(data.columns), list(self.feature_names_in_))
         typed = self.type_layer_.transform(data[list(self.feature_names_in_)])
         lo, hi, logjac = self.encoder_.cells(typed)
-        z = midpoint_latent(lo, hi)
+        z = dequantize(lo, hi, None)  # the cell's midpoint
         if self.flow_ is None:
             log_flow = np.zeros(len(z))
         else:
