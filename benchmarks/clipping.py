@@ -58,12 +58,12 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skdpflow.flows.model import SharedConditionerFlow
-from skdpflow.privacy.dpsgd import DPSGDStep
-from skdpflow.privacy.kernels import (
+from skdpflow.privacy.backends import (
     linear_clipped_sum_fused,
     linear_sq_norms_fused,
     triton_available,
 )
+from skdpflow.privacy.dpsgd import DPSGDStep
 from skdpflow.privacy.norms import linear_clipped_sum, linear_sq_norms
 
 FEATURES = 19

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -16,7 +18,10 @@ __all__ = [
     "Options",
     "as_records_frame",
     "check_columns",
+    "check_parameter_names",
     "duplicate_names",
+    "generate_invalid_values",
+    "parameter_summaries",
     "validate_params",
 ]
 
@@ -125,6 +130,60 @@ def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, A
             raise kind(
                 f"The {name!r} parameter of {owner} must be {constraint}. Got {value!r} instead."
             )
+
+
+def check_parameter_names(owner: str, names: Any, valid: Any) -> None:
+    """Refuse names outside ``valid`` with scikit-learn's ``set_params`` message."""
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"Invalid parameter {name!r} for estimator {owner}. Valid "
+                             f"parameters are: {sorted(valid)!r}.")
+
+
+def generate_invalid_values(constraint: Any) -> list:
+    """Values outside ``constraint``: past each bound, of the wrong type, None.
+
+    scikit-learn's ``generate_invalid_param_val`` in spirit: the tests run every frontend
+    (Python, SDV, command line) on these, so a new row of a constraint table is tested
+    without writing its bad values by hand.
+    """
+    if isinstance(constraint, Interval):
+        values: list = ["half", None]
+        if constraint.kind is Integral:
+            values.append(2.5)
+        for bound, closed, step in ((constraint.left, ("left", "both"), -1),
+                                    (constraint.right, ("right", "both"), 1)):
+            if bound is not None:  # just past a closed bound; on and past an open one
+                values += [bound + step] if constraint.closed in closed else [bound, bound + step]
+        return values
+    if isinstance(constraint, Options):
+        return ["not-an-option", None, 2]
+    if isinstance(constraint, _IntOrGenerator):
+        return ["seed", -1, 2.5]
+    raise TypeError(f"no invalid values known for {constraint!r}")
+
+
+def parameter_summaries(cls: type) -> dict[str, str]:
+    """``{name: first sentence}`` of each entry of the numpydoc ``Parameters`` section."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    section = re.search(r"^Parameters\n-+\n(.*?)(?:^\S[^\n]*\n-+\n|\Z)", doc,
+                        re.DOTALL | re.MULTILINE)
+    summaries: dict[str, str] = {}
+    name = None
+    for line in (section.group(1) if section else "").splitlines():
+        entry = re.match(r"^(\w+) :", line)
+        if entry:
+            name = entry.group(1)
+            summaries[name] = ""
+        elif name and line.strip():
+            summaries[name] = f"{summaries[name]} {line.strip()}".strip()
+    return {k: _first_sentence(re.sub(r":\w+:`~?([^`]+)`", r"\1", v.replace("``", "")))
+            for k, v in summaries.items()}
+
+
+def _first_sentence(text: str) -> str:
+    end = re.search(r"\.(\s|$)", text)
+    return text[:end.start() + 1] if end else text
 
 
 def _is_type_error(value: Any, constraint: Any) -> bool:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ._io import OutputPathError, atomic_write, check_input_path, check_output_path
-from ._validation import InvalidDataError, validate_params
+from ._validation import InvalidDataError, Options, parameter_summaries, validate_params
 from .domain import ColumnDomain, Domain, as_domain
 
 __all__ = ["main"]
@@ -112,19 +113,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Hyperparameters with a flag of their own; the CLI-only flags are written out below.
+CLI_ONLY = {"random_state": "--seed", "verbose": "--quiet / --show-nonprivate-loss"}
+
+
 def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epsilon", type=float, default=1.0)
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--epochs", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--accountant", choices=["rdp"], default="rdp",
-                   help="Rényi DP at one order fixed before the first release (the only one "
-                        "that bounds the adaptive composition)")
-    p.add_argument("--domain-epsilon-fraction", type=float, default=None,
-                   help="share of epsilon for estimating undeclared domains (default 0.2)")
-    p.add_argument("--privacy", choices=["strict", "domain_from_data"], default="strict",
-                   help="'domain_from_data' reads undeclared domains from the data: NOT "
-                        "covered by the guarantee")
+    """One flag per row of the estimator's constraint table, help from its numpydoc.
+
+    Every flag defaults to None, which leaves the estimator's own default in place.
+    """
+    from .synthesizer import DPFlowSynthesizer
+
+    defaults = DPFlowSynthesizer().get_params()
+    summaries = parameter_summaries(DPFlowSynthesizer)
+    for name, constraint in DPFlowSynthesizer._parameter_constraints.items():
+        if name in CLI_ONLY:
+            continue
+        if isinstance(constraint, Options):
+            kind = {"choices": sorted(constraint.values), "type": str}
+        else:
+            integral = constraint.kind is Integral
+            kind = {"type": int if integral else float, "metavar": "INT" if integral else "X"}
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **kind,
+                       help=f"{summaries[name]} (default: {defaults[name]})".replace("%", "%%"))
     p.add_argument("--seed", type=int, default=None,
                    help="fixes model initialisation and sampling only, never the privacy "
                         "noise (default: none)")
@@ -139,15 +150,9 @@ def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
     from .synthesizer import DPFlowSynthesizer
 
     verbose = "loss" if args.show_nonprivate_loss else not args.quiet
-    params = {"epsilon": args.epsilon, "delta": args.delta, "accountant": args.accountant,
-              "random_state": args.seed, "verbose": verbose, "privacy": args.privacy}
-    if args.domain_epsilon_fraction is not None:
-        params["domain_epsilon_fraction"] = args.domain_epsilon_fraction
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
-    if args.batch_size is not None:
-        params["batch_size"] = args.batch_size
-    synth = DPFlowSynthesizer(**params)
+    params = {name: getattr(args, name) for name in DPFlowSynthesizer._parameter_constraints
+              if name not in CLI_ONLY and getattr(args, name) is not None}
+    synth = DPFlowSynthesizer(**params, random_state=args.seed, verbose=verbose)
     try:  # before any file is read: a value out of range is a usage error
         validate_params(type(synth).__name__, synth.get_params(),
                         synth._parameter_constraints)

@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import numbers
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ KINDS = ("numerical", "categorical", "boolean", "datetime")
 # Bounds with a spread above this (and a lower bound >= 0) get a log1p transform: heavy tails.
 LOG_SPREAD = 1000.0
 NS_PER_DAY = 86_400e9  # datetimes are handled as days since the epoch
+# A fraction with many significant digits: a skeleton value that teaches no rounding.
+_ODD_FRACTION = (math.sqrt(5) - 1) / 2
 # Integer columns are sampled as int64: their bounds must be inside it (|x| < 2**63).
 INT64_LIMIT = 2**63
 
@@ -269,6 +272,34 @@ class Domain:
             out[name] = _infer_column(data[name], name)
         return cls(out, data_derived=tuple(columns))
 
+    def skeleton(self, dtypes: dict[str, Any] | None = None) -> pd.DataFrame:
+        """A small frame of public values only: fit encoders on it, never on the rows.
+
+        Each column holds its bounds and a value between them (with many significant
+        digits, so that no rounding is learned from it; datetimes as naive UTC timestamps)
+        or each of its categories, then a missing value when nullable; shorter columns
+        repeat their values.
+
+        Parameters
+        ----------
+        dtypes : dict of {str: dtype}, optional
+            The dtype of each column, where a cast to it works (a table's own dtypes); by
+            default floats for numbers, ``datetime64[ns]`` for datetimes, objects otherwise.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per declared column, in order.
+        """
+        dtypes = dtypes or {}
+        values = {name: _public_values(col, dtypes.get(name))
+                  for name, col in self.columns.items()}
+        size = max((len(v) for v in values.values()), default=0)
+        return pd.DataFrame({
+            name: _cast(pd.Series((v * size)[:size], dtype=object),
+                        dtypes.get(name), self.columns[name].type)
+            for name, v in values.items()})
+
     def __getitem__(self, name: str) -> ColumnDomain:
         return self.columns[name]
 
@@ -277,6 +308,36 @@ class Domain:
 
     def __len__(self) -> int:
         return len(self.columns)
+
+
+def _public_values(col: ColumnDomain, dtype: Any) -> list:
+    """Bounds and a value between them, or the categories; then None when nullable."""
+    if col.type in ("categorical", "boolean"):
+        values = list(col.categories)
+    elif col.type == "datetime":
+        lo, hi = col.datetime_bounds()
+        values = [lo, hi, lo + (hi - lo) / 2]
+    elif col.integer:
+        lo, hi = col.integer_bounds()
+        values = [lo, hi, (lo + hi) // 2]
+    else:
+        lo, hi = col.numeric_bounds()
+        values = [lo, hi, lo + (hi - lo) * _ODD_FRACTION]
+    holds_null = dtype is None or not pd.api.types.is_integer_dtype(dtype)
+    return values + ([None] if col.nullable and holds_null else [])
+
+
+def _cast(series: pd.Series, dtype: Any, kind: str) -> pd.Series:
+    if dtype is None:
+        if kind == "datetime":
+            return pd.to_datetime(series)
+        return series.astype(float) if kind == "numerical" else series
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return series.astype(dtype)
+        except (TypeError, ValueError):  # e.g. naive datetimes into a zoned dtype: keep
+            return series
 
 
 def canonical(value: Any) -> str:

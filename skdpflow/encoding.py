@@ -26,10 +26,12 @@ import copy
 import numbers
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import rdt
+import torch
 from rdt.transformers import FloatFormatter, OrderedLabelEncoder, UnixTimestampEncoder
 from scipy.special import ndtr, ndtri
 
@@ -40,10 +42,8 @@ from .marginals import (
     HistogramSpec,
     bin_index,
     histogram_spec,
-    transform_forward,
-    transform_inverse,
-    transform_log_derivative,
 )
+from .transforms import column_transform
 
 __all__ = ["TableEncoder", "TypeLayer"]
 
@@ -75,34 +75,7 @@ class TypeLayer:
         self.hyper.set_config({"sdtypes": sdtypes, "transformers": transformers})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.hyper.fit(self.skeleton().rename(columns=self.keys))
-
-    def skeleton(self) -> pd.DataFrame:
-        """A frame of public values only: bounds, midpoints, each category, a missing row."""
-        columns = {}
-        for name, col in self.domain.columns.items():
-            if col.type in ("categorical", "boolean"):
-                values = list(col.categories)
-            elif col.type == "datetime":
-                values = list(col.datetime_bounds())
-            else:
-                lo, hi = col.numeric_bounds()
-                values = [lo, hi, (lo + hi) / 2]
-            if col.nullable:
-                values.append(None)
-            columns[name] = values
-        size = max(len(v) for v in columns.values())
-        frame = {}
-        for name, values in columns.items():
-            values = (values * size)[:size]
-            col = self.domain[name]
-            if col.type == "datetime":
-                frame[name] = pd.to_datetime(pd.Series(values))
-            elif col.type == "numerical":
-                frame[name] = pd.Series(values, dtype=float)
-            else:
-                frame[name] = pd.Series(values, dtype=object)
-        return pd.DataFrame(frame)
+            self.hyper.fit(domain.skeleton().rename(columns=self.keys))
 
     def clean(self, data: pd.DataFrame) -> pd.DataFrame:
         """Clip to declared bounds and check categories; never widens the domain."""
@@ -413,7 +386,7 @@ class TableEncoder:
             if codec.value_dim is not None:
                 d = codec.value_dim
                 t = np.interp(u[:, j], d.cdf, d.edges)
-                values = np.clip(transform_inverse(t, codec.col), lo, hi)
+                values = np.clip(column_transform(codec.col).inverse(t), lo, hi)
                 if codec.integer:
                     values = np.clip(np.round(values), np.ceil(lo), np.floor(hi))
                 j += 1
@@ -464,7 +437,7 @@ def _make_codec(name: str, col: ColumnDomain, marginal: ColumnMarginal) -> _Code
             if p >= ATOM_THRESHOLD:
                 atoms.append((float(a), float(p)))
             elif not unit:  # merge an unselected candidate back into its bin
-                t = transform_forward(np.array([a]), col)[0]
+                t = column_transform(col).forward(np.array([a]))[0]
                 k = int(np.clip(np.searchsorted(spec.edges, t, side="right") - 1, 0,
                                 len(p_bins) - 1))
                 p_bins[k] += p
@@ -514,20 +487,20 @@ def _locate(edges: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def _numeric_cell(codec: _Codec, values: np.ndarray, is_value: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d, col = codec.value_dim, codec.col
+    d, transform = codec.value_dim, column_transform(codec.col)
     n = len(values)
     lo, hi, logjac = np.zeros(n), np.ones(n), np.zeros(n)
     x = values[is_value]
     if codec.integer:
-        lo[is_value] = _cdf(d, transform_forward(x - 0.5, col))
-        hi[is_value] = _cdf(d, transform_forward(x + 0.5, col))
+        lo[is_value] = _cdf(d, transform.forward(x - 0.5))
+        hi[is_value] = _cdf(d, transform.forward(x + 0.5))
     else:
-        t = transform_forward(x, col)
+        t = transform.forward(x)
         u = _cdf(d, t)
         lo[is_value] = hi[is_value] = u
         k = np.clip(np.searchsorted(d.edges, t, side="right") - 1, 0, len(d.edges) - 2)
         density = (d.cdf[k + 1] - d.cdf[k]) / (d.edges[k + 1] - d.edges[k])
-        logjac[is_value] = np.log(density) + transform_log_derivative(x, col)
+        logjac[is_value] = np.log(density) + transform.log_derivative(x)
     return lo, hi, logjac
 
 
@@ -535,11 +508,27 @@ def _cdf(d: _Dim, t: np.ndarray) -> np.ndarray:
     return np.interp(t, d.edges, d.cdf)
 
 
-def dequantize(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """``z = Phi^-1(u)`` with ``u`` uniform in each cell (midpoint when ``rng`` is None)."""
+def dequantize(lo: Any, hi: Any, rng: Any) -> Any:
+    """``z = Phi^-1(lo + w (hi - lo))``: a point of each cell, in latent space.
+
+    ``w`` is uniform in [0, 1) (dequantisation), drawn from ``rng``, or 1/2 (the cell's
+    midpoint, for scoring) when ``rng`` is None. ``u`` is kept in ``[U_EPS, 1 - U_EPS]`` so
+    that ``z`` is finite.
+
+    Parameters
+    ----------
+    lo, hi : ndarray or Tensor
+        Cell bounds in ``[0, 1]``, shape ``(n, dims)``.
+    rng : numpy Generator (arrays), torch.Generator (tensors: drawn on the generator's
+        device, then moved) or None
+    """
+    if isinstance(lo, torch.Tensor):
+        # Drawn where the seeded generator lives (CPU), then moved: the same draws anywhere.
+        w = 0.5 if rng is None else torch.rand(lo.shape, generator=rng,
+                                               dtype=lo.dtype).to(lo.device)
+        return torch.special.ndtri((lo + w * (hi - lo)).clamp(U_EPS, 1 - U_EPS))
     w = 0.5 if rng is None else rng.random(lo.shape)
-    u = np.clip(lo + w * (hi - lo), U_EPS, 1 - U_EPS)
-    return ndtri(u)
+    return ndtri(np.clip(lo + w * (hi - lo), U_EPS, 1 - U_EPS))
 
 
 def cell_log_volume(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

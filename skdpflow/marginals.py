@@ -22,6 +22,7 @@ from .domain import ColumnDomain
 from .privacy.histograms import release_histograms
 from .privacy.ledger import Release
 from .privacy.randomness import PrivacyNoise
+from .transforms import column_transform
 
 __all__ = ["HistogramSpec", "ColumnMarginal", "histogram_spec", "release_marginals"]
 
@@ -31,29 +32,6 @@ FLOOR_MASS = 0.01
 ATOM_THRESHOLD = 0.2
 # Integer columns with at most this many values get one bin per value.
 MAX_UNIT_BINS = 100
-
-
-def transform_forward(x: np.ndarray, col: ColumnDomain) -> np.ndarray:
-    """Public-bound monotone transform t(x) of a numerical column (log1p for heavy tails)."""
-    if col.uses_log():
-        lo, _ = col.numeric_bounds()
-        return np.log(np.maximum(x - lo + 1.0, 1e-12))
-    return np.asarray(x, dtype=float)
-
-
-def transform_inverse(t: np.ndarray, col: ColumnDomain) -> np.ndarray:
-    if col.uses_log():
-        lo, _ = col.numeric_bounds()
-        return np.exp(t) + lo - 1.0
-    return np.asarray(t, dtype=float)
-
-
-def transform_log_derivative(x: np.ndarray, col: ColumnDomain) -> np.ndarray:
-    """log dt/dx of :func:`transform_forward`."""
-    if col.uses_log():
-        lo, _ = col.numeric_bounds()
-        return -np.log(np.maximum(x - lo + 1.0, 1e-12))
-    return np.zeros_like(np.asarray(x, dtype=float))
 
 
 @dataclass
@@ -86,11 +64,11 @@ def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32) -> HistogramS
                              edges=np.array([]), integer=integer)
     if integer and hi - lo + 1 <= MAX_UNIT_BINS:
         values = np.arange(lo, hi + 1)
-        edges = transform_forward(np.append(values - 0.5, hi + 0.5), col)
+        edges = column_transform(col).forward(np.append(values - 0.5, hi + 0.5))
         return HistogramSpec(name, "numerical", nullable=col.nullable, atoms=np.array([]),
                              edges=edges, integer=True)
     pad = 0.5 if integer else 0.0
-    t_lo, t_hi = transform_forward(np.array([lo - pad, hi + pad]), col)
+    t_lo, t_hi = column_transform(col).forward(np.array([lo - pad, hi + pad]))
     edges = np.linspace(t_lo, t_hi, n_bins + 1)
     atoms = [lo, hi] + ([0.0] if lo < 0 < hi else [])
     if col.type == "datetime":
@@ -111,7 +89,7 @@ def bin_index(spec: HistogramSpec, values: np.ndarray, is_null: np.ndarray, col:
     n_atoms = len(spec.atoms)
     idx = np.empty(n, dtype=np.int64)
     if len(spec.edges):
-        t = transform_forward(values, col)
+        t = column_transform(col).forward(values)
         inner = np.clip(np.searchsorted(spec.edges, t, side="right") - 1, 0,
                         len(spec.edges) - 2)
         idx[:] = n_atoms + inner

@@ -24,8 +24,6 @@ What it changes in SDV's pipeline, and why (privacy):
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,7 +32,8 @@ import sdv
 from sdv.single_table.base import BaseSingleTableSynthesizer
 
 from ._sdv_redaction import sdv_logs_silenced, value_free_errors
-from .domain import ColumnDomain, Domain, as_domain
+from ._validation import check_parameter_names, validate_params
+from .domain import Domain, as_domain
 from .synthesizer import DPFlowSynthesizer
 
 __all__ = ["SDV_MAJOR", "DPFlowSDVSynthesizer", "sdgym_synthesizer"]
@@ -42,8 +41,8 @@ __all__ = ["SDV_MAJOR", "DPFlowSDVSynthesizer", "sdgym_synthesizer"]
 SDV_MAJOR = int(sdv.__version__.split(".")[0])
 MODELLED_SDTYPES = ("numerical", "categorical", "boolean", "datetime", "ordinal")
 RANGE_KEYS = ("range_min", "range_max", "range_values")
-# A value with many significant digits, so that rounding learned from the skeleton is none.
-_ODD_FRACTION = (math.sqrt(5) - 1) / 2
+# The estimator's hyperparameters and defaults, declared once, in DPFlowSynthesizer.
+_ESTIMATOR_DEFAULTS = DPFlowSynthesizer().get_params()
 
 
 class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
@@ -66,11 +65,11 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
     domain : Domain, dict, path or None, default=None
         Extra public domain, merged over the metadata's (needed in SDV 1.x, whose metadata
         holds no ranges). Same forms as ``DPFlowSynthesizer.fit(domain=...)``.
-    epsilon, delta, epochs, batch_size, learning_rate, max_grad_norm, clipping, sparsity, \
-n_stages, hidden_size, n_bins, marginals_fraction, histogram_bins, \
-domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
-        Passed unchanged to :class:`~skdpflow.DPFlowSynthesizer` (same defaults, same
-        meaning); ``random_state`` seeds the fit. Sampling follows SDV: it starts from SDV's
+    **params
+        Hyperparameters of :class:`~skdpflow.DPFlowSynthesizer` (``epsilon``, ``delta``,
+        ``epochs``, ...), passed unchanged (same defaults, same meaning); an unknown name
+        raises ``ValueError``. ``get_parameters()`` lists them all. ``random_state`` seeds
+        the fit. Sampling follows SDV: it starts from SDV's
         fixed seed after each fit, and ``reset_sampling()`` starts it over.
 
     Notes
@@ -90,50 +89,26 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         locales: list[str] | str = ["en_US"],  # noqa: B006 (SDV's own default)
         *,
         domain: Domain | dict | str | None = None,
-        epsilon: float = 1.0,
-        delta: float = 1e-5,
-        epochs: float = 6,
-        batch_size: int = 1024,
-        learning_rate: float = 1e-2,
-        max_grad_norm: float = 1.0,
-        clipping: str = "flat",
-        sparsity: float = 0.0,
-        n_stages: int = 6,
-        hidden_size: int = 64,
-        n_bins: int = 8,
-        marginals_fraction: float = 0.1,
-        histogram_bins: int = 32,
-        domain_epsilon_fraction: float = 0.2,
-        privacy: str = "strict",
-        accountant: str = "rdp",
-        device: str = "auto",
-        random_state: int | None = None,
-        verbose: bool = True,
+        **params: Any,
     ) -> None:
+        check_parameter_names(type(self).__name__, params, _ESTIMATOR_DEFAULTS)
         super().__init__(metadata, enforce_min_max_values=enforce_min_max_values,
                          enforce_rounding=enforce_rounding, locales=locales)
         self.domain = domain
-        self.epsilon = epsilon
-        self.delta = delta
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.max_grad_norm = max_grad_norm
-        self.clipping = clipping
-        self.sparsity = sparsity
-        self.n_stages = n_stages
-        self.hidden_size = hidden_size
-        self.n_bins = n_bins
-        self.marginals_fraction = marginals_fraction
-        self.histogram_bins = histogram_bins
-        self.domain_epsilon_fraction = domain_epsilon_fraction
-        self.privacy = privacy
-        self.accountant = accountant
-        self.device = device
-        self.random_state = random_state
-        self.verbose = verbose
+        for name, default in _ESTIMATOR_DEFAULTS.items():
+            setattr(self, name, params.get(name, default))
         self._model = None
         self._sample_rng = np.random.RandomState()
+
+    def get_parameters(self) -> dict:
+        """SDV's ``get_parameters``, with every :class:`~skdpflow.DPFlowSynthesizer`
+        hyperparameter (SDV reads the ``__init__`` signature, where they are ``**params``)."""
+        parameters = super().get_parameters()
+        parameters.pop("params", None)
+        return {**parameters, **self._estimator_params()}
+
+    def _estimator_params(self) -> dict:
+        return {name: getattr(self, name) for name in _ESTIMATOR_DEFAULTS}
 
     # ------------------------------------------------------------- schema
     def _table_metadata(self) -> dict:
@@ -219,6 +194,9 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         ValueError
             The table has no rows (SDV would skip the model and fail only at sampling).
         """
+        # Before SDV reads the rows: a value out of range is the caller's error.
+        validate_params(type(self).__name__, self._estimator_params(),
+                        DPFlowSynthesizer._parameter_constraints)
         table = data.get(self._table_name) if isinstance(data, dict) else data
         if isinstance(table, pd.DataFrame) and len(table) == 0:
             raise ValueError(f"The table {self._table_name!r} is empty (0 rows): there is "
@@ -252,8 +230,7 @@ domain_epsilon_fraction, privacy, accountant, device, random_state, verbose
         return self._to_model_space(table_data[self._modelled()])
 
     def _fit(self, processed_data: pd.DataFrame) -> None:
-        model = DPFlowSynthesizer(**{name: getattr(self, name)
-                                     for name in DPFlowSynthesizer().get_params()})
+        model = DPFlowSynthesizer(**self._estimator_params())
         declared = self._declared_domain()
         model.fit(processed_data, domain=Domain(
             {c: d for c, d in declared.columns.items() if c in processed_data.columns}))
@@ -407,42 +384,23 @@ def _parse_datetimes(col: pd.Series, fmt: str | None) -> pd.Series | None:
 
 
 def _skeleton(columns: dict[str, dict], domain: Domain, dtypes: dict) -> pd.DataFrame:
-    """A small frame of public values only: the domain's bounds and categories, NaN where
-    nullable, placeholders for generated (id, PII) columns; in the table's dtypes."""
-    values = {name: _public_values(domain.columns.get(name), dtypes.get(name), meta)
-              for name, meta in columns.items()}
-    length = max(len(v) for v in values.values())
-    frame = {}
-    for name, vals in values.items():
-        series = pd.Series([vals[i % len(vals)] for i in range(length)])
-        dtype = dtypes.get(name)
-        if dtype is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    series = series.astype(dtype)
-                except (TypeError, ValueError):
-                    pass
-        frame[name] = series
-    return pd.DataFrame(frame)
-
-
-def _public_values(col: ColumnDomain | None, dtype: Any, meta: dict) -> list:
-    if col is None:  # generated by SDV: only the dtype matters
-        if dtype is not None and pd.api.types.is_numeric_dtype(dtype):
-            return [0, 1, 2]
-        return ["a", "b", "c"]
-    null = [np.nan] if col.nullable and not pd.api.types.is_integer_dtype(dtype) else []
-    if col.type in ("categorical", "boolean"):
-        return list(col.categories) + null
-    if col.type == "datetime":
-        lo, hi = pd.Timestamp(col.min), pd.Timestamp(col.max)
-        stamps = [lo, hi, lo + (hi - lo) / 2]
-        if dtype is not None and not pd.api.types.is_datetime64_any_dtype(dtype):
-            fmt = meta.get("datetime_format")
-            stamps = [s.strftime(fmt) if fmt else str(s) for s in stamps]
-        return stamps + ([None] if null else [])
-    lo, hi = col.numeric_bounds()
-    if col.integer:
-        return [int(lo), int(hi), int((lo + hi) // 2)] + null
-    return [lo, hi, lo + (hi - lo) * _ODD_FRACTION] + null
+    """The domain's public skeleton (:meth:`~skdpflow.Domain.skeleton`) as SDV's table holds
+    it: the table's dtypes, datetimes stored as text in the metadata's format, and
+    placeholders for the columns SDV generates (id, PII)."""
+    as_text = {name for name, col in domain.columns.items() if col.type == "datetime"
+               and dtypes.get(name) is not None
+               and not pd.api.types.is_datetime64_any_dtype(dtypes[name])}
+    frame = domain.skeleton({name: dtypes.get(name) for name in domain.columns
+                             if name not in as_text})
+    for name in as_text:
+        fmt = columns.get(name, {}).get("datetime_format")
+        text = frame[name].dt.strftime(fmt) if fmt else frame[name].astype(str)
+        frame[name] = text.where(frame[name].notna(), None).astype(dtypes[name])
+    for name in columns:
+        if name not in domain.columns:  # generated by SDV: only the dtype matters
+            numeric = dtypes.get(name) is not None and pd.api.types.is_numeric_dtype(
+                dtypes[name])
+            placeholders = [0, 1, 2] if numeric else ["a", "b", "c"]
+            frame[name] = pd.Series([placeholders[i % 3] for i in range(len(frame))],
+                                    index=frame.index).astype(dtypes.get(name, object))
+    return frame[list(columns)]

@@ -37,6 +37,7 @@ from .encoding import (
     TableEncoder,
     TypeLayer,
     cell_log_volume,
+    dequantize,
     typed_column,
 )
 from .flows.model import SharedConditionerFlow
@@ -49,7 +50,7 @@ from .privacy.domain_estimation import (
 )
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
-from .training import TrainConfig, midpoint_latent, standard_normal_logpdf, train_flow
+from .training import TrainConfig, standard_normal_logpdf, train_flow
 
 # What the report says of the noise (see skdpflow/privacy/randomness.py).
 NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD, Poisson "
@@ -122,9 +123,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Not spent when everything is declared. Category discovery also reserves 10% of
         ``delta``.
     privacy : {"strict", "domain_from_data"}, default="strict"
-        ``"strict"`` makes every part of the fit covered by the guarantee: undeclared
-        domains are estimated under DP, nothing is read from the data otherwise.
-        ``"domain_from_data"`` is the opt-out: undeclared bounds, categories and
+        ``"strict"`` estimates undeclared domains under DP; ``"domain_from_data"`` reads
+        them from the data, which the guarantee does NOT cover. With ``"strict"`` every
+        part of the fit is covered by the guarantee: nothing is read from the data outside
+        a DP release. ``"domain_from_data"`` is the opt-out: undeclared bounds, categories and
         missingness are read exactly from the data (as most synthesizers do), which the
         guarantee does not cover; a ``DataDerivedDomainWarning`` and ``privacy_report()``
         say so.
@@ -137,6 +139,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         DP-SGD's schedule depends on the noisy row count. (PRV cannot bound that adaptive
         composition, so it is refused.)
     device : {"auto", "cpu", "cuda"}, default="auto"
+        Where the flow is trained; ``"auto"`` takes CUDA when it is available.
     random_state : int, RandomState instance or None, default=None
         Seeds what is not privacy noise: the flow's initial weights and coupling masks,
         dequantisation, sparsification masks, and ``sample``. The privacy noise
@@ -496,7 +499,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         check_columns(type(self).__name__, list(data.columns), list(self.feature_names_in_))
         typed = self.type_layer_.transform(data[list(self.feature_names_in_)])
         lo, hi, logjac = self.encoder_.cells(typed)
-        z = midpoint_latent(lo, hi)
+        z = dequantize(lo, hi, None)  # the cell's midpoint
         if self.flow_ is None:
             log_flow = np.zeros(len(z))
         else:

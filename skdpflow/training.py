@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import ndtri
 
-from .encoding import U_EPS
+from .encoding import dequantize
 from .flows.model import SharedConditionerFlow
 from .privacy.dpsgd import DPSGDStep, poisson_batches
 from .privacy.randomness import PrivacyNoise
@@ -61,7 +60,7 @@ def train_flow(
     """
     n = len(lo)
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
-    width_t = torch.as_tensor(hi - lo, dtype=torch.float32, device=device)
+    hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(config.steps, 1), eta_min=config.learning_rate / 10)
@@ -75,9 +74,7 @@ def train_flow(
     refresh = max(1, config.steps // 50)
     for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, noise)):
         idx = idx.to(device)
-        u = lo_t[idx] + torch.rand(len(idx), lo_t.shape[1], generator=generator,
-                                   dtype=lo_t.dtype).to(device) * width_t[idx]
-        z = torch.special.ndtri(u.clamp(U_EPS, 1 - U_EPS))
+        z = dequantize(lo_t[idx], hi_t[idx], generator)
         optimizer.zero_grad(set_to_none=True)
         if dp_step is None:
             loss = -flow(z).mean() if len(z) else None
@@ -117,11 +114,6 @@ def _postfix(config: TrainConfig, done: int, loss: torch.Tensor | None) -> dict:
     if config.show_loss:
         out["nonprivate_loss"] = "nan" if loss is None else f"{float(loss):.3f}"
     return out
-
-
-def midpoint_latent(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Cell midpoints in latent space (used for scoring)."""
-    return ndtri(np.clip((lo + hi) / 2, U_EPS, 1 - U_EPS))
 
 
 def standard_normal_logpdf(z: np.ndarray) -> np.ndarray:

@@ -1,164 +1,25 @@
-"""Tests for skdpflow.privacy.dpsgd against a naive one-row-at-a-time loop (float64)."""
+"""Edge cases of skdpflow.privacy.dpsgd; its norms and steps against the per-row reference are
+the contract of tests/test_clipping_contract.py."""
 
 from __future__ import annotations
 
 import math
 
+import _oracle as oracle
 import pytest
 import torch
 from torch import Tensor, nn
 
-from skdpflow.privacy import dpsgd
-from skdpflow.privacy.dpsgd import DPSGDStep, linear_sq_norms, poisson_batches
+from skdpflow.privacy.dpsgd import DPSGDStep, poisson_batches
 from skdpflow.privacy.randomness import SecureNoise, SeededNoise
 
-DTYPE = torch.float64
-
-
-class TiedToy(nn.Module):
-    """One MLP called T times per row on different inputs, like the flow's conditioner."""
-
-    def __init__(self, stages: int = 3) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 5)
-        )
-        masks = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]])
-        self.register_buffer("masks", masks[:stages])
-        self.register_buffer("codes", torch.linspace(-1, 1, 2 * stages).reshape(stages, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        state, extra = x, x.new_zeros(x.shape[0])
-        for mask, code in zip(self.masks, self.codes, strict=True):
-            inp = torch.cat([state * mask, code.expand(x.shape[0], 2)], dim=1)
-            out = self.net(inp)
-            state = state * torch.exp(0.3 * torch.tanh(out[:, 4:5])) + torch.sin(out[:, :4])
-            extra = extra + out[:, 4] ** 2
-        return (state**2).sum(1) + nn.functional.softplus(extra)
-
-
-class PlainToy(nn.Module):
-    """A plain MLP, each layer used once; the last layer has no bias."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3, bias=False)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.net(x)
-        return torch.logsumexp(out, dim=1) + 0.5 * out[:, 0] ** 2
-
-
-class SeqToy(nn.Module):
-    """A layer called on a (B, 2, f) input (two uses in one call) and on a (B, f) input."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pair = nn.Linear(2, 5)
-        self.head = nn.Linear(5, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        both = torch.tanh(self.pair(x.reshape(-1, 2, 2)))  # (B, 2, 5): uses 1 and 2
-        again = torch.tanh(self.pair(x[:, 1:3] * both[:, 0, :2]))  # (B, 5): use 3
-        out = self.head(both.sum(1) * again)
-        return (out**2).sum(1) + out[:, 0]
-
-
-MODELS = {"tied": TiedToy, "plain": PlainToy, "seq": SeqToy}
-
-
-def _make(kind: str, batch: int, seed: int = 0) -> tuple[nn.Module, Tensor]:
-    torch.manual_seed(seed)
-    model = MODELS[kind]().to(DTYPE)
-    x = 1.5 * torch.randn(batch, 4, dtype=DTYPE)
-    return model, x
-
-
-def _naive_grads(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
-    """Per-row gradients, one backward per row (the reference)."""
-    rows = []
-    for i in range(x.shape[0]):
-        model.zero_grad(set_to_none=True)
-        model(x[i : i + 1])[0].backward()
-        rows.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
-    model.zero_grad(set_to_none=True)
-    return rows
-
-
-def _naive_sq_norms(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {n: torch.stack([r[n].square().sum() for r in rows]) for n in rows[0]}
+DTYPE = oracle.DTYPE
+_make = oracle.make
 
 
 def _record_losses(step: DPSGDStep, model: nn.Module, x: Tensor) -> Tensor:
     with step.record():
         return model(x)
-
-
-@pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
-@pytest.mark.parametrize("batch", [1, 7, 64])
-@pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
-def test_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
-    model, x = _make(kind, batch)
-    expected = _naive_sq_norms(_naive_grads(model, x))
-    step = DPSGDStep(model, 1.0, 0.0, batch, norm_strategy=strategy)
-
-    got = step.per_sample_sq_norms(_record_losses(step, model, x))
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-8, atol=0.0)
-
-    info = step.step(_record_losses(step, model, x))
-    total = torch.stack(list(expected.values())).sum(0).sqrt()
-    torch.testing.assert_close(info["norms"], total, rtol=1e-8, atol=0.0)
-    assert info["batch_size"] == batch
-
-
-def test_auto_strategy_chooses_cheaper_form() -> None:
-    assert dpsgd._choose_strategy(3, 16, 16) == "gram"
-    assert dpsgd._choose_strategy(6, 64, 460) == "gram"
-    assert dpsgd._choose_strategy(50, 4, 3) == "materialise"
-
-
-def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    original = torch.einsum
-
-    def spy(*args: object) -> Tensor:
-        calls.append("materialise")
-        return original(*args)
-
-    monkeypatch.setattr(dpsgd.torch, "einsum", spy)
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(5, 40, 3, dtype=DTYPE, generator=g)  # T=40 uses of a 3->2 layer
-    d = torch.randn(5, 40, 2, dtype=DTYPE, generator=g)
-    auto, _ = linear_sq_norms(h, d, bias=False)
-    assert calls == ["materialise"]
-    gram, _ = linear_sq_norms(h, d, bias=False, strategy="gram")
-    assert calls == ["materialise"]
-    reference = torch.stack([(d[i].T @ h[i]).square().sum() for i in range(5)])
-    torch.testing.assert_close(auto, reference, rtol=1e-12, atol=0.0)
-    torch.testing.assert_close(gram, reference, rtol=1e-12, atol=0.0)
-
-
-@pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
-def test_noise_free_step_equals_hand_clip_and_average(kind: str) -> None:
-    model, x = _make(kind, 23)
-    rows = _naive_grads(model, x)
-    norms = torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows])
-    clip = float(norms.median())
-    assert (norms > clip).any() and (norms < clip).any()
-    expected_batch_size = 17.5  # q * n, deliberately not the realised batch size
-
-    step = DPSGDStep(model, clip, 0.0, expected_batch_size)
-    info = step.step(_record_losses(step, model, x))
-
-    coef = (clip / (norms + 1e-6)).clamp(max=1.0)
-    for name, p in model.named_parameters():
-        by_hand = sum(c * r[name] for c, r in zip(coef, rows, strict=True)) / expected_batch_size
-        torch.testing.assert_close(p.grad, by_hand, rtol=1e-10, atol=1e-14)
-    assert info["clipped_fraction"] == pytest.approx(float((norms > clip).double().mean()))
 
 
 def test_unclipped_step_equals_plain_gradient() -> None:
@@ -343,68 +204,6 @@ def test_invalid_arguments_raise(kwargs: dict) -> None:
 # ---------------------------------------------------------------- clipping variants
 
 
-def _unit_grads(model: nn.Module, row: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-unit squared norms of one row's gradient: module name -> ``(out,)``."""
-    out = {}
-    for name, layer in model.named_modules():
-        if isinstance(layer, nn.Linear):
-            sq = row[f"{name}.weight"].square().sum(1)
-            if layer.bias is not None:
-                sq = sq + row[f"{name}.bias"].square()
-            out[name] = sq
-    return out
-
-
-def _hand_step(
-    model: nn.Module,
-    rows: list[dict[str, Tensor]],
-    clip: float,
-    clipping: str,
-    ebs: float,
-    keep: dict[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Clip-and-average by hand: mask each row, clip it (flat or per unit), sum, divide."""
-    if keep is not None:
-        rows = [{n: g * keep[n] for n, g in r.items()} for r in rows]
-    n_params = sum(p.numel() for p in model.parameters())
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for row in rows:
-        if clipping == "flat":
-            norm = torch.cat([g.flatten() for g in row.values()]).norm()
-            c = (clip / (norm + 1e-6)).clamp(max=1.0)
-            scaled = {n: c * g for n, g in row.items()}
-        else:
-            scaled = {}
-            for name, sq in _unit_grads(model, row).items():
-                layer = layers[name]
-                size = layer.in_features + (layer.bias is not None)
-                bound = clip * math.sqrt(size / n_params)
-                c = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-                scaled[f"{name}.weight"] = c[:, None] * row[f"{name}.weight"]
-                if layer.bias is not None:
-                    scaled[f"{name}.bias"] = c * row[f"{name}.bias"]
-        for n in total:
-            total[n] += scaled[n]
-    return {n: t / ebs for n, t in total.items()}
-
-
-@pytest.mark.parametrize("kind", ["tied", "plain"])
-@pytest.mark.parametrize("batch", [1, 9])
-@pytest.mark.parametrize("strategy", ["gram", "materialise"])
-def test_unit_norms_match_naive_loop(kind: str, batch: int, strategy: str) -> None:
-    model, x = _make(kind, batch)
-    rows = _naive_grads(model, x)
-    step = DPSGDStep(model, 1.0, 0.0, batch, norm_strategy=strategy)
-    got = step.per_sample_unit_sq_norms(_record_losses(step, model, x))
-    expected = [_unit_grads(model, r) for r in rows]
-    assert got.keys() == expected[0].keys()
-    for name, sq in got.items():
-        torch.testing.assert_close(
-            sq, torch.stack([e[name] for e in expected]), rtol=1e-8, atol=0.0
-        )
-
-
 def test_unit_bounds_split_the_budget() -> None:
     model, _ = _make("tied", 1)
     step = DPSGDStep(model, 0.7, 1.0, 4.0, clipping="per_unit")
@@ -417,44 +216,34 @@ def test_unit_bounds_split_the_budget() -> None:
 
 
 @pytest.mark.parametrize("kind", ["tied", "plain", "seq"])
-def test_noise_free_per_unit_step_equals_hand_clip_and_average(kind: str) -> None:
+def test_per_unit_clipping_is_its_own_rule_within_the_flat_bound(kind: str) -> None:
     model, x = _make(kind, 23)
-    rows = _naive_grads(model, x)
-    clip = 0.5 * float(
-        torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows]).median()
-    )
+    rows = oracle.per_row_grads(model, x)
+    clip = 0.5 * float(oracle.row_norms(rows).median())
     step = DPSGDStep(model, clip, 0.0, 17.5, clipping="per_unit")
     info = step.step(_record_losses(step, model, x))
-    hand = _hand_step(model, rows, clip, "per_unit", 17.5)
-    flat = _hand_step(model, rows, clip, "flat", 17.5)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
+    hand = oracle.clip_and_average(model, rows, clip, "per_unit", 17.5)
+    flat = oracle.clip_and_average(model, rows, clip, "flat", 17.5)
     assert not all(torch.allclose(hand[n], flat[n]) for n in hand)  # a different rule
     assert 0.0 < info["clipped_fraction"] < 1.0
     assert step.last_mask_ is None
     # Each clipped row has norm <= sqrt(sum C_u^2) = C: the sensitivity of flat clipping.
     for row in rows:
-        one = _hand_step(model, [row], clip, "per_unit", 1.0)
+        one = oracle.clip_and_average(model, [row], clip, "per_unit", 1.0)
         assert torch.cat([g.flatten() for g in one.values()]).norm() <= clip
 
 
 @pytest.mark.parametrize("kind", ["tied", "plain"])
 @pytest.mark.parametrize("clipping", ["flat", "per_unit"])
-def test_noise_free_sparse_step_equals_hand_clip_and_average(kind: str, clipping: str) -> None:
+def test_sparse_step_drops_whole_units(kind: str, clipping: str) -> None:
     model, x = _make(kind, 15)
-    rows = _naive_grads(model, x)
-    clip = 0.5 * float(
-        torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows]).median()
-    )
-    step = DPSGDStep(model, clip, 0.0, 11.0, generator=torch.Generator().manual_seed(2),
+    step = DPSGDStep(model, 1.0, 0.0, 11.0, generator=torch.Generator().manual_seed(2),
                      clipping=clipping, sparsity=0.5)
     step.step(_record_losses(step, model, x))
     keep = step.last_mask_
     assert keep is not None and keep.keys() == dict(model.named_parameters()).keys()
     assert any(not m.all() for m in keep.values()) and any(m.any() for m in keep.values())
-    hand = _hand_step(model, rows, clip, clipping, 11.0, keep=keep)
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
         assert torch.count_nonzero(p.grad[~keep[name]]) == 0
         if name.endswith("weight"):  # one decision per output unit: weight row + bias entry
             assert torch.equal(keep[name], keep[name][:, :1].expand_as(keep[name]))
@@ -539,9 +328,9 @@ def test_scratch_reuse_across_varying_batch_sizes(clipping: str) -> None:
     step = DPSGDStep(model, 0.8, 0.0, 10.0, clipping=clipping)
     storage = None
     for batch in (12, 5, 12, 9, 1):
-        rows = _naive_grads(model, x[:batch])
+        rows = oracle.per_row_grads(model, x[:batch])
         step.step(_record_losses(step, model, x[:batch]))
-        hand = _hand_step(model, rows, 0.8, clipping, 10.0)
+        hand = oracle.clip_and_average(model, rows, 0.8, clipping, 10.0)
         for name, p in model.named_parameters():
             torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-14)
         buffers = {k: v.data_ptr() for k, v in step._recorder._scratch.items()}
@@ -555,13 +344,13 @@ def test_frozen_weight_or_bias_norms_and_step() -> None:
     model, x = _make("plain", 11)
     model.net[0].weight.requires_grad_(False)
     model.net[2].bias.requires_grad_(False)
-    rows = _naive_grads(model, x)
+    rows = oracle.per_row_grads(model, x)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(r.keys() == trainable for r in rows)
     step = DPSGDStep(model, 1.0, 0.0, 11.0)
     got = step.per_sample_sq_norms(_record_losses(step, model, x))
     assert got.keys() == trainable
-    for name, sq in _naive_sq_norms(rows).items():
+    for name, sq in oracle.sq_norms(rows).items():
         torch.testing.assert_close(got[name], sq, rtol=1e-8, atol=0.0)
     norms = torch.stack([torch.cat([g.flatten() for g in r.values()]).norm() for r in rows])
     clip = float(norms.median())

@@ -45,7 +45,7 @@ def test_round_trip_keeps_values_dtypes_and_categories(mixed_frame, mixed_domain
 
 def test_skeleton_holds_only_declared_values(mixed_frame, mixed_domain):
     layer, *_ = _encoder(mixed_frame, mixed_domain)
-    skeleton = layer.skeleton()
+    skeleton = layer.domain.skeleton()  # what the type layer fits RDT on
     assert set(skeleton["city"].dropna()) == {"Paris", "Lyon", "Nice", "Lille"}
     assert skeleton["age"].min() == 18 and skeleton["age"].max() == 90
     private_values = set(mixed_frame["score"].dropna().round(6))

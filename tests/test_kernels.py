@@ -18,16 +18,16 @@ import torch
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from skdpflow.privacy import kernels
-from skdpflow.privacy.dpsgd import linear_clipped_sum, linear_sq_norms
-from skdpflow.privacy.kernels import (
+from skdpflow.privacy import backends, kernels
+from skdpflow.privacy.backends import (
     linear_clipped_sum_fused,
     linear_sq_norms_fused,
     select_backend,
     triton_available,
 )
+from skdpflow.privacy.norms import linear_clipped_sum, linear_sq_norms, use_major
 
-HAS_TRITON = kernels._import_triton() is not None
+HAS_TRITON = kernels.import_triton() is not None
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
 
@@ -158,7 +158,7 @@ def test_use_major_views_interpreter(per_unit):
     h_store = torch.randn(uses, batch, d_in + 1, generator=generator, dtype=torch.float64)
     d_store = torch.randn(uses, batch, d_out, generator=generator, dtype=torch.float64)
     h, d = h_store[..., :d_in].transpose(0, 1), d_store.transpose(0, 1)
-    assert kernels._use_major(h) and kernels._use_major(d)
+    assert use_major(h) and use_major(d)
     coef = torch.rand((batch, d_out) if per_unit else (batch,), generator=generator,
                       dtype=torch.float64)
     weight_grad, bias_grad = linear_clipped_sum_fused(h, d, coef, backend="triton")
@@ -248,7 +248,7 @@ def test_shape_errors():
 
 
 def test_select_backend_without_triton(monkeypatch):
-    monkeypatch.setattr(kernels, "_import_triton", lambda: None)
+    monkeypatch.setattr(kernels, "import_triton", lambda: None)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     for device in ("cpu", "cuda", torch.device("cuda", 0), torch.zeros(1)):
         assert not triton_available(device)
@@ -259,7 +259,7 @@ def test_select_backend_without_triton(monkeypatch):
 
 
 def test_select_backend_with_triton(monkeypatch):
-    monkeypatch.setattr(kernels, "_import_triton", lambda: object())
+    monkeypatch.setattr(kernels, "import_triton", lambda: object())
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert triton_available("cuda") and not triton_available("cpu")
     assert select_backend("cuda") == "triton"
@@ -281,15 +281,17 @@ def test_select_backend_rejects_unknown():
 
 
 def test_module_imports_without_triton(monkeypatch):
-    """A fresh copy of the module loads, and falls back, where ``import triton`` fails."""
+    """A fresh copy of the module loads, and the backends fall back, where ``import triton`` fails."""
     import importlib.util
 
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise
-    spec = importlib.util.spec_from_file_location("_kernels_copy", kernels.__file__)
+    spec = importlib.util.spec_from_file_location("skdpflow.privacy._kernels_copy",
+                                                  kernels.__file__)
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
-    assert copy._import_triton() is None
-    assert not copy.triton_available("cuda") and copy.select_backend("cuda") == "torch"
+    assert copy.import_triton() is None
+    monkeypatch.setattr(backends, "kernels", copy)
+    assert not triton_available("cuda") and select_backend("cuda") == "torch"
 
 
 @needs_interpreter
@@ -299,7 +301,7 @@ def test_dp_step_with_triton_backend_matches_torch_on_the_flow(monkeypatch):
     from skdpflow.privacy.dpsgd import DPSGDStep
 
     calls = []
-    for name in ("_sq_norms_triton", "_clipped_sum_triton"):
+    for name in ("sq_norms", "clipped_sum"):
         original = getattr(kernels_module, name)
         monkeypatch.setattr(kernels_module, name, lambda *a, _f=original, _n=name: (
             calls.append(_n), _f(*a))[1])
@@ -321,4 +323,4 @@ def test_dp_step_with_triton_backend_matches_torch_on_the_flow(monkeypatch):
     for a, b in zip(grads["torch"][0], grads["triton"][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads["torch"][1], grads["triton"][1], rtol=1e-5, atol=1e-6)
-    assert {"_sq_norms_triton", "_clipped_sum_triton"} <= set(calls)  # the kernels ran
+    assert {"sq_norms", "clipped_sum"} <= set(calls)  # the kernels ran

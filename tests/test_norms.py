@@ -1,16 +1,16 @@
-"""Tests for skdpflow.privacy.norms against a naive one-row-at-a-time backward loop (float64)."""
+"""Edge cases of skdpflow.privacy.norms; the norms and clipped sums of the DP step against the
+per-row reference are the contract of tests/test_clipping_contract.py."""
 
 from __future__ import annotations
 
+import _oracle as oracle
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from skdpflow.privacy import dpsgd
 from skdpflow.privacy.norms import (
     choose_strategy,
     linear_clipped_sum,
-    linear_clipped_sum_,
     linear_sq_norms,
     linear_unit_sq_norms,
 )
@@ -20,57 +20,26 @@ SHAPES = [(1, 1), (3, 7), (7, 3), (16, 16), (5, 40)]  # (in, out)
 
 
 def _random(batch: int, uses: int, d_in: int, d_out: int, seed: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(batch, uses, d_in, dtype=DTYPE, generator=g)
-    d = torch.randn(batch, uses, d_out, dtype=DTYPE, generator=g)
-    return h, d
+    return oracle.random_uses(batch, uses, d_in, d_out, seed)
 
 
-def _naive_grads(h: Tensor, d: Tensor, bias: bool) -> list[tuple[Tensor, Tensor | None]]:
-    """Per-row (weight, bias) gradients of ``L_i = sum_t d_{i,t} . layer(h_{i,t})``."""
-    layer = nn.Linear(h.shape[-1], d.shape[-1], bias=bias).to(DTYPE)
-    rows = []
-    for i in range(h.shape[0]):
-        layer.zero_grad(set_to_none=True)
-        (layer(h[i]) * d[i]).sum().backward()
-        rows.append((layer.weight.grad.clone(), None if not bias else layer.bias.grad.clone()))
-    return rows
-
-
-def _naive_unit_sq(rows: list[tuple[Tensor, Tensor | None]]) -> Tensor:
-    out = []
-    for weight, bias in rows:
-        sq = weight.square().sum(1)
-        out.append(sq if bias is None else sq + bias.square())
-    return torch.stack(out)
+def _rows(h: Tensor, d: Tensor, bias: bool) -> list[tuple[Tensor, Tensor | None]]:
+    """The reference per-row (weight, bias) gradients of ``sum_t d_{i,t} . layer(h_{i,t})``."""
+    model = oracle.LinearUses(h.shape[1], h.shape[2], d.shape[2], bias).to(DTYPE)
+    return [(r["layer.weight"], r.get("layer.bias"))
+            for r in oracle.per_row_grads(model, oracle.pack(h, d))]
 
 
 @pytest.mark.parametrize("uses", [1, 3, 5])
 @pytest.mark.parametrize("d_in, d_out", SHAPES)
-@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
-def test_norms_match_naive_loop(
-    uses: int, d_in: int, d_out: int, bias: bool, strategy: str
-) -> None:
+def test_unit_norms_sum_to_the_flat_norms(uses: int, d_in: int, d_out: int, strategy: str) -> None:
     h, d = _random(6, uses, d_in, d_out, seed=uses * 100 + d_in)
-    rows = _naive_grads(h, d, bias)
-    expected_units = _naive_unit_sq(rows)
-
-    units = linear_unit_sq_norms(h, d, bias, strategy)
+    units = linear_unit_sq_norms(h, d, True, strategy)
     assert units.shape == (6, d_out)
-    torch.testing.assert_close(units, expected_units, rtol=1e-8, atol=0.0)
-
-    weight_sq, bias_sq = linear_sq_norms(h, d, bias, strategy)
-    torch.testing.assert_close(
-        weight_sq, torch.stack([w.square().sum() for w, _ in rows]), rtol=1e-8, atol=0.0
-    )
-    if bias:
-        torch.testing.assert_close(
-            bias_sq, torch.stack([b.square().sum() for _, b in rows]), rtol=1e-8, atol=0.0
-        )
-        torch.testing.assert_close(units.sum(1), weight_sq + bias_sq, rtol=1e-10, atol=0.0)
-    else:
-        assert bias_sq is None
+    weight_sq, bias_sq = linear_sq_norms(h, d, True, strategy)
+    torch.testing.assert_close(units.sum(1), weight_sq + bias_sq, rtol=1e-10, atol=0.0)
+    assert linear_sq_norms(h, d, False, strategy)[1] is None
 
 
 @pytest.mark.parametrize("uses", [1, 3, 5])
@@ -78,7 +47,7 @@ def test_norms_match_naive_loop(
 @pytest.mark.parametrize("per_unit", [False, True])
 def test_clipped_sum_matches_naive_loop(uses: int, d_in: int, d_out: int, per_unit: bool) -> None:
     h, d = _random(7, uses, d_in, d_out, seed=uses + 10 * d_out)
-    rows = _naive_grads(h, d, bias=True)
+    rows = _rows(h, d, bias=True)
     g = torch.Generator().manual_seed(3)
     shape = (7, d_out) if per_unit else (7,)
     coef = torch.rand(shape, dtype=DTYPE, generator=g)
@@ -90,33 +59,6 @@ def test_clipped_sum_matches_naive_loop(uses: int, d_in: int, d_out: int, per_un
     expected_b = sum(c[i] * b for i, (_, b) in enumerate(rows))
     torch.testing.assert_close(weight_grad, expected_w, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(bias_grad, expected_b, rtol=1e-8, atol=1e-12)
-
-
-@pytest.mark.parametrize("uses", [1, 3])
-@pytest.mark.parametrize("d_in, d_out", [(3, 7), (7, 3), (16, 16)])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("per_unit", [False, True])
-def test_in_place_clipped_sum_on_use_major_buffers(
-    uses: int, d_in: int, d_out: int, bias: bool, per_unit: bool
-) -> None:
-    """The book-keeping variant: (T, B, in [+ ones]) and (T, B, out) scratch, scaled in place."""
-    h, d = _random(7, uses, d_in, d_out, seed=uses + d_in + 5 * d_out)
-    rows = _naive_grads(h, d, bias)
-    g = torch.Generator().manual_seed(4)
-    coef = torch.rand((7, d_out) if per_unit else (7,), dtype=DTYPE, generator=g)
-    h_store = torch.ones(uses, 7, d_in + bias, dtype=DTYPE)
-    h_store[..., :d_in] = h.transpose(0, 1)
-    d_store = d.transpose(0, 1).contiguous()
-
-    weight_grad, bias_grad = linear_clipped_sum_(h_store, d_store, coef, bias)
-    c = coef if per_unit else coef[:, None].expand(7, d_out)
-    expected_w = sum(c[i][:, None] * w for i, (w, _) in enumerate(rows))
-    torch.testing.assert_close(weight_grad, expected_w, rtol=1e-8, atol=1e-12)
-    if bias:
-        expected_b = sum(c[i] * b for i, (_, b) in enumerate(rows))
-        torch.testing.assert_close(bias_grad, expected_b, rtol=1e-8, atol=1e-12)
-    else:
-        assert bias_grad is None
 
 
 @pytest.mark.parametrize("strategy", ["gram", "materialise"])
@@ -147,7 +89,9 @@ def test_cost_model_picks_cheaper_form() -> None:
     assert choose_strategy(6, 64, 437) == "gram"  # its output layer
     assert choose_strategy(40, 5, 3) == "materialise"
     assert choose_strategy(1, 1, 1) == "materialise"  # T = 1 uses Goodfellow's rule anyway
-    assert dpsgd._choose_strategy is choose_strategy
+    assert choose_strategy(3, 16, 16) == "gram"
+    assert choose_strategy(6, 64, 460) == "gram"
+    assert choose_strategy(50, 4, 3) == "materialise"
 
 
 def test_unknown_strategy_raises() -> None:
@@ -179,9 +123,9 @@ def test_gram_rounding_never_gives_negative_norms() -> None:
     raw = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum((1, 2))
     assert (raw < 0).any()
 
-    rows = _naive_grads(h.double(), d.double(), bias=True)
+    rows = _rows(h.double(), d.double(), bias=True)
     expected_w = torch.stack([w.square().sum() for w, _ in rows])
-    expected_units = _naive_unit_sq(rows)
+    expected_units = torch.stack([w.square().sum(1) + b.square() for w, b in rows])
     # float32 error of a sum whose terms are |h|^2 |d|^2: relative to that scale.
     scale = float((h.square().sum((1, 2)) * d.square().sum((1, 2))).max())
     for strategy in ("gram", "auto"):
@@ -191,3 +135,24 @@ def test_gram_rounding_never_gives_negative_norms() -> None:
             assert (sq >= 0).all() and sq.sqrt().isfinite().all()
         torch.testing.assert_close(weight_sq.double(), expected_w, rtol=0, atol=1e-5 * scale)
         torch.testing.assert_close(units.double(), expected_units, rtol=0, atol=1e-5 * scale)
+
+
+def test_both_branches_run_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    original = torch.einsum
+
+    def spy(*args: object) -> Tensor:
+        calls.append("materialise")
+        return original(*args)
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(5, 40, 3, dtype=DTYPE, generator=g)  # T=40 uses of a 3->2 layer
+    d = torch.randn(5, 40, 2, dtype=DTYPE, generator=g)
+    auto, _ = linear_sq_norms(h, d, bias=False)
+    assert calls == ["materialise"]
+    gram, _ = linear_sq_norms(h, d, bias=False, strategy="gram")
+    assert calls == ["materialise"]
+    reference = torch.stack([(d[i].T @ h[i]).square().sum() for i in range(5)])
+    torch.testing.assert_close(auto, reference, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(gram, reference, rtol=1e-12, atol=0.0)

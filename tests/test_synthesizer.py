@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 
@@ -19,6 +21,7 @@ from skdpflow import (
     NotFittedError,
     PrivacyBudgetError,
 )
+from skdpflow._validation import generate_invalid_values
 from skdpflow.privacy.ledger import PrivacyLedger
 
 FAST = dict(epochs=2, batch_size=64, n_stages=3, hidden_size=16, verbose=False)
@@ -44,18 +47,58 @@ def test_init_stores_parameters_unchanged_and_clones():
     assert copy.epsilon == 0.5 and synth.epsilon == 3.0
 
 
-@pytest.mark.parametrize("name, value", [
-    ("epsilon", -1.0), ("epsilon", 0), ("delta", 0.0), ("delta", 1.5), ("epochs", 0),
-    ("batch_size", 0), ("batch_size", 2.5), ("learning_rate", -1e-3), ("max_grad_norm", 0),
-    ("n_stages", 0), ("hidden_size", 0), ("n_bins", 1), ("marginals_fraction", 1.0),
-    ("accountant", "gdp"), ("device", "tpu"), ("random_state", "seed"), ("verbose", 2),
-    ("clipping", "per_layer"), ("clipping", None), ("sparsity", 1.0), ("sparsity", -0.1),
-    ("sparsity", "half"),
-])
-def test_each_bad_hyperparameter_raises_with_its_name(mixed_frame, name, value):
-    synth = DPFlowSynthesizer(**{name: value})
-    with pytest.raises((ValueError, TypeError), match=f"'{name}' parameter"):
-        synth.fit(mixed_frame)
+INVALID = [(name, value) for name, constraint in DPFlowSynthesizer._parameter_constraints.items()
+           for value in generate_invalid_values(constraint)]
+
+
+def _fit_python(frame: pd.DataFrame, name: str, value: object, tmp_path) -> None:
+    DPFlowSynthesizer(**{name: value}).fit(frame)
+
+
+def _fit_sdv(frame: pd.DataFrame, name: str, value: object, tmp_path) -> None:
+    pytest.importorskip("sdv")
+    from sdv.metadata import Metadata
+
+    from skdpflow.sdv import SDV_MAJOR, DPFlowSDVSynthesizer
+
+    metadata = Metadata()
+    metadata.add_table("t")
+    metadata.add_column("age", table_name="t", sdtype="numerical")
+    data = frame[["age"]]
+    DPFlowSDVSynthesizer(metadata, **{name: value}).fit(data if SDV_MAJOR < 2 else {"t": data})
+
+
+def _fit_cli(frame: pd.DataFrame, name: str, value: object, tmp_path) -> None:
+    from skdpflow.cli import main
+
+    if name == "verbose" or value is None or isinstance(value, bool):
+        pytest.skip("not a value a command line can hold")
+    flag = _flag(name)
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(["fit", str(tmp_path / "data.csv"), "-o", str(tmp_path / "m"),
+                         "--quiet", flag, str(value)])
+        except SystemExit as exc:  # argparse: not an int, not a choice
+            code = exc.code
+    assert code == 2 and not (tmp_path / "m").exists()  # refused as a usage error
+    raise ValueError(err.getvalue())
+
+
+def _flag(name: str) -> str:
+    return "--seed" if name == "random_state" else f"--{name.replace('_', '-')}"
+
+
+@pytest.mark.parametrize("frontend", [_fit_python, _fit_sdv, _fit_cli],
+                         ids=["python", "sdv", "cli"])
+@pytest.mark.parametrize("name, value", INVALID)
+def test_each_invalid_hyperparameter_is_refused_by_every_frontend(mixed_frame, tmp_path,
+                                                                  frontend, name, value):
+    """Invalid values generated from the constraint table, for Python, SDV and the CLI."""
+    names = f"'{name}' parameter|argument {_flag(name)}:"
+    with pytest.raises((ValueError, TypeError), match=names):
+        frontend(mixed_frame, name, value, tmp_path)
 
 
 def test_delta_must_be_below_one_over_n(mixed_frame, mixed_domain):

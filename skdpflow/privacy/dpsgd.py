@@ -33,39 +33,19 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
+from .backends import backend_for
 from .clipping import (
-    NORM_EPS,
     Clipping,
     clip_coefficients,
     draw_unit_masks,
     parameter_masks,
     unit_bounds,
 )
-from .kernels import linear_clipped_sum_fused, linear_sq_norms_fused, select_backend
-from .norms import (
-    NormStrategy,
-    choose_strategy,
-    linear_clipped_sum,
-    linear_clipped_sum_,
-    linear_sq_norms,
-    linear_unit_sq_norms,
-)
+from .norms import NormStrategy, linear_unit_sq_norms
 from .randomness import PrivacyNoise, SecureNoise
 from .recording import LayerRecord, LinearRecorder, linear_layers
 
-__all__ = [
-    "NORM_EPS",
-    "Clipping",
-    "DPSGDStep",
-    "NormStrategy",
-    "linear_clipped_sum",
-    "linear_sq_norms",
-    "linear_unit_sq_norms",
-    "poisson_batches",
-]
-
-# Kept for callers of the old private name; the rule lives in norms.py.
-_choose_strategy = choose_strategy
+__all__ = ["DPSGDStep", "poisson_batches"]
 
 Records = dict[nn.Linear, LayerRecord]
 
@@ -160,7 +140,8 @@ class DPSGDStep:
         Tests may pass a :class:`~skdpflow.privacy.randomness.SeededNoise`.
     backend : {"auto", "torch", "triton"}, default="auto"
         Flat per-row norms and clipped sums by the fused Triton kernels
-        (:mod:`.kernels`) or by torch. ``"auto"`` takes Triton on CUDA when it is
+        (:mod:`.kernels`) or by torch, chosen once, here, for the parameters' device
+        (:func:`.backends.select_backend`). ``"auto"`` takes Triton on CUDA when it is
         installed, torch otherwise; both give the same results to float tolerance.
 
     Attributes
@@ -177,6 +158,8 @@ class DPSGDStep:
     ------
     TypeError
         If a module other than ``nn.Linear`` owns a trainable parameter.
+    RuntimeError
+        If ``backend="triton"`` but the kernels cannot run on the parameters' device.
     """
 
     def __init__(
@@ -227,6 +210,8 @@ class DPSGDStep:
             for layer, bound in zip(self.layers_, self._bounds, strict=True)
         }
         self.last_mask_: dict[str, Tensor] | None = None
+        device = self.layers_[0].weight.device if self.layers_ else torch.device("cpu")
+        self._backend = backend_for(device, backend)
         self._recorder = LinearRecorder(self.layers_)
 
     # ------------------------------------------------------------------ recording
@@ -362,10 +347,6 @@ class DPSGDStep:
         return masks
 
     # ------------------------------------------------------------------ per layer
-    def _use_triton(self, record: LayerRecord) -> bool:
-        """Fused Triton kernels on CUDA (``backend="auto"``), torch everywhere else."""
-        return select_backend(record.d.device, self.backend) == "triton"
-
     def _layer_sq_norms(
         self, layer: nn.Linear, record: LayerRecord | None, like: Tensor
     ) -> tuple[Tensor, Tensor | None]:
@@ -373,11 +354,7 @@ class DPSGDStep:
         if record is None:  # layer unused in this forward pass
             zeros = like.new_zeros(like.shape[0]).detach()
             return zeros, zeros if layer.bias is not None and layer.bias.requires_grad else None
-        if self._use_triton(record):
-            return linear_sq_norms_fused(
-                record.inputs, record.grads, record.bias, backend="triton"
-            )
-        return linear_sq_norms(record.inputs, record.grads, record.bias, self.norm_strategy)
+        return self._backend.sq_norms(record, self.norm_strategy)
 
     def _unit_sq_norms(
         self, layer: nn.Linear, record: LayerRecord | None, like: Tensor
@@ -440,13 +417,8 @@ class DPSGDStep:
             if record is None:
                 weight_grad = torch.zeros_like(layer.weight)
                 bias_grad = None if layer.bias is None else torch.zeros_like(layer.bias)
-            elif self._use_triton(record):
-                weight_grad, bias_grad = linear_clipped_sum_fused(
-                    record.inputs, record.grads, layer_coef, backend="triton")
             else:
-                # The scratch buffers are not needed after this: scaled in place.
-                weight_grad, bias_grad = linear_clipped_sum_(
-                    record.h, record.d, layer_coef, record.bias)
+                weight_grad, bias_grad = self._backend.clipped_sum(record, layer_coef)
             for p, grad in zip((layer.weight, layer.bias), (weight_grad, bias_grad), strict=True):
                 if p is not None and p.requires_grad:
                     summed[p] = grad.to(p.dtype)

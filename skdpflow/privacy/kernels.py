@@ -3,25 +3,22 @@
 Two computations of fast DP-SGD (see :mod:`skdpflow.privacy.norms`) run as single fused
 kernels on CUDA:
 
-* :func:`linear_sq_norms_fused`: each row's squared weight-gradient norm in Gram form,
+* :func:`sq_norms`: each row's squared weight-gradient norm in Gram form,
   ``sum_{t,s} (d_t . d_s)(h_t . h_s)``, and bias norm ``|sum_t d_t|^2``. One program per row
   builds the ``T x T`` Gram tiles in registers and reduces them at once: no ``(B, T, T)``
   intermediate reaches global memory. The Gram sum mixes signs, so the kernel clamps it at 0
   (rounding could take a ~0 norm below 0, and its square root to NaN).
-* :func:`linear_clipped_sum_fused`: ``sum_i c_i sum_t d_{i,t} h_{i,t}^T`` ``(out, in)`` and the
-  bias ``sum_i c_i sum_t d_{i,t}``: a tiled ``(B*T, out)^T x (B*T, in)`` matmul with the clip
+* :func:`clipped_sum`: ``sum_i c_i sum_t d_{i,t} h_{i,t}^T`` ``(out, in)`` and the bias
+  ``sum_i c_i sum_t d_{i,t}``: a tiled ``(B*T, out)^T x (B*T, in)`` matmul with the clip
   coefficient applied as the ``D`` tile is loaded (and split over the ``B*T`` rows so that
   small layers still fill the GPU). ``coef`` may be ``(B,)`` (flat clipping) or ``(B, out)``
   (one coefficient per row and output unit).
 
 Triton is an optional dependency (``pip install skdpflow[gpu]``) and is imported lazily:
-this module imports without it. The pure-torch functions
-(:func:`~skdpflow.privacy.norms.linear_sq_norms`,
-:func:`~skdpflow.privacy.norms.linear_clipped_sum`) are the fallback, chosen automatically by
-:func:`select_backend` on CPU or when Triton is missing. Both paths compute the same sums in
-a different order, so they agree to floating-point tolerance (float32: about 1e-6 relative;
-float64: about 1e-14), not bit for bit. Accumulation is in float32 for float32/16/bfloat16
-inputs (``tl.dot`` in exact IEEE mode, never TF32) and in float64 for float64 inputs.
+this module imports without it. Which backend runs, and the checks on the arguments, are
+:mod:`.backends`' business; the functions here assume non-empty, well-shaped inputs on a
+device Triton can run on. Accumulation is in float32 for float32/16/bfloat16 inputs
+(``tl.dot`` in exact IEEE mode, never TF32) and in float64 for float64 inputs.
 
 On CPU the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` is set before
 Triton is imported: slow, for tests only.
@@ -32,25 +29,18 @@ from __future__ import annotations
 import functools
 import os
 from types import SimpleNamespace
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "Backend",
-    "linear_clipped_sum_fused",
-    "linear_sq_norms_fused",
-    "select_backend",
-    "triton_available",
-]
+from .norms import use_major
 
-Backend = Literal["triton", "torch"]
+__all__ = ["clipped_sum", "import_triton", "interpreting", "sq_norms"]
 
 
 # ---------------------------------------------------------------------------- availability
 @functools.cache
-def _import_triton():
+def import_triton():
     """The ``triton`` module, or None when it does not import (cached)."""
     try:
         import triton
@@ -60,83 +50,9 @@ def _import_triton():
     return triton
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET=1`` (Triton's CPU interpreter) is set."""
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _as_device(device: torch.device | str | Tensor) -> torch.device:
-    if isinstance(device, Tensor):
-        return device.device
-    return torch.device(device)
-
-
-def triton_available(device: torch.device | str | Tensor) -> bool:
-    """Whether the Triton kernels can run on ``device``.
-
-    True only when ``triton`` imports and either ``device`` is a CUDA device or the
-    environment variable ``TRITON_INTERPRET`` is ``"1"`` (Triton's CPU interpreter, which
-    must be set before Triton is first imported).
-
-    Parameters
-    ----------
-    device : torch.device, str or Tensor
-        The device (or a tensor on it) the computation would run on.
-    """
-    if _import_triton() is None:
-        return False
-    return _as_device(device).type == "cuda" or _interpreting()
-
-
-def select_backend(
-    device: torch.device | str | Tensor, prefer: Literal["auto", "triton", "torch"] = "auto"
-) -> Backend:
-    """Choose the implementation of the norm and clipped-sum computations.
-
-    Parameters
-    ----------
-    device : torch.device, str or Tensor
-        Where the computation runs.
-    prefer : {"auto", "triton", "torch"}, default="auto"
-        ``"auto"``: ``"triton"`` on CUDA when Triton is available, ``"torch"`` otherwise
-        (including CPU under the interpreter, which is far slower than torch).
-        ``"triton"``: the kernels, which must be available (:func:`triton_available`).
-        ``"torch"``: always the pure-torch path.
-
-    Returns
-    -------
-    {"triton", "torch"}
-
-    Raises
-    ------
-    RuntimeError
-        If ``prefer="triton"`` but the kernels cannot run on ``device``.
-    ValueError
-        If ``prefer`` is not one of the above.
-    """
-    if prefer == "torch":
-        return "torch"
-    if prefer == "auto":
-        is_cuda = _as_device(device).type == "cuda"
-        return "triton" if is_cuda and triton_available(device) else "torch"
-    if prefer == "triton":
-        if triton_available(device):
-            return "triton"
-        reason = (
-            "triton is not installed (pip install 'skdpflow[gpu]')"
-            if _import_triton() is None
-            else f"device {_as_device(device)} is not CUDA and TRITON_INTERPRET is not '1'"
-        )
-        raise RuntimeError(f"Triton kernels requested but unavailable: {reason}.")
-    raise ValueError(f"prefer must be 'auto', 'triton' or 'torch', got {prefer!r}.")
-
-
-def _torch_functions():
-    """The pure-torch reference functions (imported lazily: no import cycle with dpsgd)."""
-    try:
-        from .norms import linear_clipped_sum, linear_sq_norms
-    except ImportError:  # layout before the norms module existed
-        from .dpsgd import linear_clipped_sum, linear_sq_norms
-    return linear_sq_norms, linear_clipped_sum
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -144,7 +60,7 @@ def _torch_functions():
 def _kernels(interpret: bool) -> SimpleNamespace:
     """Define the jitted kernels (once per interpreter mode; needs triton)."""
     del interpret  # only part of the cache key: triton.jit reads TRITON_INTERPRET
-    triton = _import_triton()
+    triton = import_triton()
     if triton is None:
         raise RuntimeError("triton is not installed (pip install 'skdpflow[gpu]').")
     tl = triton.language
@@ -297,24 +213,15 @@ class _NullContext:
         return None
 
 
-def _check_shapes(inputs: Tensor, grads: Tensor) -> None:
-    if inputs.ndim != 3 or grads.ndim != 3 or inputs.shape[:2] != grads.shape[:2]:
-        raise ValueError(
-            f"inputs (B, T, in) and grads (B, T, out) must share B and T, got "
-            f"{tuple(inputs.shape)} and {tuple(grads.shape)}."
-        )
-    if inputs.device != grads.device:
-        raise ValueError(f"inputs on {inputs.device} but grads on {grads.device}.")
-
-
-def _sq_norms_triton(inputs: Tensor, grads: Tensor, bias: bool) -> tuple[Tensor, Tensor | None]:
+def sq_norms(inputs: Tensor, grads: Tensor, bias: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-row squared norms ``(B,)`` of weight and bias gradients (Gram form, one program per row)."""
     batch, uses, d_in = inputs.shape
     d_out = grads.shape[2]
     dtype = torch.promote_types(inputs.dtype, grads.dtype)
     acc = _acc_dtype(dtype)
     weight_sq = torch.empty(batch, dtype=acc, device=inputs.device)
     bias_sq = torch.empty(batch, dtype=acc, device=inputs.device) if bias else weight_sq
-    ns = _kernels(_interpreting())
+    ns = _kernels(interpreting())
     block_t = min(_next_pow2(uses), 16)
     # Keep the (BLOCK_T, BLOCK_T, BLOCK_K) register tile at about 4096 elements.
     block_k = max(16, min(_next_pow2(max(d_in, d_out)), 4096 // (block_t * block_t)))
@@ -330,27 +237,20 @@ def _sq_norms_triton(inputs: Tensor, grads: Tensor, bias: bool) -> tuple[Tensor,
     return weight_sq.to(dtype), bias_sq.to(dtype) if bias else None
 
 
-def _use_major(x: Tensor) -> bool:
-    """Whether ``(B, T, f)`` views ``(T, B, f)`` storage whose ``T B`` rows merge into one."""
-    if x.shape[0] <= 1 or x.shape[1] <= 1:
-        return False
-    stride_b, stride_t, stride_f = x.stride()
-    return stride_f == 1 and stride_t == x.shape[0] * stride_b
-
-
 def _n_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 1  # the interpreter runs programs one after another: few programs
 
 
-def _clipped_sum_triton(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+def clipped_sum(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_i c_i G_i`` ``(out, in)`` and the bias sum ``(out,)``: one tiled matmul over ``B*T`` rows."""
     batch, uses, d_in = inputs.shape
     d_out = grads.shape[2]
     dtype = torch.promote_types(inputs.dtype, grads.dtype)
     acc = _acc_dtype(dtype)
     rows = batch * uses
-    if _use_major(inputs) and _use_major(grads):
+    if use_major(inputs) and use_major(grads):
         # Row r is (use r // B, row r % B): the book-keeping buffers' layout, read in place.
         h = inputs.transpose(0, 1).reshape(rows, d_in)
         d = grads.transpose(0, 1).reshape(rows, d_out)
@@ -363,7 +263,7 @@ def _clipped_sum_triton(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Te
         c_strides = (coef.stride(0), 0)
     else:
         c_strides = coef.stride()
-    ns = _kernels(_interpreting())
+    ns = _kernels(interpreting())
     if acc == torch.float64:
         block_o, block_i, block_r = 32, 32, 16
     else:
@@ -386,85 +286,3 @@ def _clipped_sum_triton(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Te
             ACC=_tl_dtype(ns, acc), BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_R=block_r,
         )
     return weight.sum(0).to(dtype), bias.sum(0).to(dtype)
-
-
-# ---------------------------------------------------------------------------- dispatch
-def linear_sq_norms_fused(
-    inputs: Tensor,
-    grads: Tensor,
-    bias: bool,
-    backend: Literal["auto", "triton", "torch"] = "auto",
-) -> tuple[Tensor, Tensor | None]:
-    """Per-row squared gradient norms of a linear layer used T times per row.
-
-    Same semantics and return types as :func:`~skdpflow.privacy.norms.linear_sq_norms`:
-    ``|G_i|^2 = sum_{t,s} (d_t . d_s)(h_t . h_s)`` and bias ``|sum_t d_t|^2``. The Triton
-    kernel always uses the Gram form (its ``T x T`` tiles never leave registers); the torch
-    fallback picks its own strategy. Results agree to floating-point tolerance.
-
-    Parameters
-    ----------
-    inputs : Tensor
-        Layer inputs ``h``, shape ``(B, T, in)``.
-    grads : Tensor
-        Output gradients ``d``, shape ``(B, T, out)``.
-    bias : bool
-        Whether to return the bias norms too.
-    backend : {"auto", "triton", "torch"}, default="auto"
-        Passed to :func:`select_backend` as ``prefer``.
-
-    Returns
-    -------
-    weight_sq : Tensor
-        Shape ``(B,)``.
-    bias_sq : Tensor or None
-        Shape ``(B,)``, or None when ``bias`` is False.
-    """
-    _check_shapes(inputs, grads)
-    if select_backend(inputs.device, backend) == "torch" or 0 in inputs.shape or 0 in grads.shape:
-        return _torch_functions()[0](inputs, grads, bias)
-    return _sq_norms_triton(inputs, grads, bias)
-
-
-def linear_clipped_sum_fused(
-    inputs: Tensor,
-    grads: Tensor,
-    coef: Tensor,
-    backend: Literal["auto", "triton", "torch"] = "auto",
-) -> tuple[Tensor, Tensor]:
-    """Sum of per-row gradients scaled by ``coef``, without per-row gradients.
-
-    Same semantics and return types as :func:`~skdpflow.privacy.norms.linear_clipped_sum`:
-    ``sum_i c_i sum_t d_{i,t} h_{i,t}^T`` and ``sum_i c_i sum_t d_{i,t}``; with ``coef`` of
-    shape ``(B, out)``, unit j of row i is scaled by ``c_{i,j}``. Results agree with the
-    torch fallback to floating-point tolerance.
-
-    Parameters
-    ----------
-    inputs : Tensor
-        Shape ``(B, T, in)``.
-    grads : Tensor
-        Shape ``(B, T, out)``.
-    coef : Tensor
-        Clip coefficients, shape ``(B,)`` or ``(B, 1)`` (one per row) or ``(B, out)``.
-    backend : {"auto", "triton", "torch"}, default="auto"
-        Passed to :func:`select_backend` as ``prefer``.
-
-    Returns
-    -------
-    weight_grad : Tensor
-        Shape ``(out, in)``.
-    bias_grad : Tensor
-        Shape ``(out,)``.
-    """
-    _check_shapes(inputs, grads)
-    batch, d_out = inputs.shape[0], grads.shape[2]
-    if coef.shape not in ((batch,), (batch, 1), (batch, d_out)):
-        raise ValueError(
-            f"coef must have shape (B,), (B, 1) or (B, out), got {tuple(coef.shape)}."
-        )
-    if select_backend(inputs.device, backend) == "torch" or 0 in inputs.shape or 0 in grads.shape:
-        return _torch_functions()[1](inputs, grads, coef)
-    if coef.device != inputs.device:
-        raise ValueError(f"coef on {coef.device} but inputs on {inputs.device}.")
-    return _clipped_sum_triton(inputs, grads, coef)

@@ -34,6 +34,7 @@ __all__ = [
     "linear_clipped_sum_",
     "linear_sq_norms",
     "linear_unit_sq_norms",
+    "use_major",
 ]
 
 NormStrategy = Literal["auto", "gram", "materialise"]
@@ -184,7 +185,7 @@ def linear_clipped_sum(inputs: Tensor, grads: Tensor, coef: Tensor) -> tuple[Ten
         else:
             left, right = grads * coef[:, None, None], inputs
         bias_grad = coef @ grads.sum(1)
-    if _use_major(left) and _use_major(right):
+    if use_major(left) and use_major(right):
         # Use-major views (as :mod:`.recording` hands them over): reshape would copy them.
         left, right = left.transpose(0, 1), right.transpose(0, 1)
     weight_grad = _outer_sum(left.reshape(-1, d_out), right.reshape(-1, d_in))
@@ -243,6 +244,14 @@ def _outer_sum(left: Tensor, right: Tensor) -> Tensor:
     return left.T @ right
 
 
-def _use_major(x: Tensor) -> bool:
-    """Whether ``(B, T, f)`` is a view of a contiguous ``(T, B, f)`` (rows summed in any order)."""
-    return not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+def use_major(x: Tensor) -> bool:
+    """Whether ``(B, T, f)`` views ``(T, B, f)`` storage whose ``T B`` rows merge into one.
+
+    Then ``x.transpose(0, 1).reshape(T * B, f)`` is a view: the layout :mod:`.recording`
+    hands over (a column slice of its scratch included), read in place by the torch matmul
+    and the Triton kernel alike.
+    """
+    if x.shape[0] <= 1 or x.shape[1] <= 1:
+        return False
+    stride_b, stride_t, stride_f = x.stride()
+    return stride_f == 1 and stride_t == x.shape[0] * stride_b
