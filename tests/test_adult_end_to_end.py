@@ -30,7 +30,10 @@ def adult_fit():
     rng = np.random.default_rng(0)
     holdout = rng.random(len(data)) < 0.3
     train, test = data[~holdout].reset_index(drop=True), data[holdout].reset_index(drop=True)
-    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-5, epochs=3, random_state=0, verbose=False)
+    # Default schedule: the privacy noise is secret (not seeded), so the thresholds below must
+    # hold for every draw. Over 6 benchmark seeds the AUROC was 0.857 (sd 0.013): 0.80 is
+    # more than 4 sd below.
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-5, random_state=0, verbose=False)
     synth.fit(train, domain=load_demo_domain())
     return synth, train, test
 
