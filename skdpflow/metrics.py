@@ -166,7 +166,9 @@ def quality_score(real: pd.DataFrame, other: pd.DataFrame,
     ImportError
         If SDMetrics is not installed (``pip install skdpflow[bench]``).
     """
-    from sdmetrics.reports.single_table import QualityReport
+    with warnings.catch_warnings():  # its deprecation notice; the numbers are the benchmark's
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
 
     kinds = kinds or column_kinds(real)
     sdtypes = {"numerical": "numerical", "datetime": "datetime"}
