@@ -69,8 +69,12 @@ def labels(series: pd.Series) -> pd.Series:
         except TypeError:
             return str(value)
 
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)  # each value once
-    names = np.array([one(v) for v in uniques] + [MISSING], dtype=object)
+    # each distinct value named once; as text first, since factorize holds True == 1
+    keys = series.astype(str) if series.dtype == object else series
+    codes, _ = pd.factorize(keys.where(series.notna()), use_na_sentinel=True)
+    present, first = np.unique(codes, return_index=True)
+    values = series.to_numpy()[first[present >= 0]]
+    names = np.array([one(v) for v in values] + [MISSING], dtype=object)
     return pd.Series(names[codes], index=series.index, name=series.name, dtype=object)
 
 
