@@ -182,7 +182,7 @@ def quality_score(real: pd.DataFrame, other: pd.DataFrame,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report.generate(real, other[list(real.columns)], metadata, verbose=False)
-    return float(report.get_score())
+        return float(report.get_score())  # NaN for one column: no pair trends
 
 
 def is_classification(real: pd.DataFrame, target: str, kinds: dict[str, str]) -> bool:
