@@ -132,8 +132,9 @@ def marginal_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: 
 
 def mean_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int = 20,
              kinds: dict[str, str] | None = None) -> float:
-    """Mean of :func:`marginal_tvd` over all column sets of that order."""
-    return float(np.mean(list(marginal_tvd(real, other, order, bins, kinds).values())))
+    """Mean of :func:`marginal_tvd` over all column sets of that order (NaN if none)."""
+    values = list(marginal_tvd(real, other, order, bins, kinds).values())
+    return float(np.mean(values)) if values else float("nan")
 
 
 def cramers_v(a: pd.Series, b: pd.Series) -> float:
