@@ -42,7 +42,7 @@ th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f2f2f2}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:.8rem}
 figure{margin:0}figure img{width:100%;height:auto}img.wide{max-width:100%;height:auto}
-.note{color:#555;font-style:italic}td.text{text-align:left}
+.note{color:#555;font-style:italic}td.text,th.text{text-align:left}
 """
 
 
@@ -99,8 +99,9 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def _table(frame: pd.DataFrame, index_name: str = "") -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in [index_name or frame.index.name or ""]
-                   + list(frame.columns))
+    text = [False] + [frame[c].dtype == object for c in frame.columns]
+    head = "".join(f"<th{' class=text' if t else ''}>{_e(c)}</th>" for c, t in zip(
+        [index_name or frame.index.name or ""] + list(frame.columns), text))
     rows = "".join("<tr><td>" + _e(idx) + "</td>"
                    + "".join(_cell(v) for v in row) + "</tr>"
                    for idx, row in zip(frame.index, frame.itertuples(index=False)))
