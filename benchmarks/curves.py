@@ -32,7 +32,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +46,18 @@ def load(name: str, rows: int, test_rows: int) -> tuple[pd.DataFrame, pd.DataFra
     """Train and test rows of one table, subsampled with a fixed seed, and its target."""
     spec = json.loads((DATA / "datasets.json").read_text())[name]
     files = spec["files"]
-    read = lambda key: _typed(pd.read_csv(DATA / files[key]["path"]), spec)  # noqa: E731
+    def read(key: str) -> pd.DataFrame:
+        return _typed(pd.read_csv(DATA / files[key]["path"]), spec)
+
+    def sub(df: pd.DataFrame, n: int) -> pd.DataFrame:
+        return df.sample(min(n, len(df)), random_state=0).reset_index(drop=True)
+
     if "train" in files:
         train, test = read("train"), read("test")
     else:
         everything = read("all").sample(frac=1, random_state=0).reset_index(drop=True)
         cut = max(len(everything) - test_rows, len(everything) * 2 // 3)
         train, test = everything.iloc[:cut], everything.iloc[cut:]
-    sub = lambda df, n: df.sample(min(n, len(df)), random_state=0).reset_index(drop=True)  # noqa: E731
     return sub(train, rows), sub(test, test_rows), spec["target"]
 
 
@@ -168,8 +171,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    key = lambda r: (r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"])  # noqa: E731
-    seen = {key(r) for r in done}
+    seen = {(r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"]) for r in done}
     for name in args.datasets:
         for eps in args.epsilons:
             for seed in args.seeds:

@@ -27,8 +27,8 @@ __all__ = [
     "marginal_tvd",
     "mean_tvd",
     "quality_score",
-    "tstr_scores",
     "tstr_floor",
+    "tstr_scores",
 ]
 
 # The level a missing value takes in a discretised column.

@@ -73,9 +73,9 @@ def render_html(result: EvaluationResult) -> str:
     meta = (f"{n['real']:,} real rows, {n['synthetic']:,} synthetic rows"
             + (f", {n['test']:,} test rows" if n.get("test") else "")
             + (f", target <code>{_e(result.target)}</code>" if result.target else ""))
+    flag, rest = CAUTION.split(":", 1)
     body = [f"<h1>skdpflow evaluation report</h1><p class='meta'>{meta}</p>",
-            f"<p class='caution' id='caution'><strong>{_e(CAUTION.split(':')[0])}:</strong>"
-            f"{_e(CAUTION.split(':', 1)[1])}</p>"]
+            f"<p class='caution' id='caution'><strong>{_e(flag)}:</strong>{_e(rest)}</p>"]
     parts = {"summary": _summary, "tstr": _tstr, "columns": _columns,
              "association": _association, "privacy": _privacy}
     for key, heading in SECTIONS:
@@ -241,10 +241,10 @@ def _privacy_lines(report: dict) -> list[str]:
     if not report["private"]:
         lines = ["NOT PRIVATE: epsilon = inf (no clipping, no noise, exact marginals)."]
     else:
-        lines = [f"({report['epsilon_spent']:.4f}, {report['delta_spent']:.3g})-DP for one "
-                 f"row, accountant {report['accountant']} (target epsilon "
-                 f"{report['target_epsilon']:g}); the epsilon spent is recomputed from the "
-                 "recorded releases."]
+        lines = [(f"({report['epsilon_spent']:.4f}, {report['delta_spent']:.3g})-DP for one "
+                  f"row, accountant {report['accountant']} (target epsilon "
+                  f"{report['target_epsilon']:g}); the epsilon spent is recomputed from the "
+                  "recorded releases.")]
     domain = report.get("domain", {})
     if domain.get("read_from_data_not_private"):
         lines.append("WARNING: domain read from the data, not covered by the guarantee: "
