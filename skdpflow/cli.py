@@ -296,10 +296,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     inputs = [p for p in (args.real, args.synthetic, args.test, args.domain, args.model) if p]
     if args.output is not None:
         check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
-        from .report import MissingDependencyError, _matplotlib
+        from .report import MissingDependencyError, require_matplotlib
 
         try:  # before any work: the report could not be drawn
-            _matplotlib()
+            require_matplotlib()
         except MissingDependencyError as exc:
             raise UsageError(f"-o {args.output}: {exc}.") from None
     model = None
@@ -313,8 +313,7 @@ def _evaluate(args: argparse.Namespace) -> int:
               for p in (args.real, args.synthetic, args.test)]
     result = evaluate(*tables[:2], test=tables[2], target=args.target, domain=domain,
                       model=model)
-    with pd.option_context("display.width", 120):
-        print(result.summary())
+    print(result.summary())
     if args.output is not None:
         text = result.to_html()
         atomic_write(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))

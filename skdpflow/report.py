@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .evaluation import ColumnDistribution, EvaluationResult
 
-__all__ = ["MissingDependencyError", "render_html"]
+__all__ = ["MissingDependencyError", "render_html", "require_matplotlib"]
 
 REAL, SYNTHETIC = "#4c72b0", "#dd8452"
 # Sections, in page order: (id, heading).
@@ -50,7 +50,8 @@ class MissingDependencyError(ImportError):
     """An optional dependency the report needs is not installed."""
 
 
-def _matplotlib() -> Any:
+def require_matplotlib() -> Any:
+    """matplotlib's ``Figure``, or :class:`MissingDependencyError` naming the extra."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -68,7 +69,7 @@ def render_html(result: EvaluationResult) -> str:
     MissingDependencyError
         If matplotlib is not installed.
     """
-    _matplotlib()
+    require_matplotlib()
     n = result.n_rows
     meta = (f"{n['real']:,} real rows, {n['synthetic']:,} synthetic rows"
             + (f", {n['test']:,} test rows" if n.get("test") else "")
