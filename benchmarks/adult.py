@@ -9,7 +9,9 @@ Usage (from the repository root)::
 Each (epsilon, seed) runs in its own process so that peak memory is that run's own.
 Prints one row per run and the mean per epsilon; ``--write-docs`` replaces the Adult table in
 ``docs/benchmarks.md`` (``--domain estimated`` fits without the declared domain, so bounds
-and categories are estimated under DP, and writes its own table). Needs ``sdmetrics`` (``pip install -e .[bench]``).
+and categories are estimated under DP, and writes its own table). The metrics are
+``skdpflow.evaluate``'s (the real-data row is its ceiling: train vs test). Needs ``sdmetrics``
+(``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,61 +42,10 @@ def load() -> tuple[pd.DataFrame, pd.DataFrame]:
              "adult_train.csv.gz and adult_test.csv.gz.")
 
 
-def auroc(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-    """Train-on-(synthetic|real), test-on-real AUROC for the income target."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    y_train = (train[TARGET] == ">50K").astype(int)
-    y_test = (test[TARGET] == ">50K").astype(int)
-    if y_train.nunique() < 2:
-        return {"auroc_hgb": 0.5, "auroc_logreg": 0.5}
-    features = [c for c in train.columns if c != TARGET]
-    cats = [c for c in features if train[c].dtype == object or test[c].dtype == object]
-    nums = [c for c in features if c not in cats]
-
-    def frame(df: pd.DataFrame) -> pd.DataFrame:
-        out = df[features].copy()
-        for c in cats:
-            out[c] = pd.Categorical(out[c].astype(str), categories=sorted(
-                set(test[c].astype(str)) | set(train[c].astype(str))))
-        return out
-
-    hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
-    hgb.fit(frame(train), y_train)
-    scores = {"auroc_hgb": roc_auc_score(y_test, hgb.predict_proba(frame(test))[:, 1])}
-    pre = ColumnTransformer([
-        ("num", make_pipeline(SimpleImputer(), StandardScaler()), nums),
-        ("cat", OneHotEncoder(handle_unknown="ignore"), cats)])
-    logreg = make_pipeline(pre, LogisticRegression(max_iter=2000))
-    logreg.fit(train[features].astype({c: str for c in cats}), y_train)
-    proba = logreg.predict_proba(test[features].astype({c: str for c in cats}))[:, 1]
-    scores["auroc_logreg"] = roc_auc_score(y_test, proba)
-    return scores
-
-
-def quality(real: pd.DataFrame, fake: pd.DataFrame) -> float:
-    from sdmetrics.reports.single_table import QualityReport
-
-    metadata = {"columns": {c: {"sdtype": "categorical" if real[c].dtype == object
-                                else "numerical"} for c in real.columns}}
-    report = QualityReport()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report.generate(real, fake, metadata, verbose=False)
-    return float(report.get_score())
-
-
 def run_one(epsilon: float, seed: int, extra: dict, domain: str = "declared") -> dict:
     import torch
 
-    from skdpflow import DPFlowSynthesizer, load_demo_domain
-    from skdpflow.metrics import mean_tvd
+    from skdpflow import DPFlowSynthesizer, evaluate, load_demo_domain
 
     torch.set_num_threads(int(os.environ.get("SKDPFLOW_THREADS", "2")))
     train, test = load()
@@ -115,20 +65,15 @@ def run_one(epsilon: float, seed: int, extra: dict, domain: str = "declared") ->
            "sample_rows_per_s": len(fake) / sample_s,
            "epsilon_spent": synth.epsilon_, "steps": synth.steps_,
            "noise_multiplier": synth.noise_multiplier_}
-    row |= auroc(fake, test)
-    row["tvd_1way"] = mean_tvd(train, fake, 1)
-    row["tvd_2way"] = mean_tvd(train, fake, 2)
-    row["quality"] = quality(train, fake)
+    # the package's evaluation: synthetic scores, and the real-data ceiling (train vs test)
+    scores = evaluate(train, fake, test=test, target=TARGET).to_frame()
+    row |= {m: float(scores.loc[m, "synthetic"]) for m in METRICS}
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["real_data"] = {m: float(scores.loc[m, "real_data"]) for m in METRICS}
     return row
 
 
-def real_baseline() -> dict:
-    from skdpflow.metrics import mean_tvd
-
-    train, test = load()
-    return {"epsilon": "real data", **auroc(train, test), "tvd_1way": mean_tvd(train, test, 1),
-            "tvd_2way": mean_tvd(train, test, 2), "quality": quality(train, test)}
+METRICS = ["auroc_hgb", "auroc_logreg", "tvd_1way", "tvd_2way", "quality"]
 
 
 COLUMNS = ["epsilon", "domain", "seed", "auroc_hgb", "auroc_logreg", "tvd_1way", "tvd_2way", "quality",
@@ -192,9 +137,10 @@ def main() -> None:
                    "--params", json.dumps(args.params), "--domain", args.domain]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
+            baseline = row.pop("real_data")  # the same in every run
             rows.append(row)
             print(json.dumps(row), flush=True)
-    rows.append(real_baseline())
+    rows.append({"epsilon": "real data", **baseline})
     text = table(summary(rows) + [rows[-1]]) + "\n\nPer run:\n\n" + table(rows[:-1])
     print(text)
     if args.write_docs:

@@ -9,6 +9,7 @@ from ._io import ModelFileError, OutputPathError
 from ._validation import InvalidDataError, NotFittedError
 from .datasets import load_demo, load_demo_domain
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
+from .evaluation import EvaluationResult, evaluate
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.domain_estimation import DomainEstimateWarning
 from .synthesizer import DPFlowSynthesizer
@@ -21,11 +22,13 @@ __all__ = [
     "ColumnDomain",
     "DataDerivedDomainWarning",
     "DomainEstimateWarning",
+    "EvaluationResult",
     "InvalidDataError",
     "ModelFileError",
     "NotFittedError",
     "OutputPathError",
     "PrivacyBudgetError",
+    "evaluate",
     "load_demo",
     "load_demo_domain",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``skdpflow fit | sample | report | demo``.
+"""Command line: ``skdpflow fit | sample | report | evaluate | demo``.
 
 Errors a user can cause print one line, ``skdpflow: error: ...``, and exit with 2 (a
 command-line argument that cannot be used: a hyperparameter out of range, an output path
@@ -104,6 +104,27 @@ def _parser() -> argparse.ArgumentParser:
                             parents=[common])
     report.add_argument("model", type=Path)
     report.set_defaults(func=_report)
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common],
+        help="compare synthetic rows with the real ones: a table, and an HTML report with -o "
+             "(NOT private: it compares real and synthetic rows)")
+    evaluate.add_argument("real", type=Path, help="CSV file of the real rows")
+    evaluate.add_argument("synthetic", type=Path, help="CSV file of the synthetic rows")
+    evaluate.add_argument("--test", type=Path,
+                          help="CSV file of real rows held out from the fit: the ceiling")
+    evaluate.add_argument("--target", help="column to predict, train-synthetic-test-real "
+                                           "(needs --test)")
+    evaluate.add_argument("--domain", type=Path,
+                          help="JSON or YAML domain file: column types (default: the model's "
+                               "domain, else inferred by pandas)")
+    evaluate.add_argument("--model", type=Path, help="fitted model: its privacy report joins "
+                                                     "the HTML report")
+    evaluate.add_argument("-o", "--output", type=Path,
+                          help="self-contained HTML report to write (needs matplotlib; "
+                               "replaced only with --force)")
+    evaluate.add_argument("--force", action="store_true", help="replace an existing output file")
+    evaluate.set_defaults(func=_evaluate)
 
     demo = sub.add_parser("demo", help="fit the bundled Adult table, sample, summarise",
                           parents=[common])
@@ -270,6 +291,62 @@ def _report(args: argparse.Namespace) -> int:
 
     print(_format_report(DPFlowSynthesizer.load(args.model).privacy_report()))
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    if args.target is not None and args.test is None:
+        raise UsageError("--target needs --test: the real rows to score the models on.")
+    inputs = [p for p in (args.real, args.synthetic, args.test, args.domain, args.model) if p]
+    if args.output is not None:
+        check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
+        from .report import MissingDependencyError, require_matplotlib
+
+        try:  # before any work: the report could not be drawn
+            require_matplotlib()
+        except MissingDependencyError as exc:
+            raise UsageError(f"-o {args.output}: {exc}.") from None
+    model = None
+    if args.model is not None:
+        from .synthesizer import DPFlowSynthesizer
+
+        model = DPFlowSynthesizer.load(args.model)
+    domain = as_domain(args.domain) if args.domain is not None else (
+        model.domain_ if model is not None else Domain())
+    tables = [_read_table(p, domain) if p is not None else None
+              for p in (args.real, args.synthetic, args.test)]
+    result = evaluate(*tables[:2], test=tables[2], target=args.target, domain=domain,
+                      model=model)
+    print(result.summary())
+    if args.output is not None:
+        text = result.to_html()
+        atomic_write(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        print(f"report written to {args.output} (not private: share it only with those "
+              "allowed to see the real data)")
+    return 0
+
+
+def _read_table(path: Path, domain: Domain) -> pd.DataFrame:
+    """A CSV file to compare: declared columns by their domain type, the rest inferred by
+    pandas (no warning: nothing is fitted on them)."""
+    check_input_path(path, "data file")
+    _check_header(path)
+    try:
+        inferred = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
+    declared = [c for c in inferred.columns if c in domain.columns]
+    if declared:
+        text, problems = _read_text_csv(path), []
+        for name in declared:
+            inferred[name], bad = _parse_column(text[name], domain[name])
+            if bad:
+                problems.append(f"{path}: column {name!r}: {bad} cell(s) are not "
+                                f"{READABLE[domain[name].type]}")
+        if problems:
+            raise InvalidDataError(problems)
+    return inferred
 
 
 def _demo(args: argparse.Namespace) -> int:

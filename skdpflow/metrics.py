@@ -1,31 +1,112 @@
-"""Utility metrics for synthetic tables: marginal total-variation distances."""
+"""Utility metrics for synthetic tables: marginal distances, association, SDMetrics quality,
+train-synthetic-test-real (TSTR) scores.
+
+Every function compares rows with rows: none is private. Column kinds (``"numerical"``,
+``"categorical"``, ``"boolean"``, ``"datetime"``) come from a domain when one is given,
+otherwise from the real table's dtypes (:func:`column_kinds`).
+"""
 
 from __future__ import annotations
 
+import warnings
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["discretise", "marginal_tvd", "mean_tvd"]
+from .domain import as_domain, canonical, column_kind
+
+__all__ = [
+    "MISSING",
+    "association_matrix",
+    "column_kinds",
+    "cramers_v",
+    "discretise",
+    "labels",
+    "marginal_tvd",
+    "mean_tvd",
+    "quality_score",
+    "tstr_floor",
+    "tstr_scores",
+]
+
+# The level a missing value takes in a discretised column.
+MISSING = "(missing)"
+# A numerical target with more distinct values than this is scored as a regression.
+MAX_CLASSES = 20
+# HistGradientBoosting's native categorical support takes at most this many levels.
+MAX_HGB_CATEGORIES = 255
 
 
-def discretise(real: pd.DataFrame, other: pd.DataFrame, bins: int = 20
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Numerical columns with more than ``bins`` values on the real data's quantile bins;
-    every other column as its string value (missing values as their own level)."""
+def column_kinds(real: pd.DataFrame, domain: Any = None) -> dict[str, str]:
+    """Each column's kind: its declared type when ``domain`` declares it, else its dtype's."""
+    declared = as_domain(domain).columns if domain is not None else {}
+    kinds = {}
+    for col in real.columns:
+        if col in declared:
+            kinds[col] = declared[col].type
+        else:
+            try:
+                kinds[col] = column_kind(real[col])
+            except TypeError:
+                kinds[col] = "categorical"
+    return kinds
+
+
+def labels(series: pd.Series) -> pd.Series:
+    """Category labels: canonical strings (``1``, ``1.0`` and ``"1"`` are one level), missing
+    values as :data:`MISSING` (``None`` and NaN are one level)."""
+    def one(value: Any) -> str:
+        try:
+            missing = bool(pd.isna(value))
+        except (TypeError, ValueError):
+            missing = False
+        if missing:
+            return MISSING
+        try:
+            return canonical(value)
+        except TypeError:
+            return str(value)
+
+    # each distinct value named once; as text first, since factorize holds True == 1
+    keys = series.astype(str) if series.dtype == object else series
+    codes, _ = pd.factorize(keys.where(series.notna()), use_na_sentinel=True)
+    present, first = np.unique(codes, return_index=True)
+    values = series.to_numpy()[first[present >= 0]]
+    names = np.array([one(v) for v in values] + [MISSING], dtype=object)
+    return pd.Series(names[codes], index=series.index, name=series.name, dtype=object)
+
+
+def _as_number(series: pd.Series, kind: str) -> pd.Series:
+    """Numbers (datetimes as days since the epoch), unreadable cells as NaN."""
+    if kind == "datetime":
+        stamps = pd.to_datetime(series, errors="coerce")
+        days = (stamps - pd.Timestamp(0)) / pd.Timedelta(days=1)
+        return days.astype(float)
+    return pd.to_numeric(series, errors="coerce").astype(float)
+
+
+def discretise(real: pd.DataFrame, other: pd.DataFrame, bins: int = 20,
+               kinds: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both tables as text levels, on bins learned from ``real``.
+
+    Numerical and datetime columns with more than ``bins`` distinct values fall on the real
+    data's quantile bins (missing values as their own level); every other column becomes its
+    :func:`labels`.
+    """
+    kinds = kinds or column_kinds(real)
     r_out, o_out = {}, {}
     for col in real.columns:
-        r, o = real[col], other[col]
-        if pd.api.types.is_numeric_dtype(r) and not pd.api.types.is_bool_dtype(r) \
-                and r.nunique() > bins:
-            edges = np.unique(np.nanquantile(r.astype(float), np.linspace(0, 1, bins + 1)))
+        r, o, kind = real[col], other[col], kinds[col]
+        if kind in ("numerical", "datetime") and r.nunique() > bins:
+            r_num, o_num = _as_number(r, kind), _as_number(o, kind)
+            edges = np.unique(np.nanquantile(r_num, np.linspace(0, 1, bins + 1)))
             edges[0], edges[-1] = -np.inf, np.inf
-            r_out[col] = _codes(pd.cut(r.astype(float), edges, labels=False))
-            o_out[col] = _codes(pd.cut(pd.to_numeric(o, errors="coerce").astype(float),
-                                       edges, labels=False))
+            r_out[col] = _codes(pd.cut(r_num, edges, labels=False))
+            o_out[col] = _codes(pd.cut(o_num, edges, labels=False))
         else:
-            r_out[col], o_out[col] = r.astype(str), o.astype(str)
+            r_out[col], o_out[col] = labels(r), labels(o)
     return pd.DataFrame(r_out), pd.DataFrame(o_out)
 
 
@@ -33,10 +114,13 @@ def _codes(binned: pd.Series) -> pd.Series:
     return binned.astype(float).fillna(-1).astype(int).astype(str)
 
 
-def marginal_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int = 20
-                 ) -> dict[tuple[str, ...], float]:
-    """Total variation distance of every ``order``-way marginal (0 = equal, 1 = disjoint)."""
-    r, o = discretise(real, other[list(real.columns)], bins)
+def marginal_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int = 20,
+                 kinds: dict[str, str] | None = None) -> dict[tuple[str, ...], float]:
+    """Total variation distance of every ``order``-way marginal (0 = equal, 1 = disjoint).
+
+    TVD(p, q) = 1/2 sum_x |p(x) - q(x)| over the cells of :func:`discretise`.
+    """
+    r, o = discretise(real, other[list(real.columns)], bins, kinds)
     out = {}
     for cols in combinations(real.columns, order):
         key = list(cols)
@@ -46,7 +130,194 @@ def marginal_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: 
     return out
 
 
-def mean_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int = 20
-             ) -> float:
-    """Mean of :func:`marginal_tvd` over all column sets of that order."""
-    return float(np.mean(list(marginal_tvd(real, other, order, bins).values())))
+def mean_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int = 20,
+             kinds: dict[str, str] | None = None) -> float:
+    """Mean of :func:`marginal_tvd` over all column sets of that order (NaN if none)."""
+    values = list(marginal_tvd(real, other, order, bins, kinds).values())
+    return float(np.mean(values)) if values else float("nan")
+
+
+def cramers_v(a: pd.Series, b: pd.Series) -> float:
+    """Cramér's V of two discrete columns, in [0, 1] (0 = independent in the sample).
+
+    V = sqrt(chi2 / (n (min(r, c) - 1))) for an r x c contingency table (Cramér, 1946),
+    without bias correction; 0 when either column holds one level.
+    """
+    table = pd.crosstab(a, b).to_numpy(dtype=float)
+    n = table.sum()
+    k = min(table.shape) - 1
+    if k < 1 or n == 0:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return float(np.sqrt(min(chi2 / (n * k), 1.0)))
+
+
+def association_matrix(discrete: pd.DataFrame) -> pd.DataFrame:
+    """Cramér's V of every pair of columns of a discretised table (1 on the diagonal)."""
+    cols = list(discrete.columns)
+    out = pd.DataFrame(np.eye(len(cols)), index=cols, columns=cols)
+    for a, b in combinations(cols, 2):
+        out.loc[a, b] = out.loc[b, a] = cramers_v(discrete[a], discrete[b])
+    return out
+
+
+def quality_score(real: pd.DataFrame, other: pd.DataFrame,
+                  kinds: dict[str, str] | None = None) -> float:
+    """SDMetrics ``QualityReport`` score (column shapes and pair trends), in [0, 1].
+
+    Raises
+    ------
+    ImportError
+        If SDMetrics is not installed (``pip install skdpflow[bench]``).
+    """
+    with warnings.catch_warnings():  # its deprecation notice; the numbers are the benchmark's
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
+
+    kinds = kinds or column_kinds(real)
+    sdtypes = {"numerical": "numerical", "datetime": "datetime"}
+    metadata = {"columns": {c: {"sdtype": sdtypes.get(kinds[c], "categorical")}
+                            for c in real.columns}}
+    report = QualityReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report.generate(real, other[list(real.columns)], metadata, verbose=False)
+        return float(report.get_score())  # NaN for one column: no pair trends
+
+
+def is_classification(real: pd.DataFrame, target: str, kinds: dict[str, str]) -> bool:
+    """A categorical or boolean target, or a numerical one with few distinct values."""
+    return kinds[target] != "numerical" or real[target].nunique() <= MAX_CLASSES
+
+
+def tstr_scores(train: pd.DataFrame, test: pd.DataFrame, target: str,
+                kinds: dict[str, str] | None = None) -> dict[str, float]:
+    """Train on ``train`` (synthetic or real rows), score on the real ``test`` rows.
+
+    Two models: a ``HistGradientBoosting`` model with native categorical support and a
+    linear model on one-hot categories and standardised numbers. A classification target
+    gives ``auroc_*`` (one-vs-rest macro average beyond two classes; the greater label is
+    the positive class of a binary target) and ``accuracy_*``; a numerical target with more
+    than :data:`MAX_CLASSES` values gives ``r2_*``.
+    """
+    kinds = kinds or column_kinds(test)
+    features = [c for c in test.columns if c != target]
+    x_train, x_test = _features(train, test, features, kinds)
+    if is_classification(test, target, kinds):
+        return _classify(x_train, labels(train[target]), x_test, labels(test[target]))
+    return _regress(x_train, _as_number(train[target], kinds[target]),
+                    x_test, _as_number(test[target], kinds[target]))
+
+
+def tstr_floor(real: pd.DataFrame, test: pd.DataFrame, target: str,
+               kinds: dict[str, str] | None = None) -> dict[str, float]:
+    """What a constant prediction scores: the majority class of ``real`` (AUROC 0.5), or its
+    mean for a regression target."""
+    kinds = kinds or column_kinds(test)
+    if is_classification(test, target, kinds):
+        y_test = labels(test[target])
+        acc = float((y_test == labels(real[target]).mode().iloc[0]).mean())
+        auc = 0.5 if y_test.nunique() > 1 else float("nan")
+        return {"auroc_hgb": auc, "auroc_logreg": auc, "accuracy_hgb": acc,
+                "accuracy_logreg": acc}
+    y = _as_number(test[target], kinds[target]).dropna()
+    mean = float(_as_number(real[target], kinds[target]).mean())
+    r2 = 1 - float(((y - mean) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return {"r2_hgb": r2, "r2_linear": r2}
+
+
+def _features(train: pd.DataFrame, test: pd.DataFrame, features: list[str],
+              kinds: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numbers as floats, categories as pandas ``Categorical`` on the levels of both tables
+    (the most frequent ones if there are too many for HistGradientBoosting)."""
+    x_train, x_test = {}, {}
+    for c in features:
+        if kinds[c] in ("numerical", "datetime"):
+            x_train[c], x_test[c] = _as_number(train[c], kinds[c]), _as_number(test[c], kinds[c])
+            continue
+        a, b = labels(train[c]), labels(test[c])
+        levels = sorted(set(a) | set(b))
+        if len(levels) > MAX_HGB_CATEGORIES:
+            levels = sorted(pd.concat([a, b]).value_counts().index[:MAX_HGB_CATEGORIES])
+        x_train[c] = pd.Categorical(a, categories=levels)
+        x_test[c] = pd.Categorical(b, categories=levels)
+    return (pd.DataFrame(x_train, index=train.index)[features],
+            pd.DataFrame(x_test, index=test.index)[features])
+
+
+def _linear_preprocessing(x: pd.DataFrame) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    cats = [c for c in x.columns if isinstance(x[c].dtype, pd.CategoricalDtype)]
+    nums = [c for c in x.columns if c not in cats]
+    return ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(), StandardScaler()), nums),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), cats)])
+
+
+def _as_text(x: pd.DataFrame) -> pd.DataFrame:
+    """Categorical columns as plain text for the one-hot encoder (levels outside the kept
+    set are missing in ``x``, and one-hot ignores them)."""
+    return x.astype({c: object for c in x.columns if isinstance(x[c].dtype, pd.CategoricalDtype)})
+
+
+def _classify(x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame,
+              y_test: pd.Series) -> dict[str, float]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    if y_train.nunique() < 2:  # a constant prediction: ranks nothing
+        acc = float((y_test == y_train.iloc[0]).mean()) if len(y_train) else float("nan")
+        return {"auroc_hgb": 0.5, "auroc_logreg": 0.5, "accuracy_hgb": acc,
+                "accuracy_logreg": acc}
+    hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
+    logreg = make_pipeline(_linear_preprocessing(x_train), LogisticRegression(max_iter=2000))
+    out = {}
+    for name, model, xa, xb in [("hgb", hgb, x_train, x_test),
+                                ("logreg", logreg, _as_text(x_train), _as_text(x_test))]:
+        model.fit(xa, y_train)
+        proba = model.predict_proba(xb)
+        out[f"auroc_{name}"] = _auroc(y_test, proba, list(model.classes_))
+        out[f"accuracy_{name}"] = float((model.predict(xb) == y_test.to_numpy()).mean())
+    return {k: out[k] for k in ("auroc_hgb", "auroc_logreg", "accuracy_hgb",
+                                "accuracy_logreg")}
+
+
+def _auroc(y_test: pd.Series, proba: np.ndarray, classes: list) -> float:
+    """AUROC of class probabilities on the test labels (binary: the greater label is the
+    positive class; more: one-vs-rest macro average, over the classes the test holds)."""
+    from sklearn.metrics import roc_auc_score
+
+    held = sorted(y_test.unique())
+    if len(held) < 2:
+        return float("nan")
+    columns = np.stack([proba[:, classes.index(c)] if c in classes else np.zeros(len(proba))
+                        for c in held], axis=1)
+    if len(held) == 2:
+        return float(roc_auc_score(y_test == held[1], columns[:, 1]))
+    total = columns.sum(1, keepdims=True)
+    columns = np.where(total > 0, columns / np.where(total > 0, total, 1), 1 / len(held))
+    return float(roc_auc_score(y_test, columns, multi_class="ovr", labels=held))
+
+
+def _regress(x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame,
+             y_test: pd.Series) -> dict[str, float]:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+
+    keep, kept = y_train.notna().to_numpy(), y_test.notna().to_numpy()
+    hgb = HistGradientBoostingRegressor(categorical_features="from_dtype", random_state=0)
+    linear = make_pipeline(_linear_preprocessing(x_train), Ridge())
+    out = {}
+    for name, model, xa, xb in [("hgb", hgb, x_train, x_test),
+                                ("linear", linear, _as_text(x_train), _as_text(x_test))]:
+        model.fit(xa[keep], y_train[keep])
+        out[f"r2_{name}"] = float(r2_score(y_test[kept], model.predict(xb[kept])))
+    return out
