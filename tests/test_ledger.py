@@ -121,3 +121,14 @@ def test_non_private_ledger_records_nothing():
     ledger.record(Release("x", "y", 1.0, 0.0))
     assert ledger.releases == [] and ledger.epsilon_spent() == math.inf
     assert ledger.dpsgd_noise(0.1, 10) == 0.0 and ledger.gaussian_noise(0.1) == 0.0
+
+
+def test_the_report_says_what_each_release_costs_alone_and_in_the_composition():
+    ledger = _planned(1.0, share=0.1)
+    q, steps = _schedule(32_561)
+    ledger.record(Release("DP-SGD", "gradients", 1.0, ledger.dpsgd_noise(q, steps), q, steps))
+    histograms, sgd = ledger.report()["mechanisms"]
+    assert histograms["epsilon_alone"] == pytest.approx(0.1, rel=1e-6)  # exact, its share
+    assert histograms["rdp_at_order"] + sgd["rdp_at_order"] == pytest.approx(
+        ledger.rdp_spent(), rel=1e-12)
+    assert sgd["epsilon_alone"] < 1.0

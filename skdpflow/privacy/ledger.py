@@ -43,7 +43,11 @@ from typing import Any
 import numpy as np
 from opacus.accountants.analysis.rdp import compute_rdp
 
-from .accounting import PrivacyBudgetError, analytic_gaussian_noise_multiplier
+from .accounting import (
+    PrivacyBudgetError,
+    analytic_gaussian_epsilon,
+    analytic_gaussian_noise_multiplier,
+)
 
 __all__ = ["MAX_EPSILON", "PrivacyLedger", "Release", "filter_order", "rdp_to_epsilon"]
 
@@ -294,10 +298,17 @@ class PrivacyLedger:
             entry = release.to_dict()
             entry["touches"] = entry.pop("reads")
             entry.update(entry.pop("details"))
-            entry["epsilon_alone"] = rdp_to_epsilon(release.rdp(self.order), self.order,
-                                                    self.accountant_delta)
+            entry["rdp_at_order"] = release.rdp(self.order)
+            entry["epsilon_alone"] = self._epsilon_alone(release)
             out["mechanisms"].append(entry)
         return out
+
+    def _epsilon_alone(self, release: Release) -> float:
+        """What ``release`` would cost on its own: exact for a one-shot Gaussian release (Balle
+        and Wang, 2018), else its divergence at the fixed order, converted."""
+        if release.sample_rate == 1.0 and release.steps == 1 and release.noise_multiplier > 0:
+            return analytic_gaussian_epsilon(release.noise_multiplier, self.accountant_delta)
+        return rdp_to_epsilon(release.rdp(self.order), self.order, self.accountant_delta)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers only (loads with ``torch.load(weights_only=True)``)."""
