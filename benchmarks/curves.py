@@ -40,6 +40,8 @@ EPSILONS = [0.1, 0.3, 1.0, 3.0, 10.0, math.inf]
 METRICS = {"auroc_hgb": "AUROC (TSTR, HGB)", "tvd_2way": "2-way TVD (lower is better)",
            "quality": "SDMetrics quality"}
 BEGIN, END = "<!-- curves-table:begin -->", "<!-- curves-table:end -->"
+# The epsilon recorded for the non-private GaussianCopula reference runs.
+COPULA = -1.0
 
 
 def load(name: str, rows: int, test_rows: int) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -94,11 +96,41 @@ def run_one(name: str, epsilon: float, seed: int, args: argparse.Namespace) -> d
     return row
 
 
+def run_copula(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """SDV's GaussianCopulaSynthesizer on the same rows: a NON-private reference line."""
+    import numpy as np
+    from sdv.metadata import Metadata
+    from sdv.single_table import GaussianCopulaSynthesizer
+
+    from skdpflow import evaluate, load_demo_domain
+
+    train, test, target = load(name, args.rows, args.test_rows)
+    domain = load_demo_domain() if name == "adult" else None
+    np.random.seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GaussianCopulaSynthesizer(Metadata.detect_from_dataframes({"t": train}))
+        start = time.perf_counter()
+        model.fit({"t": train})
+        fit_s = time.perf_counter() - start
+        fake = model.sample(len(train))
+    fake = fake["t"] if isinstance(fake, dict) else fake
+    scores = evaluate(train, fake, test=test, target=target, domain=domain).to_frame()
+    row = {"dataset": name, "epsilon": COPULA, "seed": seed, "rows": len(train),
+           "rows_requested": args.rows, "fit_s": round(fit_s, 1), "domain": "read from data"}
+    for metric in METRICS:
+        row[metric] = float(scores.loc[metric, "synthetic"])
+        row[f"{metric}_real"] = float(scores.loc[metric, "real_data"])
+    return row
+
+
 def plot(runs: pd.DataFrame, out: Path) -> list[Path]:
     """One PNG per table: each metric against epsilon, mean and min-max band over seeds."""
     from matplotlib.figure import Figure
 
     paths = []
+    copula = runs[runs["epsilon"] == COPULA]
+    runs = runs[runs["epsilon"] != COPULA]
     eps_values = sorted(runs["epsilon"].unique())
     finite = [e for e in eps_values if math.isfinite(e)]
     # inf sits one decade right of the largest finite epsilon, labelled "inf"
@@ -112,6 +144,10 @@ def plot(runs: pd.DataFrame, out: Path) -> list[Path]:
             ax.plot(x, stats["mean"], marker="o", color="#4c72b0", label="synthetic")
             ax.fill_between(x, stats["min"], stats["max"], color="#4c72b0", alpha=0.25)
             ax.axhline(group[f"{metric}_real"].mean(), ls="--", color="0.3", label="real data")
+            reference = copula[copula["dataset"] == name][metric]
+            if len(reference):
+                ax.axhline(reference.mean(), ls=":", color="#dd8452",
+                           label="GaussianCopula (not private)")
             ax.set_xscale("log")
             ax.set_xticks(x, ["inf" if not math.isfinite(e) else f"{e:g}" for e in stats.index])
             ax.set_xlabel("epsilon")
@@ -132,7 +168,9 @@ def table(runs: pd.DataFrame) -> str:
     for (name, eps), group in runs.groupby(["dataset", "epsilon"], sort=False):
         cells = [f"{group[m].mean():.3f}" + (f" ({group[m].std():.3f})" if len(group) > 1
                                               else "") for m in METRICS]
-        lines.append(f"| {name} | {'inf' if math.isinf(eps) else f'{eps:g}'} | {len(group)} | "
+        label = ("GaussianCopula (not private)" if eps == COPULA
+                 else "inf" if math.isinf(eps) else f"{eps:g}")
+        lines.append(f"| {name} | {label} | {len(group)} | "
                      + " | ".join(cells) + " |")
     for name, group in runs.groupby("dataset", sort=False):
         real = [f"{group[f'{m}_real'].mean():.3f}" for m in METRICS]
@@ -165,6 +203,8 @@ def main() -> None:
                         help='extra hyperparameters as JSON, e.g. \'{"epochs": 8}\'')
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img",
                         help="folder for runs.jsonl and the PNGs")
+    parser.add_argument("--copula", action="store_true",
+                        help="add SDV's GaussianCopula (non-private) reference runs")
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the curves table in docs/benchmarks.md")
     args = parser.parse_args()
@@ -172,18 +212,20 @@ def main() -> None:
     log = args.out / "runs.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     seen = {(r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"]) for r in done}
+    grid = list(args.epsilons) + ([COPULA] if args.copula else [])
     for name in args.datasets:
-        for eps in args.epsilons:
+        for eps in grid:
             for seed in args.seeds:
                 if (name, eps, seed, args.rows) in seen:
                     continue
-                row = run_one(name, eps, seed, args)
+                row = (run_copula(name, seed, args) if eps == COPULA
+                       else run_one(name, eps, seed, args))
                 done.append(row)
                 with log.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     runs = pd.DataFrame([r for r in done if r["dataset"] in args.datasets
-                         and float(r["epsilon"]) in args.epsilons and r["seed"] in args.seeds
+                         and float(r["epsilon"]) in grid and r["seed"] in args.seeds
                          and r["rows_requested"] == args.rows])
     images = plot(runs, args.out)
     text = table(runs)
