@@ -224,8 +224,8 @@ def estimate_domain(
             else:
                 integer = pd.api.types.is_integer_dtype(series.dtype)
                 if integer:  # rounded outward, within int64 (the grid reaches 2^64)
-                    lo = max(math.floor(lo), -(INT64_LIMIT - 1))
-                    hi = min(math.ceil(hi), INT64_LIMIT - 1)
+                    lo, hi = (min(max(v, -(INT64_LIMIT - 1)), INT64_LIMIT - 1)
+                              for v in (math.floor(lo), math.ceil(hi)))
                 out[name] = ColumnDomain("numerical", min=lo, max=hi, integer=integer,
                                          nullable=nullable)
             info[name] = {"mechanism": "noisy histogram over a public grid",
