@@ -211,15 +211,7 @@ def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
     _check_header(path)
     text = _read_text_csv(path)
     undeclared = [c for c in text.columns if c not in domain.columns]
-    columns, problems = {}, []
-    for name in text.columns:
-        if name in domain.columns:
-            columns[name], bad = _parse_column(text[name], domain[name])
-            if bad:
-                problems.append(f"column {name!r}: {bad} cell(s) are not "
-                                f"{READABLE[domain[name].type]}")
-    if problems:
-        raise InvalidDataError(problems)
+    columns = _parse_declared(text, domain, [c for c in text.columns if c in domain.columns])
     if undeclared:
         print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number or "
               "category) is inferred from the rows; declare them in --domain to keep the "
@@ -254,6 +246,26 @@ def _read_text_csv(path: Path) -> pd.DataFrame:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "empty"
+
+
+def _parse_declared(text: pd.DataFrame, domain: Domain, names: list[str], where: str = ""
+                    ) -> dict[str, pd.Series]:
+    """The declared columns ``names`` of a text frame, each read by its domain type.
+
+    Raises
+    ------
+    InvalidDataError
+        Listing every column with cells its type cannot read (counted, never quoted).
+    """
+    columns, problems = {}, []
+    for name in names:
+        columns[name], bad = _parse_column(text[name], domain[name])
+        if bad:
+            problems.append(f"{where}column {name!r}: {bad} cell(s) are not "
+                            f"{READABLE[domain[name].type]}")
+    if problems:
+        raise InvalidDataError(problems)
+    return columns
 
 
 def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
@@ -338,14 +350,9 @@ def _read_table(path: Path, domain: Domain) -> pd.DataFrame:
         raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
     declared = [c for c in inferred.columns if c in domain.columns]
     if declared:
-        text, problems = _read_text_csv(path), []
-        for name in declared:
-            inferred[name], bad = _parse_column(text[name], domain[name])
-            if bad:
-                problems.append(f"{path}: column {name!r}: {bad} cell(s) are not "
-                                f"{READABLE[domain[name].type]}")
-        if problems:
-            raise InvalidDataError(problems)
+        parsed = _parse_declared(_read_text_csv(path), domain, declared, f"{path}: ")
+        for name, values in parsed.items():
+            inferred[name] = values
     return inferred
 
 
