@@ -118,6 +118,27 @@ def none_or(inner: Any) -> _NoneOr:
     return _NoneOr(inner)
 
 
+class _AutoOr:
+    """``"auto"`` (set by :mod:`skdpflow.schedule` from public facts) or a value of ``inner``."""
+
+    def __init__(self, inner: Interval) -> None:
+        self.inner = inner
+
+    @property
+    def kind(self) -> type:
+        return self.inner.kind
+
+    def __contains__(self, value: Any) -> bool:
+        return (isinstance(value, str) and value == "auto") or value in self.inner
+
+    def __str__(self) -> str:
+        return f"'auto' or {self.inner}"
+
+
+def auto_or(inner: Interval) -> _AutoOr:
+    return _AutoOr(inner)
+
+
 RANDOM_STATE = _IntOrGenerator()
 
 
@@ -156,6 +177,8 @@ def generate_invalid_values(constraint: Any) -> list:
             if bound is not None:  # just past a closed bound; on and past an open one
                 values += [bound + step] if constraint.closed in closed else [bound, bound + step]
         return values
+    if isinstance(constraint, _AutoOr):
+        return [v for v in generate_invalid_values(constraint.inner) if v != "half"] + ["Auto"]
     if isinstance(constraint, Options):
         return ["not-an-option", None, 2]
     if isinstance(constraint, _IntOrGenerator):

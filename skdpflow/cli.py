@@ -14,12 +14,19 @@ import sys
 import time
 from numbers import Integral
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._io import OutputPathError, atomic_write, check_input_path, check_output_path
-from ._validation import InvalidDataError, Options, parameter_summaries, validate_params
+from ._validation import (
+    InvalidDataError,
+    Options,
+    _AutoOr,
+    parameter_summaries,
+    validate_params,
+)
 from .domain import ColumnDomain, Domain, as_domain
 
 __all__ = ["main"]
@@ -154,7 +161,11 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
             kind = {"choices": sorted(constraint.values), "type": str}
         else:
             integral = constraint.kind is Integral
-            kind = {"type": int if integral else float, "metavar": "INT" if integral else "X"}
+            number = int if integral else float
+            metavar = "INT" if integral else "X"
+            if isinstance(constraint, _AutoOr):
+                number, metavar = _auto_or_number(number), f"{metavar}|auto"
+            kind = {"type": number, "metavar": metavar}
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **kind,
                        help=f"{summaries[name]} (default: {defaults[name]})".replace("%", "%%"))
     p.add_argument("--seed", type=int, default=None,
@@ -167,7 +178,15 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
                              "private rows without noise; not private")
 
 
-def _synthesizer(args: argparse.Namespace):  # noqa: ANN202
+def _auto_or_number(number: type):
+    def parse(text: str) -> Any:
+        return "auto" if text == "auto" else number(text)
+
+    parse.__name__ = number.__name__  # argparse names the type in its error message
+    return parse
+
+
+def _synthesizer(args: argparse.Namespace):
     from .synthesizer import DPFlowSynthesizer
 
     verbose = "loss" if args.show_nonprivate_loss else not args.quiet

@@ -56,9 +56,11 @@ class ColumnDomain:
         Every value a categorical column may take.
     nullable : bool, default=False
         The column may hold missing values.
-    transform : {"auto", "none", "log"}, default="auto"
-        Numerical only: ``"log"`` encodes ``log1p(x - min)``; ``"auto"`` picks it from the
-        public bounds when ``min >= 0`` and ``max - min > 1000``.
+    transform : {"auto", "none", "log", "asinh"}, default="auto"
+        Numerical only: ``"log"`` encodes ``log1p(x - min)``, ``"asinh"`` encodes
+        ``asinh(x)`` (logarithmic in both directions from 0, for amounts of either sign);
+        ``"auto"`` picks from the public bounds: ``"log"`` when ``min >= 0`` and
+        ``max - min > 1000``, ``"asinh"`` when ``min < 0 < max`` and ``max - min > 1000``.
     other : optional
         Categorical only: the category that stands for every value outside ``categories``
         (appended to them if missing). Without it, a value outside the declared categories
@@ -111,8 +113,9 @@ class ColumnDomain:
             raise ValueError("Only a categorical column can declare an 'other' category.")
         if self.type == "boolean":
             self.categories = [False, True]
-        if self.transform not in ("auto", "none", "log"):
-            raise ValueError(f"transform must be 'auto', 'none' or 'log', got {self.transform!r}.")
+        if self.transform not in ("auto", "none", "log", "asinh"):
+            raise ValueError("transform must be 'auto', 'none', 'log' or 'asinh', got "
+                             f"{self.transform!r}.")
         if self.timezone is not None and self.type != "datetime":
             raise ValueError("Only a datetime column can declare a 'timezone'.")
 
@@ -153,13 +156,19 @@ class ColumnDomain:
         """
         return _naive_utc(self.min, self.timezone), _naive_utc(self.max, self.timezone)
 
-    def uses_log(self) -> bool:
+    def transform_kind(self) -> str:
+        """``"none"``, ``"log"`` or ``"asinh"``: the declared one, or the public-bound rule."""
         if self.type != "numerical" or self.transform == "none":
-            return False
-        if self.transform == "log":
-            return True
+            return "none"
+        if self.transform != "auto":
+            return self.transform
         lo, hi = self.numeric_bounds()
-        return lo >= 0 and hi - lo > LOG_SPREAD
+        if hi - lo <= LOG_SPREAD:
+            return "none"
+        return "log" if lo >= 0 else ("asinh" if hi > 0 else "none")
+
+    def uses_log(self) -> bool:
+        return self.transform_kind() == "log"
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None}

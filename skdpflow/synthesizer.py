@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from numbers import Integral, Real
@@ -28,6 +29,7 @@ from ._validation import (
     NotFittedError,
     Options,
     as_records_frame,
+    auto_or,
     check_columns,
     duplicate_names,
     validate_params,
@@ -49,7 +51,9 @@ from .privacy.domain_estimation import (
     estimate_domain,
 )
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
+from .privacy.histograms import release_histograms
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
+from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule
 from .training import TrainConfig, standard_normal_logpdf, train_flow
 
 # What the report says of the noise (see skdpflow/privacy/randomness.py).
@@ -59,7 +63,7 @@ NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD
 
 __all__ = ["DPFlowSynthesizer"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -85,14 +89,21 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         and releases exact marginals: no privacy at all.
     delta : float, default=1e-5
         Probability with which the epsilon bound may fail. Must be below ``1 / n_rows``.
-    epochs : float, default=6
+    epochs : float or "auto", default="auto"
         Expected passes over the data; the number of steps is ``round(epochs / q)`` with
-        ``q = batch_size / n_rows``.
-    batch_size : int, default=1024
+        ``q = batch_size / n_hat``. ``"auto"`` (:mod:`skdpflow.schedule`): six passes on
+        large tables, at least 200 steps on small ones.
+    batch_size : int or "auto", default="auto"
         Expected size of a Poisson batch (each row is drawn independently with probability
-        ``q``).
-    learning_rate : float, default=1e-2
-        Adam learning rate at the start; cosine decay to a tenth of it.
+        ``q``). ``"auto"``: ``min(1024, n_hat / 4)``.
+    learning_rate : float or "auto", default="auto"
+        Adam learning rate at the start; cosine decay to a tenth of it. ``"auto"``:
+        ``1e-2``, lowered in proportion when DP-SGD's projected noise is high.
+
+    Every ``"auto"`` value is set by :func:`skdpflow.schedule.auto_schedule` from public
+    facts only: the row count released first under DP (``n_hat``), the number of encoded
+    columns, epsilon and delta; ``schedule_`` holds what it chose. Explicit values
+    override it.
     max_grad_norm : float, default=1.0
         Per-row gradient clipping bound ``C``.
     clipping : {"flat", "per_unit"}, default="flat"
@@ -108,16 +119,20 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     n_stages : int, default=6
         Coupling stages of the flow. They share one conditioner network, so the number
         of parameters does not grow with it.
-    hidden_size : int, default=64
-        Width of the conditioner's two hidden layers.
-    n_bins : int, default=8
-        Bins of each rational-quadratic spline.
-    marginals_fraction : float, default=0.1
-        Share of epsilon for the histogram release that shapes the encoding: its Gaussian
-        noise is calibrated so that the release alone is ``(marginals_fraction * epsilon,
-        delta)``-DP; training gets the rest, composed in the same ledger.
+    hidden_size : int or "auto", default="auto"
+        Width of the conditioner's two hidden layers. ``"auto"``: the widest of 64, 32, 16
+        and 8 whose projected DP-SGD noise per step stays small (see
+        :mod:`skdpflow.schedule`).
+    n_bins : int or "auto", default="auto"
+        Bins of each rational-quadratic spline (``"auto"``: 8, or 4 for the smallest models).
+    marginals_fraction : float or "auto", default="auto"
+        Share of the privacy budget (after the row count and the domain estimation) for the
+        histogram release that shapes the encoding. Shares are of the Rényi budget at the
+        order the ledger fixes before the first release, so they add up exactly; training
+        gets what is left. ``"auto"``: ``0.1 sqrt(30000 / (n_hat epsilon))`` within
+        [0.1, 0.6]: small tables need a larger share for usable marginals.
     domain_epsilon_fraction : float, default=0.2
-        Share of epsilon for estimating the domain of the columns that ``domain`` does not
+        Share of the budget for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
         categories; one Gaussian release, see :mod:`skdpflow.privacy.domain_estimation`).
         Not spent when everything is declared. Category discovery also reserves 10% of
@@ -184,16 +199,16 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "epsilon": Interval(Real, 0, MAX_EPSILON, closed="right", allow_inf=True),
         "delta": Interval(Real, 0, 1, closed="neither"),
-        "epochs": Interval(Real, 0, None, closed="neither"),
-        "batch_size": Interval(Integral, 1, None),
-        "learning_rate": Interval(Real, 0, None, closed="neither"),
+        "epochs": auto_or(Interval(Real, 0, None, closed="neither")),
+        "batch_size": auto_or(Interval(Integral, 1, None)),
+        "learning_rate": auto_or(Interval(Real, 0, None, closed="neither")),
         "max_grad_norm": Interval(Real, 0, None, closed="neither"),
         "clipping": Options(frozenset({"flat", "per_unit"})),
         "sparsity": Interval(Real, 0, 1, closed="left"),
         "n_stages": Interval(Integral, 1, None),
-        "hidden_size": Interval(Integral, 1, None),
-        "n_bins": Interval(Integral, 2, None),
-        "marginals_fraction": Interval(Real, 0, 1, closed="neither"),
+        "hidden_size": auto_or(Interval(Integral, 1, None)),
+        "n_bins": auto_or(Interval(Integral, 2, None)),
+        "marginals_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "histogram_bins": Interval(Integral, 2, None),
         "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
@@ -208,16 +223,16 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         *,
         epsilon: float = 1.0,
         delta: float = 1e-5,
-        epochs: float = 6,
-        batch_size: int = 1024,
-        learning_rate: float = 1e-2,
+        epochs: float | str = "auto",
+        batch_size: int | str = "auto",
+        learning_rate: float | str = "auto",
         max_grad_norm: float = 1.0,
         clipping: str = "flat",
         sparsity: float = 0.0,
         n_stages: int = 6,
-        hidden_size: int = 64,
-        n_bins: int = 8,
-        marginals_fraction: float = 0.1,
+        hidden_size: int | str = "auto",
+        n_bins: int | str = "auto",
+        marginals_fraction: float | str = "auto",
         histogram_bins: int = 32,
         domain_epsilon_fraction: float = 0.2,
         privacy: str = "strict",
@@ -281,17 +296,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         # The privacy noise: secret, fresh for every fit. A non-private run needs none.
         noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
         fitted: dict[str, Any] = {}
+        n_count = self._release_row_count(data, ledger, noise)
         fitted["domain_"] = self._resolve_domain(data, declared, ledger, noise)
+        fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
-            typed, fitted["domain_"], ledger, noise)
+            typed, fitted["domain_"], ledger, noise, fitted["schedule_"])
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
         fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims,
                                   fitted["marginals_info_"]["n_rows_estimate"], ledger, noise,
-                                  int(init_seed), int(train_seed)))
+                                  fitted["schedule_"], int(init_seed), int(train_seed)))
         ledger.close()  # fail closed: the recomputed totals must be within the promise
         self._set_fitted(fitted, ledger, data)
         return self
@@ -309,34 +326,62 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raise InvalidDataError(problems)
         return declared
 
+    def _fixed_shares(self, data: pd.DataFrame, declared: Domain) -> float:
+        """Shares of the budget spent before the schedule: the row count, the domain."""
+        estimates = (math.isfinite(self.epsilon) and self.privacy == "strict"
+                     and any(c not in declared.columns for c in data.columns))
+        return COUNT_SHARE + (self.domain_epsilon_fraction if estimates else 0.0)
+
     def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
         """Check the budget and fix the ledger's plan from public facts only.
 
-        Public here: epsilon, delta, the shares, the batch size and epochs, and which
-        columns are declared (the schema). The row count is not used.
+        Public here: epsilon, delta, the shares, the hyperparameters, and which columns
+        are declared (the schema). The row count is not used: the Rényi order is chosen
+        over a public range of table sizes, with the schedule each size would get.
         """
         private = math.isfinite(self.epsilon)
         if private and self.delta >= 1.0 / len(data):
             raise ValueError(
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
                 "allows releasing a whole row.")
+        fixed = self._fixed_shares(data, declared)
+        explicit = [v for v in (self.marginals_fraction,) if v != AUTO]
+        if private and (fixed >= 1.0 or sum(explicit) >= 1.0):
+            raise PrivacyBudgetError(
+                "The budget shares must leave a share of epsilon for the rest of the fit; got "
+                f"row count {COUNT_SHARE} + domain_epsilon_fraction "
+                f"{self.domain_epsilon_fraction}, marginals_fraction {self.marginals_fraction}.")
         estimates = private and self.privacy == "strict" and any(
             c not in declared.columns for c in data.columns)
-        shares = self.marginals_fraction + (self.domain_epsilon_fraction if estimates else 0.0)
-        if private and shares >= 1.0:
-            raise PrivacyBudgetError(
-                "domain_epsilon_fraction + marginals_fraction must leave a share of epsilon "
-                f"for training; got {self.domain_epsilon_fraction} + {self.marginals_fraction}.")
         discovers = estimates and any(column_kind(data[c]) == "categorical"
                                       for c in data.columns if c not in declared.columns)
         selection_delta = (SELECTION_DELTA_SHARE * self.delta
                            * math.exp(-min(self.epsilon, MAX_EPSILON)) if discovers else 0.0)
         ledger = PrivacyLedger(self.epsilon, self.delta, selection_delta=selection_delta)
-        one_off = [ledger.gaussian_noise(self.marginals_fraction)]
-        if estimates:
-            one_off.append(ledger.gaussian_noise(self.domain_epsilon_fraction))
-        ledger.plan(one_off, batch_size=self.batch_size, epochs=self.epochs)
+        n_dims = len(data.columns)  # public: the schema (a guess for the encoded width)
+        overrides = self._schedule_overrides()
+
+        def reference(n: int) -> tuple[float, int, float]:
+            plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False)
+            return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - fixed)
+
+        ledger.plan([], schedule=reference)
         return ledger
+
+    def _schedule_overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (
+            "batch_size", "epochs", "learning_rate", "hidden_size", "n_bins",
+            "marginals_fraction", "histogram_bins")}
+
+    def _release_row_count(self, data: pd.DataFrame, ledger: PrivacyLedger,
+                           noise: PrivacyNoise) -> float:
+        """The row count, released first (discrete Gaussian), for the schedule."""
+        z = ledger.share_noise(COUNT_SHARE)
+        counts, release = release_histograms([np.zeros(len(data), dtype=np.int64)], [1], z,
+                                             noise, COUNT_SHARE)
+        release.name, release.reads = "row count (discrete Gaussian)", "the number of rows"
+        ledger.record(release)
+        return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
                         noise: PrivacyNoise) -> Domain:
@@ -354,7 +399,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 "differential-privacy guarantee does not cover them.",
                 DataDerivedDomainWarning, stacklevel=3)
         elif undeclared:
-            z_d = ledger.gaussian_noise(self.domain_epsilon_fraction)
+            z_d = ledger.share_noise(self.domain_epsilon_fraction)
             est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
             estimated = est.columns
             if ledger.private and est.unreliable:
@@ -371,38 +416,58 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             data_derived=tuple(derived),
             estimated=tuple(c for c in undeclared if c not in derived))
 
+    def _schedule(self, n_count: float, domain: Domain, ledger: PrivacyLedger) -> Schedule:
+        """Shares, batch, steps, learning rate, model size: from public facts only."""
+        left = 1.0 - sum(r.budget_share for r in ledger.releases) if ledger.private else 1.0
+        n_dims = sum(1 + int(col.nullable) for col in domain.columns.values())
+
+        def sigma_for(share: float, sample_rate: float, steps: int) -> float:
+            return ledger.dpsgd_noise_for(share * left, sample_rate, steps)
+
+        plan = auto_schedule(n_count, n_dims, self.epsilon, sigma_for,
+                             self._schedule_overrides())
+        # The shares of what is left, as shares of the whole budget (for the report).
+        return dataclasses.replace(plan, marginals_share=plan.marginals_share * left,
+                                   copula_share=plan.copula_share * left,
+                                   train_share=plan.train_share * left)
+
     def _release_marginals(self, typed: pd.DataFrame, domain: Domain, ledger: PrivacyLedger,
-                           noise: PrivacyNoise) -> tuple[list, dict]:
+                           noise: PrivacyNoise, schedule: Schedule) -> tuple[list, dict]:
         """One noisy release of every 1-way histogram; it also estimates the row count."""
-        specs = [histogram_spec(name, domain[name], self.histogram_bins)
+        specs = [histogram_spec(name, domain[name], schedule.histogram_bins)
                  for name in domain.columns]
         indices = []
         for spec in specs:
             col = domain[spec.name]
             values, is_null = typed_column(typed, spec.name, col)
             indices.append(bin_index(spec, values, is_null, col))
-        hist_z = ledger.gaussian_noise(self.marginals_fraction)
+        hist_z = ledger.share_noise(schedule.marginals_share)
         marginals, info, release = release_marginals(specs, indices, hist_z, noise,
-                                                     self.marginals_fraction)
+                                                     schedule.marginals_share)
         ledger.record(release)
         return marginals, info
 
     def _train(self, lo: np.ndarray, hi: np.ndarray, n_dims: int, n_hat: float,
-               ledger: PrivacyLedger, noise: PrivacyNoise, init_seed: int, train_seed: int
-               ) -> dict[str, Any]:
-        """DP-SGD. Its sampling rate and length come from the noisy row count only."""
-        sample_rate = min(1.0, self.batch_size / n_hat)
-        steps = max(1, int(round(self.epochs / sample_rate)))
-        sigma = ledger.dpsgd_noise(sample_rate, steps)
+               ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
+               init_seed: int, train_seed: int) -> dict[str, Any]:
+        """DP-SGD. Its sampling rate and length come from the noisy row count only.
+
+        With no steps in the schedule (DP-SGD could not learn at this size and budget), the
+        flow stays at its initial identity and nothing is spent on training.
+        """
+        sample_rate = min(1.0, schedule.batch_size / n_hat)
+        steps = schedule.steps
+        sigma = ledger.dpsgd_noise(sample_rate, steps) if steps else 0.0
         flow = None
         if n_dims:
             device = _resolve_device(self.device)
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
-                                         hidden_size=self.hidden_size, n_bins=self.n_bins,
+                                         hidden_size=schedule.hidden_size,
+                                         n_bins=schedule.n_bins,
                                          seed=init_seed).float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
             config = TrainConfig(
-                steps, sample_rate, sigma, self.max_grad_norm, self.learning_rate,
+                steps, sample_rate, sigma, self.max_grad_norm, schedule.learning_rate,
                 ledger.private, expected_batch_size=sample_rate * n_hat,
                 clipping=self.clipping, sparsity=self.sparsity, verbose=bool(self.verbose),
                 show_loss=self.verbose == "loss",
@@ -410,16 +475,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                     prior + Release("", "", 1.0, sigma, sample_rate, k).rdp(ledger.order),
                     ledger.order, ledger.accountant_delta) if ledger.private else math.inf)
             generator = torch.Generator().manual_seed(train_seed)
-            train_flow(flow, lo, hi, config, generator=generator, noise=noise, device=device)
+            if steps:
+                train_flow(flow, lo, hi, config, generator=generator, noise=noise,
+                           device=device)
             flow = flow.cpu().eval().requires_grad_(False)
-        ledger.record(Release(
-            name="DP-SGD (Poisson-subsampled Gaussian)",
-            reads="per-row gradients of the flow, clipped to max_grad_norm",
-            l2_sensitivity=self.max_grad_norm, noise_multiplier=sigma,
-            sample_rate=sample_rate, steps=steps,
-            budget_share=1.0 - sum(r.budget_share for r in ledger.releases),
-            details={"max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
-                     "sparsity": self.sparsity}))
+        if steps:
+            ledger.record(Release(
+                name="DP-SGD (Poisson-subsampled Gaussian)",
+                reads="per-row gradients of the flow, clipped to max_grad_norm",
+                l2_sensitivity=self.max_grad_norm, noise_multiplier=sigma,
+                sample_rate=sample_rate, steps=steps,
+                budget_share=1.0 - sum(r.budget_share for r in ledger.releases),
+                details={"max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
+                         "sparsity": self.sparsity}))
         return {"flow_": flow, "noise_multiplier_": sigma, "sample_rate_": sample_rate,
                 "steps_": steps, "n_rows_estimate_": n_hat}
 
@@ -721,6 +789,7 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
             "n_rows_estimate_": est.n_rows_estimate_,
             "feature_names_in_": list(est.feature_names_in_),
+            "schedule_": est.schedule_.to_dict(),
         },
     }
 
@@ -759,7 +828,8 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_.data_derived = tuple(state["data_derived"])
     est.domain_.estimated = tuple(state["estimated"])
     est.type_layer_ = TypeLayer(est.domain_)
-    specs = [histogram_spec(n, est.domain_[n], est.histogram_bins) for n in est.domain_.columns]
+    bins = state["fitted"]["schedule_"]["histogram_bins"]
+    specs = [histogram_spec(n, est.domain_[n], bins) for n in est.domain_.columns]
     est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
     est.encoder_ = TableEncoder(est.domain_, est.marginals_)
@@ -769,7 +839,8 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
         est.flow_.load_state_dict(state["flow"]["state"])
         est.flow_.eval().requires_grad_(False)
     est.ledger_ = PrivacyLedger.from_state_dict(state["ledger"])
-    fitted = state["fitted"]
+    fitted = dict(state["fitted"])
+    fitted["schedule_"] = Schedule(**fitted["schedule_"])
     for key, value in fitted.items():
         setattr(est, key, value)
     est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)

@@ -14,7 +14,7 @@ from .flows.model import SharedConditionerFlow
 from .privacy.dpsgd import DPSGDStep, poisson_batches
 from .privacy.randomness import PrivacyNoise
 
-__all__ = ["TrainConfig", "train_flow"]
+__all__ = ["Adam", "TrainConfig", "cosine_learning_rate", "train_flow"]
 
 
 @dataclass
@@ -61,9 +61,7 @@ def train_flow(
     n = len(lo)
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
     hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(config.steps, 1), eta_min=config.learning_rate / 10)
+    optimizer = Adam(list(flow.parameters()))
     expected = config.expected_batch_size or config.sample_rate * n
     dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
                         noise_multiplier=config.noise_multiplier,
@@ -75,7 +73,7 @@ def train_flow(
     for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, noise)):
         idx = idx.to(device)
         z = dequantize(lo_t[idx], hi_t[idx], generator)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         if dp_step is None:
             loss = -flow(z).mean() if len(z) else None
             if loss is not None:
@@ -85,8 +83,7 @@ def train_flow(
                 row_losses = -flow(z)
             dp_step.step(row_losses)
             loss = row_losses.detach().mean() if len(z) else None
-        optimizer.step()
-        schedule.step()
+        optimizer.step(cosine_learning_rate(config.learning_rate, step, config.steps))
         if bar is not None:
             bar.update(1)
             if step % refresh == 0 or step == config.steps - 1:
@@ -94,7 +91,50 @@ def train_flow(
         del loss
     if bar is not None:
         bar.close()
-    optimizer.zero_grad(set_to_none=True)  # nothing of the last batch stays on the model
+    optimizer.zero_grad()  # nothing of the last batch stays on the model
+
+
+def cosine_learning_rate(start: float, step: int, steps: int) -> float:
+    """Cosine decay from ``start`` at step 0 to a tenth of it at ``steps`` (as
+    ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=steps, eta_min=start / 10)``)."""
+    end = start / 10
+    return end + (start - end) * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
+
+
+class Adam:
+    """Adam (Kingma and Ba, 2015) as ``torch.optim.Adam`` computes it with default betas.
+
+    A few lines of our own because building any ``torch.optim`` optimiser imports
+    ``torch._dynamo`` (2 to 5 seconds on the first fit of a process), more than a whole small
+    fit. ``tests/test_training.py`` checks it step for step against ``torch.optim.Adam``.
+    """
+
+    def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = params
+        self.betas = betas
+        self.eps = eps
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        correction1 = 1 - b1**self.t
+        root_correction2 = math.sqrt(1 - b2**self.t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v.sqrt() / root_correction2).add_(self.eps)
+            p.addcdiv_(m, denom, value=-lr / correction1)
 
 
 def _progress(config: TrainConfig):  # noqa: ANN202 - tqdm or None

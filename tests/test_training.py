@@ -117,3 +117,49 @@ def test_flow_dp_step_variants_without_noise_equal_hand_clip_and_average(clippin
     for name, p in flow.named_parameters():
         torch.testing.assert_close(p.grad, hand[name], rtol=1e-10, atol=1e-13)
         assert torch.count_nonzero(p.grad[~keep[name]]) == 0
+
+
+def test_adam_and_cosine_match_torch_optim_step_for_step() -> None:
+    """The optimiser of our own (no torch._dynamo import) against torch.optim's, float64."""
+    from skdpflow.training import Adam, cosine_learning_rate
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(5, 3, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen,
+                                                                               dtype=torch.float64)]
+    theirs = [p.clone() for p in ours]
+    steps, lr = 25, 0.05
+    reference = torch.optim.Adam(theirs, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=steps,
+                                                          eta_min=lr / 10)
+    adam = Adam(ours)
+    for k in range(steps):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        assert cosine_learning_rate(lr, k, steps) == pytest.approx(
+            reference.param_groups[0]["lr"], rel=1e-12)
+        adam.step(cosine_learning_rate(lr, k, steps))
+        reference.step()
+        schedule.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(ours[0], theirs[0] * 0)  # it moved
+
+
+def test_a_fit_does_not_import_torch_dynamo() -> None:
+    """The first fit of a process pays no multi-second torch._dynamo import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, pandas as pd\n"
+            "from skdpflow import DPFlowSynthesizer\n"
+            "df = pd.DataFrame({'a': np.arange(300) % 7, 'b': np.arange(300) / 3.0})\n"
+            "DPFlowSynthesizer(epsilon=5, verbose=False, random_state=0,\n"
+            "                  domain_epsilon_fraction=0.2).fit(\n"
+            "    df, domain={'a': {'type': 'numerical', 'min': 0, 'max': 6,\n"
+            "                      'integer': True}, 'b': {'type': 'numerical', 'min': 0,\n"
+            "                      'max': 100}})\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 
 from skdpflow.domain import ColumnDomain
-from skdpflow.transforms import IdentityTransform, ShiftedLogTransform, column_transform
+from skdpflow.transforms import (
+    AsinhTransform,
+    IdentityTransform,
+    ShiftedLogTransform,
+    column_transform,
+)
 
 
-@pytest.mark.parametrize("transform", [IdentityTransform(), ShiftedLogTransform(-3.0)],
-                         ids=["identity", "shifted-log"])
+@pytest.mark.parametrize("transform", [IdentityTransform(), ShiftedLogTransform(-3.0),
+                                       AsinhTransform()],
+                         ids=["identity", "shifted-log", "asinh"])
 def test_inverse_and_log_derivative(transform):
     x = np.linspace(-3.0, 5e4, 101)
     np.testing.assert_allclose(transform.inverse(transform.forward(x)), x, rtol=1e-12,
@@ -27,3 +33,9 @@ def test_the_public_domain_chooses_the_transform():
     assert isinstance(column_transform(narrow), IdentityTransform)
     assert isinstance(column_transform(ColumnDomain(type="numerical", min=0, max=10,
                                                     transform="log")), ShiftedLogTransform)
+    signed = ColumnDomain(type="numerical", min=-2e5, max=1e6)
+    assert isinstance(column_transform(signed), AsinhTransform)
+    assert isinstance(column_transform(ColumnDomain(type="numerical", min=-5, max=5)),
+                      IdentityTransform)
+    assert isinstance(column_transform(ColumnDomain(type="numerical", min=-2e5, max=1e6,
+                                                    transform="none")), IdentityTransform)

@@ -119,7 +119,8 @@ def _sgd_sigma(budget: float, order: float, sample_rate: float, steps: int) -> f
 
 @lru_cache(maxsize=256)
 def filter_order(epsilon: float, delta: float, fixed_rdp_per_order: float, batch_size: int,
-                 epochs: float) -> float:
+                 epochs: float, plans: tuple[tuple[float, int, float], ...] | None = None
+                 ) -> float:
     """The Rényi order fixed before the first release, from public inputs only.
 
     Parameters
@@ -129,6 +130,10 @@ def filter_order(epsilon: float, delta: float, fixed_rdp_per_order: float, batch
         ``sum 1 / (2 z^2)`` over the one-shot Gaussian releases planned before DP-SGD (their
         divergence at order ``a`` is ``a`` times this).
     batch_size, epochs : DP-SGD's expected batch size and passes.
+    plans : tuple of ``(sample_rate, steps, share)``, one per reference size, or None
+        A schedule that follows the table (:mod:`skdpflow.schedule`): at each reference size,
+        DP-SGD's sampling rate, steps and share of the Rényi budget (what is left after the
+        fixed releases). Overrides ``batch_size`` and ``epochs``.
 
     For each reference table size ``n`` in :data:`REFERENCE_ROWS` (``q = batch_size / n``,
     ``round(epochs / q)`` steps) and each candidate order near the optimum of a linear
@@ -149,12 +154,19 @@ def filter_order(epsilon: float, delta: float, fixed_rdp_per_order: float, batch
                   if ok and best_linear / 4 <= a <= best_linear * 1.25]
     ratios = np.ones((len(candidates), len(REFERENCE_ROWS)))
     for j, n in enumerate(REFERENCE_ROWS):
-        q = min(1.0, batch_size / n)
-        steps = max(1, int(round(epochs / q)))
+        if plans is None:
+            q = min(1.0, batch_size / n)
+            steps, share = max(1, int(round(epochs / q))), 1.0
+        else:
+            q, steps, share = plans[j]
+        if share <= 0 or steps <= 0:
+            continue
         sigmas = np.array([_sgd_sigma(
-            _rdp_budget(epsilon, a, delta) - a * fixed_rdp_per_order, a, q, steps)
+            share * (_rdp_budget(epsilon, a, delta) - a * fixed_rdp_per_order), a, q, steps)
             for a in candidates])
-        ratios[:, j] = sigmas / sigmas.min()
+        if not np.isfinite(sigmas).any():
+            continue
+        ratios[:, j] = sigmas / sigmas[np.isfinite(sigmas)].min()
     return candidates[int(np.argmin(ratios.max(axis=1)))]
 
 
@@ -194,6 +206,7 @@ class PrivacyLedger:
         if self.private and self.accountant_delta <= 0:
             raise PrivacyBudgetError("selection_delta leaves no delta for the accountant.")
         self.order: float | None = None
+        self._planned_rdp = 0.0
         self.releases: list[Release] = []
 
     @property
@@ -207,15 +220,49 @@ class PrivacyLedger:
             return 0.0
         return analytic_gaussian_noise_multiplier(share * self.epsilon, self.accountant_delta)
 
-    def plan(self, one_off: list[float], *, batch_size: int, epochs: float) -> None:
-        """Fix the Rényi order before the first release (public inputs only)."""
+    def plan(self, one_off: list[float], *, batch_size: int = 1024, epochs: float = 6.0,
+             schedule: Any = None) -> None:
+        """Fix the Rényi order before the first release (public inputs only).
+
+        ``one_off`` are the noise multipliers of one-shot releases calibrated before the plan
+        (:meth:`gaussian_noise`); ``schedule``, a callable ``n -> (sample_rate, steps, share)``,
+        says what DP-SGD would do on ``n`` rows with ``share`` of the Rényi budget left after
+        them (see :func:`filter_order`); without it, ``batch_size`` and ``epochs`` do.
+        """
         if not self.private:
             return
         if self.releases:
             raise RuntimeError("The Rényi order must be fixed before the first release.")
         fixed = sum(1.0 / (2 * z**2) for z in one_off)
+        plans = None if schedule is None else tuple(
+            tuple(schedule(n)) for n in REFERENCE_ROWS)
         self.order = filter_order(self.epsilon, self.accountant_delta, fixed,
-                                  int(batch_size), float(epochs))
+                                  int(batch_size), float(epochs), plans)
+        self._planned_rdp = fixed * self.order
+
+    def share_noise(self, share: float) -> float:
+        """Noise multiplier of a one-shot Gaussian release costing ``share`` of the Rényi
+        budget at the fixed order (after the releases planned with :meth:`plan`).
+
+        A Gaussian release of multiplier ``z`` has divergence ``alpha / (2 z^2)`` at order
+        ``alpha``, so ``z = sqrt(alpha / (2 share B))``: shares add up exactly.
+        """
+        if not self.private:
+            return 0.0
+        if self.order is None:
+            raise RuntimeError("plan() must fix the Rényi order first.")
+        if not 0 < share <= 1:
+            raise ValueError(f"share must lie in (0, 1], got {share!r}.")
+        budget = self.rdp_budget() - self._planned_rdp
+        return math.sqrt(self.order / (2 * share * budget))
+
+    def dpsgd_noise_for(self, share: float, sample_rate: float, steps: int) -> float:
+        """What :meth:`dpsgd_noise` would give DP-SGD with ``share`` of the planned budget
+        (used by the schedule to size the model before any of it is spent)."""
+        if not self.private:
+            return 0.0
+        budget = share * (self.rdp_budget() - self._planned_rdp)
+        return _sgd_sigma(budget, self.order, sample_rate, steps)
 
     def record(self, release: Release) -> None:
         """Add a release; refuses one that would overdraw the budget at the fixed order."""

@@ -1,0 +1,168 @@
+"""The training schedule: budget shares, batch, steps, learning rate and model size.
+
+Every hyperparameter a user leaves at ``"auto"`` is set here from public facts only: the
+noisy row count ``n_hat`` (released first, at :data:`COUNT_SHARE` of the budget), the
+number of encoded dimensions, epsilon and delta. Explicit values override the rule.
+
+Why these rules (see docs/design.md, "The schedule", for the measurements):
+
+* **Budget shares follow the rows per unit of noise.** With ``N = n_hat * epsilon``, the
+  noisy 1-way histograms and the noisy correlation matrix (the Gaussian copula the flow
+  starts from) need a fixed *absolute* noise level to be useful, so their share of the
+  budget shrinks as ``N`` grows: ``marginals = 0.1 sqrt(30000 / N)`` within [0.1, 0.6],
+  ``copula = 0.05 sqrt(30000 / N)`` within [0.03, 0.3]. DP-SGD gets the rest.
+* **DP-SGD only where it can learn.** The noise DP-SGD adds to one step's mean gradient has
+  norm about ``sigma * C * sqrt(p) / B`` (``p`` parameters, expected batch ``B``, clipping
+  norm ``C``), against a clipped gradient of norm at most ``C``. Adult (32,561 rows, epsilon
+  1) trains well at a ratio ``sigma sqrt(p) / B`` of about 0.4; far above it, Adam's steps
+  are a random walk that only blurs the released marginals and copula. So the model size is
+  the largest one whose ratio stays within :data:`NOISE_RATIO`; when even the smallest model
+  is far above it (:data:`MAX_NOISE_RATIO`), DP-SGD is skipped, its share goes to the
+  releases, and the model is the DP Gaussian copula over the DP marginals.
+* **Batch and steps.** Large expected batches and a few hundred steps (De et al., 2022;
+  Ponomareva et al., 2023, "How to DP-fy ML", Sec. 5.4): in the high-noise regime the noise of
+  the mean gradient, ``sigma / B``, falls as the batch grows while the subsampled Gaussian's
+  ``sigma`` grows about linearly with ``q``; below 200 steps the optimiser has too few
+  steps to converge. So ``B = min(1024, n_hat / 4)`` and ``steps = max(200, 6 n_hat / B)``
+  (six epochs on large tables).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .privacy.accounting import PrivacyBudgetError
+
+__all__ = ["AUTO", "COUNT_SHARE", "Schedule", "auto_schedule", "flow_parameter_count",
+           "releases_shares"]
+
+AUTO = "auto"
+# Share of the Rényi budget spent on the row count, released before anything else.
+COUNT_SHARE = 0.02
+# Target and ceiling of sigma * sqrt(p) / B (noise norm over clipped-gradient norm per step).
+NOISE_RATIO = 0.4
+MAX_NOISE_RATIO = 3.0
+# The smallest DP-SGD share worth keeping; below it the share goes to the releases.
+MIN_TRAIN_SHARE = 0.1
+# Model sizes tried, largest first: (hidden_size, n_bins).
+MODEL_SIZES = ((64, 8), (32, 8), (16, 8), (16, 4), (8, 4))
+MAX_BATCH = 1024
+MIN_STEPS = 200
+LARGE_TABLE_EPOCHS = 6.0
+BASE_LEARNING_RATE = 1e-2
+# The rows-times-epsilon at which the shares reach their large-table values.
+REFERENCE_N = 30_000.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the fit does after the row count: shares of the budget left, and training."""
+
+    marginals_share: float
+    copula_share: float
+    train_share: float
+    batch_size: int
+    steps: int
+    learning_rate: float
+    hidden_size: int
+    n_bins: int
+    histogram_bins: int
+    noise_ratio: float | None = None  # sigma sqrt(p) / B projected for the chosen model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def flow_parameter_count(n_dims: int, hidden_size: int, n_bins: int,
+                         stage_features: int = 8) -> int:
+    """Parameters of :class:`~skdpflow.flows.model.SharedConditionerFlow` (two hidden layers)."""
+    d, h = n_dims, hidden_size
+    return (2 * d + stage_features + 1) * h + (h + 1) * h + (h + 1) * d * (3 * n_bins - 1)
+
+
+def releases_shares(n_hat: float, epsilon: float, n_dims: int) -> tuple[float, float]:
+    """Shares of the budget left for the 1-way histograms and the copula."""
+    if not math.isfinite(epsilon):
+        return 0.1, (0.05 if n_dims >= 2 else 0.0)
+    scale = math.sqrt(REFERENCE_N / max(n_hat * epsilon, 1.0))
+    marginals = min(max(0.1 * scale, 0.1), 0.6)
+    copula = min(max(0.05 * scale, 0.03), 0.3) if n_dims >= 2 else 0.0
+    return marginals, copula
+
+
+def batch_and_steps(n_hat: float) -> tuple[int, int]:
+    """Expected batch size and number of steps for ``n_hat`` rows."""
+    batch = int(min(MAX_BATCH, max(1.0, n_hat / 4)))
+    steps = max(MIN_STEPS, int(round(LARGE_TABLE_EPOCHS * n_hat / batch)))
+    return batch, steps
+
+
+def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
+                  overrides: dict[str, Any] | None = None, *, size_model: bool = True
+                  ) -> Schedule:
+    """The schedule for a table of about ``n_hat`` rows and ``n_dims`` encoded dimensions.
+
+    Parameters
+    ----------
+    n_hat : float
+        The noisy row count (already released).
+    n_dims : int
+        Encoded dimensions (public: they follow from the domain).
+    epsilon : float
+        The target (``inf``: no privacy; the large-table schedule, no skipping).
+    sigma_for : callable ``(train_share, sample_rate, steps) -> sigma``
+        DP-SGD's noise multiplier for that share of the budget left (the ledger's).
+    overrides : dict
+        Explicit user values (``batch_size``, ``epochs``, ``learning_rate``,
+        ``hidden_size``, ``n_bins``, ``marginals_fraction``, ``copula_fraction``,
+        ``histogram_bins``); ``"auto"`` entries are ignored.
+    size_model : bool, default=True
+        False skips the model-size choice (and ``sigma_for``): the plan's shares, batch and
+        steps only, as the ledger needs them before anything is released.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v != AUTO}
+    marginals, copula = releases_shares(n_hat, epsilon, n_dims)
+    marginals = given.get("marginals_fraction", marginals)
+    copula = given.get("copula_fraction", copula) if n_dims >= 2 else 0.0
+    batch, steps = batch_and_steps(n_hat)
+    batch = int(given.get("batch_size", batch))
+    rate = min(1.0, batch / max(n_hat, 1.0))
+    if "epochs" in given:
+        steps = max(1, int(round(given["epochs"] / rate)))
+    histogram_bins = int(given.get("histogram_bins", 32))
+    train = 1.0 - marginals - copula
+    if train < MIN_TRAIN_SHARE and "copula_fraction" not in given:
+        copula = max(0.0, 1.0 - marginals - MIN_TRAIN_SHARE)  # explicit shares come first
+        train = 1.0 - marginals - copula
+    if train <= 0:
+        raise PrivacyBudgetError(
+            f"marginals_fraction ({marginals}) and copula_fraction ({copula}) leave no share of "
+            "the budget for training.")
+    sizes = [(given.get("hidden_size", h), given.get("n_bins", k)) for h, k in MODEL_SIZES]
+    sizes = list(dict.fromkeys(sizes))
+    if not math.isfinite(epsilon) or n_dims == 0 or not size_model:
+        hidden, bins = sizes[0]
+        return Schedule(marginals, copula, train, batch, steps,
+                        given.get("learning_rate", BASE_LEARNING_RATE), hidden, bins,
+                        histogram_bins)
+    sigma = sigma_for(train, rate, steps) if train > 0 else math.inf
+    expected = rate * n_hat
+    ratios = [sigma * math.sqrt(flow_parameter_count(n_dims, h, k)) / expected
+              for h, k in sizes]
+    pick = next((i for i, r in enumerate(ratios) if r <= NOISE_RATIO), len(sizes) - 1)
+    hidden, bins = sizes[pick]
+    ratio = ratios[pick]
+    explicit_training = any(k in given for k in ("batch_size", "epochs", "hidden_size",
+                                                 "n_bins", "learning_rate"))
+    if ratio > MAX_NOISE_RATIO and not explicit_training and train > 0:
+        # DP-SGD cannot learn here: the releases get its share (scaled up together).
+        total = marginals + copula
+        marginals, copula = marginals / total, copula / total
+        return Schedule(marginals, copula, 0.0, batch, 0, 0.0, hidden, bins,
+                        histogram_bins, ratio)
+    learning_rate = given.get("learning_rate",
+                              BASE_LEARNING_RATE * min(1.0, NOISE_RATIO / ratio))
+    return Schedule(marginals, copula, train, batch, steps, learning_rate, hidden, bins,
+                    histogram_bins, ratio)

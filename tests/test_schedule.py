@@ -1,0 +1,111 @@
+"""The automatic schedule: public inputs only, explicit values win, DP-SGD only where it learns."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from skdpflow import DPFlowSynthesizer
+from skdpflow.flows.model import SharedConditionerFlow
+from skdpflow.privacy.ledger import PrivacyLedger
+from skdpflow.schedule import (
+    COUNT_SHARE,
+    MAX_NOISE_RATIO,
+    NOISE_RATIO,
+    auto_schedule,
+    batch_and_steps,
+    flow_parameter_count,
+    releases_shares,
+)
+
+
+def _ledger(epsilon: float, n_dims: int) -> PrivacyLedger:
+    ledger = PrivacyLedger(epsilon, 1e-5)
+
+    def reference(n: int) -> tuple[float, int, float]:
+        plan = auto_schedule(n, n_dims, epsilon, None, size_model=False)
+        return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - COUNT_SHARE)
+
+    ledger.plan([], schedule=reference)
+    return ledger
+
+
+def _schedule(n: float, n_dims: int, epsilon: float, **overrides):
+    ledger = _ledger(epsilon, n_dims)
+    left = 1 - COUNT_SHARE
+    return auto_schedule(n, n_dims, epsilon,
+                         lambda share, q, steps: ledger.dpsgd_noise_for(share * left, q, steps),
+                         overrides)
+
+
+@pytest.mark.parametrize("n_dims,hidden,bins", [(1, 3, 2), (17, 8, 4), (40, 64, 8)])
+def test_parameter_count_is_the_flows(n_dims, hidden, bins):
+    flow = SharedConditionerFlow(n_dims, hidden_size=hidden, n_bins=bins)
+    assert flow_parameter_count(n_dims, hidden, bins) == sum(p.numel()
+                                                              for p in flow.parameters())
+
+
+def test_release_shares_shrink_as_rows_grow_and_stay_in_range():
+    marg = [releases_shares(n, 1.0, 10)[0] for n in (300, 1_000, 3_000, 30_000, 1e6)]
+    assert marg == sorted(marg, reverse=True) and marg[0] == 0.6 and marg[-1] == 0.1
+    assert releases_shares(1_000, 1.0, 1)[1] == 0.0  # one column: no correlation to release
+
+
+def test_batch_and_steps():
+    assert batch_and_steps(1_000) == (250, 200)
+    assert batch_and_steps(1e6) == (1024, round(6 * 1e6 / 1024))
+
+
+def test_the_model_shrinks_until_the_projected_noise_is_small():
+    for n in (10_000, 45_000, 1e6):
+        plan = _schedule(n, 17, 1.0)
+        assert plan.train_share > 0 and plan.steps >= 200
+        ratio = plan.noise_ratio
+        assert ratio <= NOISE_RATIO or (plan.hidden_size, plan.n_bins) == (8, 4)
+    sizes = [_schedule(n, 17, 1.0).hidden_size for n in (10_000, 45_000, 1e6)]
+    assert sizes == sorted(sizes) and sizes[-1] == 64
+
+
+def test_dpsgd_is_skipped_where_it_cannot_learn_and_its_share_goes_to_the_releases():
+    plan = _schedule(1_000, 17, 1.0)
+    assert plan.noise_ratio > MAX_NOISE_RATIO
+    assert plan.steps == 0 and plan.train_share == 0
+    assert plan.marginals_share + plan.copula_share == pytest.approx(1.0)
+
+
+def test_explicit_values_override_the_rule():
+    plan = _schedule(1_000, 17, 1.0, batch_size=100, epochs=2, hidden_size=16, n_bins=5,
+                     learning_rate=0.05, marginals_fraction=0.3, histogram_bins=10)
+    assert (plan.batch_size, plan.steps, plan.hidden_size, plan.n_bins) == (100, 20, 16, 5)
+    assert plan.learning_rate == 0.05 and plan.marginals_share == 0.3
+    assert plan.histogram_bins == 10
+    assert plan.steps > 0  # explicit training settings are never skipped
+
+
+def test_non_private_schedule_is_the_large_table_one():
+    plan = auto_schedule(500, 10, math.inf, None)
+    assert plan.hidden_size == 64 and plan.steps >= 200 and plan.train_share > 0
+
+
+def test_fit_reports_its_schedule_and_spends_exactly_the_budget():
+    rng = np.random.default_rng(0)
+    n = 600
+    a = rng.integers(0, 4, n)
+    df = pd.DataFrame({"a": a.astype(str), "b": a + rng.normal(0, 0.3, n)})
+    domain = {"a": {"type": "categorical", "categories": ["0", "1", "2", "3"]},
+              "b": {"type": "numerical", "min": -2, "max": 6}}
+    synth = DPFlowSynthesizer(epsilon=1.0, random_state=0, verbose=False).fit(df, domain=domain)
+    report = synth.privacy_report()
+    names = [m["name"] for m in report["mechanisms"]]
+    assert names[0].startswith("row count")
+    assert synth.steps_ == synth.schedule_.steps
+    assert 0.8 < report["epsilon_spent"] <= 1.0 + 1e-9
+    shares = sum(m["budget_share"] for m in report["mechanisms"])
+    assert shares <= 1.0 + 1e-9
+    torch.manual_seed(0)
+    out = synth.sample(50, random_state=0)
+    assert list(out.columns) == ["a", "b"]
