@@ -43,6 +43,7 @@ from .encoding import (
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
+from .privacy.copula import release_correlation
 from .privacy.domain_estimation import (
     SELECTION_DELTA_SHARE,
     DomainEstimateWarning,
@@ -59,7 +60,8 @@ NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD
 
 __all__ = ["DPFlowSynthesizer"]
 
-FORMAT_VERSION = 3
+# 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
+FORMAT_VERSION = 4
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -116,6 +118,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Share of epsilon for the histogram release that shapes the encoding: its Gaussian
         noise is calibrated so that the release alone is ``(marginals_fraction * epsilon,
         delta)``-DP; training gets the rest, composed in the same ledger.
+    copula_fraction : float, default=0.2
+        Share of epsilon for one Gaussian release of the correlations between the latent
+        dimensions (a DP Gaussian copula, :mod:`skdpflow.privacy.copula`), made the flow's
+        starting point: the untrained flow samples ``N(0, R)`` instead of independent
+        columns, so a table too small for DP-SGD to learn from still keeps its strongest
+        pairwise dependencies. ``0`` disables the release (the flow starts from
+        independent columns).
     domain_epsilon_fraction : float, default=0.2
         Share of epsilon for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
@@ -176,6 +185,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     n_rows_estimate_ : float
         The row count as estimated from the noisy histograms (the exact count never
         reaches the model).
+    copula_info_ : dict
+        The copula release's summary (dimensions, noise std, James-Stein shrinkage factor,
+        mean absolute released correlation); empty when ``copula_fraction=0``. The
+        correlation itself is the flow's ``base_cholesky`` buffer (``L L^T``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
     flow_ : SharedConditionerFlow
@@ -194,6 +207,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "hidden_size": Interval(Integral, 1, None),
         "n_bins": Interval(Integral, 2, None),
         "marginals_fraction": Interval(Real, 0, 1, closed="neither"),
+        "copula_fraction": Interval(Real, 0, 1, closed="left"),
         "histogram_bins": Interval(Integral, 2, None),
         "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
@@ -218,6 +232,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         hidden_size: int = 64,
         n_bins: int = 8,
         marginals_fraction: float = 0.1,
+        copula_fraction: float = 0.2,
         histogram_bins: int = 32,
         domain_epsilon_fraction: float = 0.2,
         privacy: str = "strict",
@@ -238,6 +253,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.hidden_size = hidden_size
         self.n_bins = n_bins
         self.marginals_fraction = marginals_fraction
+        self.copula_fraction = copula_fraction
         self.histogram_bins = histogram_bins
         self.domain_epsilon_fraction = domain_epsilon_fraction
         self.privacy = privacy
@@ -252,7 +268,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """Learn a differentially private model of the table ``X``.
 
         The fit is a short sequence of stages: check the budget and fix its plan, resolve
-        the domain, release the marginals, encode, train, close the ledger. Every stage that
+        the domain, release the marginals, encode, release the copula correlations, train,
+        close the ledger. Every stage that
         reads rows is a mechanism of :mod:`skdpflow.privacy` recorded in one
         :class:`~skdpflow.privacy.ledger.PrivacyLedger`; its noise comes from a
         :class:`~skdpflow.privacy.randomness.SecureNoise` keyed with fresh OS entropy, never
@@ -289,9 +306,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
-        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims,
-                                  fitted["marginals_info_"]["n_rows_estimate"], ledger, noise,
-                                  int(init_seed), int(train_seed)))
+        n_hat = fitted["marginals_info_"]["n_rows_estimate"]
+        correlation, fitted["copula_info_"] = self._release_copula(
+            lo, hi, n_hat, data.shape[1], ledger, noise)
+        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims, n_hat, correlation,
+                                  ledger, noise, int(init_seed), int(train_seed)))
         ledger.close()  # fail closed: the recomputed totals must be within the promise
         self._set_fitted(fitted, ledger, data)
         return self
@@ -322,17 +341,22 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 "allows releasing a whole row.")
         estimates = private and self.privacy == "strict" and any(
             c not in declared.columns for c in data.columns)
-        shares = self.marginals_fraction + (self.domain_epsilon_fraction if estimates else 0.0)
+        copula = self._copula_planned(data.shape[1])
+        shares = (self.marginals_fraction + (self.copula_fraction if copula else 0.0)
+                  + (self.domain_epsilon_fraction if estimates else 0.0))
         if private and shares >= 1.0:
             raise PrivacyBudgetError(
-                "domain_epsilon_fraction + marginals_fraction must leave a share of epsilon "
-                f"for training; got {self.domain_epsilon_fraction} + {self.marginals_fraction}.")
+                "domain_epsilon_fraction + marginals_fraction + copula_fraction must leave a "
+                f"share of epsilon for training; got {self.domain_epsilon_fraction} + "
+                f"{self.marginals_fraction} + {self.copula_fraction}.")
         discovers = estimates and any(column_kind(data[c]) == "categorical"
                                       for c in data.columns if c not in declared.columns)
         selection_delta = (SELECTION_DELTA_SHARE * self.delta
                            * math.exp(-min(self.epsilon, MAX_EPSILON)) if discovers else 0.0)
         ledger = PrivacyLedger(self.epsilon, self.delta, selection_delta=selection_delta)
         one_off = [ledger.gaussian_noise(self.marginals_fraction)]
+        if copula:
+            one_off.append(ledger.gaussian_noise(self.copula_fraction))
         if estimates:
             one_off.append(ledger.gaussian_noise(self.domain_epsilon_fraction))
         ledger.plan(one_off, batch_size=self.batch_size, epochs=self.epochs)
@@ -387,9 +411,26 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ledger.record(release)
         return marginals, info
 
+    def _copula_planned(self, n_columns: int) -> bool:
+        """Whether the copula release is part of the plan (public: its share, the schema)."""
+        return self.copula_fraction > 0 and n_columns >= 2
+
+    def _release_copula(self, lo: np.ndarray, hi: np.ndarray, n_hat: float, n_columns: int,
+                        ledger: PrivacyLedger, noise: PrivacyNoise
+                        ) -> tuple[np.ndarray, dict]:
+        """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``."""
+        if not self._copula_planned(n_columns):
+            return np.eye(lo.shape[1]), {}
+        z_c = ledger.gaussian_noise(self.copula_fraction)
+        correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
+                                                         self.copula_fraction)
+        if release is not None:
+            ledger.record(release)
+        return correlation, info
+
     def _train(self, lo: np.ndarray, hi: np.ndarray, n_dims: int, n_hat: float,
-               ledger: PrivacyLedger, noise: PrivacyNoise, init_seed: int, train_seed: int
-               ) -> dict[str, Any]:
+               correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
+               init_seed: int, train_seed: int) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only."""
         sample_rate = min(1.0, self.batch_size / n_hat)
         steps = max(1, int(round(self.epochs / sample_rate)))
@@ -399,7 +440,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             device = _resolve_device(self.device)
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
                                          hidden_size=self.hidden_size, n_bins=self.n_bins,
-                                         seed=init_seed).float().to(device)
+                                         seed=init_seed)
+            flow.set_base_correlation(torch.as_tensor(correlation))
+            flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
             config = TrainConfig(
                 steps, sample_rate, sigma, self.max_grad_norm, self.learning_rate,
@@ -720,6 +763,7 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "noise_multiplier_": est.noise_multiplier_,
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
             "n_rows_estimate_": est.n_rows_estimate_,
+            "copula_info_": dict(est.copula_info_),
             "feature_names_in_": list(est.feature_names_in_),
         },
     }
