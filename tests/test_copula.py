@@ -45,12 +45,12 @@ class _Spy:
         self.inner = SeededNoise(seed)
         self.draws: list[tuple[tuple, float, torch.Tensor]] = []
 
-    def normal(self, shape, std, **kwargs):  # noqa: ANN001, ANN201
+    def normal(self, shape, std, **kwargs):
         out = self.inner.normal(shape, std, **kwargs)
         self.draws.append((tuple(shape), std, out.clone()))
         return out
 
-    def __getattr__(self, name):  # noqa: ANN001, ANN204
+    def __getattr__(self, name):
         raise AssertionError(f"the copula release drew {name!r}")
 
 
@@ -125,7 +125,7 @@ def test_noise_comes_from_the_privacy_noise_with_the_declared_std():
 def test_zero_noise_gives_the_exact_clipped_correlation():
     rng = np.random.default_rng(2)
     lo, hi = _cells(rng, 300, 4)
-    corr, info, release = release_correlation(lo, hi, 0.0, SeededNoise(0), 300.0)
+    corr, info, _ = release_correlation(lo, hi, 0.0, SeededNoise(0), 300.0)
     z = clipped_scores(lo, hi)
     raw = z.T @ z
     raw = raw / np.sqrt(np.outer(np.diag(raw), np.diag(raw)))  # uncentred correlation
@@ -137,7 +137,7 @@ def test_zero_noise_gives_the_exact_clipped_correlation():
 def test_fewer_than_two_dimensions_release_nothing():
     for d in (0, 1):
         lo = np.zeros((10, d))
-        corr, info, release = release_correlation(lo, lo, 1.0, _Spy(), 10.0)
+        corr, _, release = release_correlation(lo, lo, 1.0, _Spy(), 10.0)
         assert release is None and corr.shape == (d, d)
         np.testing.assert_array_equal(corr, np.eye(d))
 
@@ -185,7 +185,7 @@ def test_the_result_is_always_a_correlation_matrix():
 
 
 # --------------------------------------------------------------- in the fit
-FAST = dict(epochs=1, batch_size=256, n_stages=2, hidden_size=8, verbose=False)
+FAST = {"epochs": 1, "batch_size": 256, "n_stages": 2, "hidden_size": 8, "verbose": False}
 PAIR_DOMAIN = {"a": {"type": "numerical", "min": -5, "max": 5},
                "b": {"type": "numerical", "min": -5, "max": 5}}
 

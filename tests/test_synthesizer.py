@@ -32,7 +32,11 @@ def fitted():
     from conftest import MIXED_DOMAIN, make_mixed_frame
 
     frame = make_mixed_frame(600)
-    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, random_state=0, **FAST)
+    # No copula release here (tests/test_copula.py covers it): on 600 rows its 20% of
+    # epsilon is pure noise (shrunk to the identity) and leaves DP-SGD noisy enough to drop
+    # the missing-value mode of 'score' in about one fit in ten.
+    synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, random_state=0, copula_fraction=0.0,
+                              **FAST)
     synth.fit(frame, domain=MIXED_DOMAIN)
     return synth, frame
 
@@ -188,7 +192,7 @@ def test_fitted_attributes_and_accounting(fitted):
     assert synth.epsilon_ > 1.9  # the budget is used, not wasted
     report = synth.privacy_report()
     assert report["epsilon_spent"] == synth.epsilon_
-    assert [m["name"].split()[0] for m in report["mechanisms"]] == ["1-way", "copula", "DP-SGD"]
+    assert [m["name"].split()[0] for m in report["mechanisms"]] == ["1-way", "DP-SGD"]
     assert report["guarantee_covers_everything"]
 
 
@@ -247,7 +251,8 @@ def test_clipping_variants_fit_and_meet_the_target(fitted, clipping, sparsity):
     from conftest import MIXED_DOMAIN
 
     synth = DPFlowSynthesizer(epsilon=2.0, delta=1e-4, clipping=clipping, sparsity=sparsity,
-                              random_state=0, **FAST).fit(frame, domain=MIXED_DOMAIN)
+                              random_state=0, copula_fraction=0.0, **FAST).fit(
+                                  frame, domain=MIXED_DOMAIN)
     assert synth.epsilon_ <= 2.0
     # Same calibration as flat clipping: the variants cost no extra epsilon. Their noise
     # is what flat clipping's ledger gives for this fit's (noisy-count-driven) schedule.
