@@ -45,6 +45,7 @@ from .encoding import (
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
+from .privacy.copula import release_correlation
 from .privacy.domain_estimation import (
     SELECTION_DELTA_SHARE,
     DomainEstimateWarning,
@@ -63,6 +64,7 @@ NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD
 
 __all__ = ["DPFlowSynthesizer"]
 
+# 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
 FORMAT_VERSION = 4
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
@@ -131,6 +133,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         order the ledger fixes before the first release, so they add up exactly; training
         gets what is left. ``"auto"``: ``0.1 sqrt(30000 / (n_hat epsilon))`` within
         [0.1, 0.6]: small tables need a larger share for usable marginals.
+    copula_fraction : float or "auto", default="auto"
+        Share of the budget for one Gaussian release of the correlations between the latent
+        dimensions (a DP Gaussian copula, :mod:`skdpflow.privacy.copula`), made the flow's
+        starting point: the untrained flow samples ``N(0, R)`` instead of independent
+        columns, so a table too small for DP-SGD to learn from still keeps its strongest
+        pairwise dependencies. ``0`` disables the release. ``"auto"``:
+        ``0.05 sqrt(30000 / (n_hat epsilon))`` within [0.03, 0.3].
     domain_epsilon_fraction : float, default=0.2
         Share of the budget for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
@@ -191,6 +200,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     n_rows_estimate_ : float
         The row count as estimated from the noisy histograms (the exact count never
         reaches the model).
+    copula_info_ : dict
+        The copula release's summary (dimensions, noise std, James-Stein shrinkage factor,
+        mean absolute released correlation); empty when ``copula_fraction=0``. The
+        correlation itself is the flow's ``base_cholesky`` buffer (``L L^T``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
     flow_ : SharedConditionerFlow
@@ -209,6 +222,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "hidden_size": auto_or(Interval(Integral, 1, None)),
         "n_bins": auto_or(Interval(Integral, 2, None)),
         "marginals_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
+        "copula_fraction": auto_or(Interval(Real, 0, 1, closed="left")),
         "histogram_bins": Interval(Integral, 2, None),
         "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
@@ -233,6 +247,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         hidden_size: int | str = "auto",
         n_bins: int | str = "auto",
         marginals_fraction: float | str = "auto",
+        copula_fraction: float | str = "auto",
         histogram_bins: int = 32,
         domain_epsilon_fraction: float = 0.2,
         privacy: str = "strict",
@@ -253,6 +268,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.hidden_size = hidden_size
         self.n_bins = n_bins
         self.marginals_fraction = marginals_fraction
+        self.copula_fraction = copula_fraction
         self.histogram_bins = histogram_bins
         self.domain_epsilon_fraction = domain_epsilon_fraction
         self.privacy = privacy
@@ -267,7 +283,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """Learn a differentially private model of the table ``X``.
 
         The fit is a short sequence of stages: check the budget and fix its plan, resolve
-        the domain, release the marginals, encode, train, close the ledger. Every stage that
+        the domain, release the marginals, encode, release the copula correlations, train,
+        close the ledger. Every stage that
         reads rows is a mechanism of :mod:`skdpflow.privacy` recorded in one
         :class:`~skdpflow.privacy.ledger.PrivacyLedger`; its noise comes from a
         :class:`~skdpflow.privacy.randomness.SecureNoise` keyed with fresh OS entropy, never
@@ -306,9 +323,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
-        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims,
-                                  fitted["marginals_info_"]["n_rows_estimate"], ledger, noise,
-                                  fitted["schedule_"], int(init_seed), int(train_seed)))
+        n_hat = fitted["marginals_info_"]["n_rows_estimate"]
+        correlation, fitted["copula_info_"] = self._release_copula(
+            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"])
+        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims, n_hat, correlation,
+                                  ledger, noise, fitted["schedule_"], int(init_seed),
+                                  int(train_seed)))
         ledger.close()  # fail closed: the recomputed totals must be within the promise
         self._set_fitted(fitted, ledger, data)
         return self
@@ -345,12 +365,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
                 "allows releasing a whole row.")
         fixed = self._fixed_shares(data, declared)
-        explicit = [v for v in (self.marginals_fraction,) if v != AUTO]
+        explicit = [v for v in (self.marginals_fraction, self.copula_fraction) if v != AUTO]
         if private and (fixed >= 1.0 or sum(explicit) >= 1.0):
             raise PrivacyBudgetError(
                 "The budget shares must leave a share of epsilon for the rest of the fit; got "
                 f"row count {COUNT_SHARE} + domain_epsilon_fraction "
-                f"{self.domain_epsilon_fraction}, marginals_fraction {self.marginals_fraction}.")
+                f"{self.domain_epsilon_fraction}, marginals_fraction {self.marginals_fraction}, "
+                f"copula_fraction {self.copula_fraction}.")
         estimates = private and self.privacy == "strict" and any(
             c not in declared.columns for c in data.columns)
         discovers = estimates and any(column_kind(data[c]) == "categorical"
@@ -371,7 +392,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def _schedule_overrides(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "batch_size", "epochs", "learning_rate", "hidden_size", "n_bins",
-            "marginals_fraction", "histogram_bins")}
+            "marginals_fraction", "copula_fraction", "histogram_bins")}
 
     def _release_row_count(self, data: pd.DataFrame, ledger: PrivacyLedger,
                            noise: PrivacyNoise) -> float:
@@ -447,13 +468,26 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ledger.record(release)
         return marginals, info
 
+    def _release_copula(self, lo: np.ndarray, hi: np.ndarray, n_hat: float, n_columns: int,
+                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule
+                        ) -> tuple[np.ndarray, dict]:
+        """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``."""
+        if schedule.copula_share <= 0 or n_columns < 2:
+            return np.eye(lo.shape[1]), {}
+        z_c = ledger.share_noise(schedule.copula_share)
+        correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
+                                                         schedule.copula_share)
+        if release is not None:
+            ledger.record(release)
+        return correlation, info
+
     def _train(self, lo: np.ndarray, hi: np.ndarray, n_dims: int, n_hat: float,
-               ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
-               init_seed: int, train_seed: int) -> dict[str, Any]:
+               correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
+               schedule: Schedule, init_seed: int, train_seed: int) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
-        flow stays at its initial identity and nothing is spent on training.
+        flow stays at its starting point (the copula) and nothing is spent on training.
         """
         sample_rate = min(1.0, schedule.batch_size / n_hat)
         steps = schedule.steps
@@ -463,8 +497,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             device = _resolve_device(self.device)
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
                                          hidden_size=schedule.hidden_size,
-                                         n_bins=schedule.n_bins,
-                                         seed=init_seed).float().to(device)
+                                         n_bins=schedule.n_bins, seed=init_seed)
+            flow.set_base_correlation(torch.as_tensor(correlation))
+            flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
             config = TrainConfig(
                 steps, sample_rate, sigma, self.max_grad_norm, schedule.learning_rate,
@@ -788,6 +823,7 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "noise_multiplier_": est.noise_multiplier_,
             "sample_rate_": est.sample_rate_, "steps_": est.steps_,
             "n_rows_estimate_": est.n_rows_estimate_,
+            "copula_info_": dict(est.copula_info_),
             "feature_names_in_": list(est.feature_names_in_),
             "schedule_": est.schedule_.to_dict(),
         },

@@ -208,3 +208,97 @@ def test_no_grad_fast_path_matches_module_path(
     torch.testing.assert_close(ladj_fast, ladj.detach(), atol=1e-10, rtol=0)
     torch.testing.assert_close(x_fast, flow.inverse(z).detach(), atol=1e-10, rtol=0)
     torch.testing.assert_close(x_fast, x, atol=1e-7, rtol=0)
+
+
+# ------------------------------------------------------- the copula base N(0, R)
+def _correlation(features: int, seed: int = 2) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(features, 2 * features, generator=generator)
+    cov = a @ a.T / (2 * features) + 0.1 * torch.eye(features)
+    scale = cov.diagonal().rsqrt()
+    return cov * scale[:, None] * scale[None, :]
+
+
+@pytest.mark.parametrize("features", [1, 2, 3, 5])
+def test_whitened_log_prob_matches_full_jacobian(features: int) -> None:
+    flow = _small(features, n_stages=5)
+    _randomize(flow)
+    flow.set_base_correlation(_correlation(features))
+    for x in torch.randn(3, features):
+        jac = torch.autograd.functional.jacobian(lambda r: flow.transform(r[None])[0][0], x)
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign > 0
+        z = flow.transform(x[None])[0][0]
+        expected = _std_normal_log_prob(z) + logdet
+        torch.testing.assert_close(flow.log_prob(x[None])[0], expected, atol=1e-9, rtol=1e-9)
+        with torch.no_grad():  # the fast path too
+            torch.testing.assert_close(flow.log_prob(x[None])[0], expected, atol=1e-9,
+                                       rtol=1e-9)
+
+
+def test_untrained_flow_with_a_base_correlation_is_the_gaussian_copula() -> None:
+    r = _correlation(4)
+    flow = _small(4)
+    flow.set_base_correlation(r)
+    x = 2.0 * torch.randn(30, 4)
+    expected = torch.distributions.MultivariateNormal(torch.zeros(4), r).log_prob(x)
+    torch.testing.assert_close(flow.log_prob(x), expected, atol=1e-10, rtol=1e-10)
+    sample = flow.sample(200_000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.corrcoef(sample.T), r, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("features", [2, 5])
+def test_whitened_inverse_of_transform(features: int) -> None:
+    flow = _small(features)
+    _randomize(flow)
+    flow.set_base_correlation(_correlation(features))
+    x = 2.0 * torch.randn(64, features)
+    z, _ = flow.transform(x)
+    torch.testing.assert_close(flow.inverse(z), x, atol=1e-7, rtol=0)
+    with torch.no_grad():
+        z_fast, _ = flow.transform(x)
+        torch.testing.assert_close(z_fast, z.detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(flow.inverse(z_fast), x, atol=1e-7, rtol=0)
+
+
+def test_identity_base_correlation_is_exactly_the_plain_flow() -> None:
+    """``R = I`` (the default) adds nothing: the same numbers as the stages alone."""
+    flow = _small(5)
+    _randomize(flow)
+    flow.set_base_correlation(torch.eye(5))
+    assert torch.equal(flow.base_cholesky, torch.eye(5))
+    x = 2.0 * torch.randn(40, 5)
+    z, total = x, x.new_zeros(40)
+    for k in range(flow.n_stages):  # the coupling stages alone, no whitening
+        z, ladj = flow._stage(z, k, inverse=False)
+        total = total + ladj
+    out, ladj_out = flow.transform(x)
+    assert torch.equal(out, z) and torch.equal(ladj_out, total)
+    with torch.no_grad():
+        fast, ladj_fast = flow.transform(x)
+        plain_fast, plain_ladj = flow._run_fast(x, inverse=False, need_ladj=True)
+        assert torch.equal(fast, plain_fast) and torch.equal(ladj_fast, plain_ladj)
+        assert torch.equal(flow.inverse(fast), flow._run_fast(fast, inverse=True,
+                                                              need_ladj=False)[0])
+
+
+def test_base_cholesky_is_a_saved_buffer_not_a_parameter() -> None:
+    flow = _small(3)
+    flow.set_base_correlation(_correlation(3))
+    assert "base_cholesky" in flow.state_dict()
+    assert all(p is not flow.base_cholesky for p in flow.parameters())
+    assert list(flow.conditioner.buffers()) == []  # per-row clipping sees the same layers
+    fresh = SharedConditionerFlow(**flow.config)
+    assert torch.equal(fresh.base_cholesky, torch.eye(3))
+    fresh.load_state_dict(flow.state_dict())
+    x = torch.randn(8, 3)
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))
+    torch.testing.assert_close(fresh.base_cholesky @ fresh.base_cholesky.T, _correlation(3))
+
+
+def test_base_correlation_must_be_positive_definite_and_square() -> None:
+    flow = _small(3)
+    with pytest.raises(ValueError, match="shape"):
+        flow.set_base_correlation(torch.eye(2))
+    with pytest.raises(ValueError, match="positive definite"):
+        flow.set_base_correlation(torch.ones(3, 3))

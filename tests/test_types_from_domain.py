@@ -23,7 +23,9 @@ NEIGHBOUR_DOMAIN = {
 }
 # Fitted numbers that are (post-processed) noisy releases: they may differ between
 # neighbours. Everything else in the model file must not.
-NOISY_FITTED = {"n_rows_estimate_", "sample_rate_", "steps_"}
+NOISY_FITTED = {"n_rows_estimate_", "sample_rate_", "steps_", "copula_info_"}
+# The copula summary's entries that are public (the rest post-processes its release).
+PUBLIC_COPULA_INFO = {"dims", "pairs", "row_bound", "clip", "noise_std"}
 
 
 def _neighbours() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -62,6 +64,10 @@ def test_one_row_changes_no_dtype_and_nothing_saved_but_the_noisy_releases(tmp_p
         k: big["marginals_info"][k] for k in info}
     exact = small["fitted"].keys() - NOISY_FITTED
     assert {k: small["fitted"][k] for k in exact} == {k: big["fitted"][k] for k in exact}
+    copulas = small["fitted"]["copula_info_"], big["fitted"]["copula_info_"]
+    assert copulas[0].keys() == copulas[1].keys() >= PUBLIC_COPULA_INFO
+    assert {k: copulas[0][k] for k in PUBLIC_COPULA_INFO} == {
+        k: copulas[1][k] for k in PUBLIC_COPULA_INFO}
 
 
 def test_released_categories_are_strings_whatever_type_the_first_row_holds():
@@ -153,9 +159,11 @@ def test_text_in_a_numerical_column_is_counted_never_quoted():
     assert "SECRET" not in str(err.value)
 
 
-def test_model_files_of_the_previous_format_are_refused():
-    with pytest.raises(ValueError, match="Unsupported model file format 2.*refit"):
-        _from_state(DPFlowSynthesizer, {"format": 2})
+@pytest.mark.parametrize("version", [2, 3])
+def test_model_files_of_the_previous_format_are_refused(version):
+    # Format 3 had no base correlation in the flow's state.
+    with pytest.raises(ValueError, match=f"Unsupported model file format {version}.*refit"):
+        _from_state(DPFlowSynthesizer, {"format": version})
 
 
 # ------------------------------------------------------------------ command line

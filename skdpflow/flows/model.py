@@ -6,6 +6,12 @@ linear layer's weights on that code act as a learned stage embedding, so the num
 parameters does not grow with the number of stages: fewer parameters means less noise
 per parameter under DP-SGD.
 
+Before the stages, a fixed (non-trainable) linear map whitens the input, ``w = L^{-1} x``
+with ``L`` the Cholesky factor of a correlation matrix ``R`` (a buffer, the identity unless
+:meth:`SharedConditionerFlow.set_base_correlation` sets it). With every stage at the
+identity the model is then the Gaussian copula ``N(0, R)``; training learns what ``R``
+does not capture. The map holds no parameter, so DP-SGD's per-row clipping never sees it.
+
 References
 ----------
 Neural Spline Flows (Durkan et al., 2019), arXiv:1906.04032.
@@ -95,8 +101,12 @@ class SharedConditionerFlow(nn.Module):
 
     Stage ``k`` keeps the features where ``masks[k] == 1`` and maps every other feature
     through a monotonic rational-quadratic spline whose parameters come from
-    ``conditioner(concat(x * masks[k], masks[k], codes[k]))``. The base distribution is
-    the standard normal ``N(0, I)``.
+    ``conditioner(concat(x * masks[k], masks[k], codes[k]))``. The stages act on the
+    whitened input ``w = L^{-1} x`` (``L = chol(R)``, a fixed buffer, ``R = I`` by
+    default) and map it to the standard normal ``N(0, I)``, so the untrained flow is
+    ``N(0, R)``:
+
+        log p(x) = log N(f(L^{-1} x); 0, I) + log |det df/dw| - sum_j log L_jj
 
     Parameters
     ----------
@@ -128,6 +138,9 @@ class SharedConditionerFlow(nn.Module):
         Buffer of float 0/1 coupling masks, shape ``(n_stages, features)``.
     stage_codes : Tensor
         Buffer of fixed stage codes, shape ``(n_stages, stage_features)``.
+    base_cholesky : Tensor
+        Buffer ``L``, lower triangular with positive diagonal, shape
+        ``(features, features)``: the identity until :meth:`set_base_correlation`.
 
     References
     ----------
@@ -173,6 +186,7 @@ class SharedConditionerFlow(nn.Module):
 
         self.register_buffer("masks", _coupling_masks(features, n_stages, seed))
         self.register_buffer("stage_codes", _stage_codes(n_stages, stage_features))
+        self.register_buffer("base_cholesky", torch.eye(features))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.conditioner = _build_conditioner(
@@ -181,6 +195,36 @@ class SharedConditionerFlow(nn.Module):
                 n_hidden_layers,
                 features * (3 * n_bins - 1),
             )
+
+    @torch.no_grad()
+    def set_base_correlation(self, correlation: Tensor) -> None:
+        """Make ``N(0, correlation)`` the distribution of the untrained flow.
+
+        Parameters
+        ----------
+        correlation : Tensor
+            Symmetric positive definite, shape ``(features, features)``; its Cholesky
+            factor is stored in the ``base_cholesky`` buffer (saved with the weights).
+        """
+        correlation = torch.as_tensor(correlation, dtype=torch.float64)
+        if correlation.shape != self.base_cholesky.shape:
+            raise ValueError(f"correlation must have shape {tuple(self.base_cholesky.shape)}, "
+                             f"got {tuple(correlation.shape)}")
+        cholesky, info = torch.linalg.cholesky_ex(correlation)
+        if info != 0:
+            raise ValueError("correlation must be symmetric positive definite")
+        self.base_cholesky.copy_(cholesky.to(self.base_cholesky))
+
+    def _whiten(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``w = L^{-1} x`` per row and its log-determinant ``-sum log L_jj`` (a scalar)."""
+        chol = self.base_cholesky.to(x.dtype)
+        # Rows: x = L w  <=>  x_row = w_row L^T (a triangular solve from the right).
+        w = torch.linalg.solve_triangular(chol.T, x, upper=True, left=False)
+        return w, -chol.diagonal().log().sum()
+
+    def _color(self, w: Tensor) -> Tensor:
+        """``x = L w`` per row: the inverse of :meth:`_whiten`."""
+        return w @ self.base_cholesky.to(w.dtype).T
 
     def _split(self, k: int) -> tuple[Tensor, Tensor]:
         """Indices of the features that condition stage ``k`` and of those it transforms."""
@@ -308,9 +352,11 @@ class SharedConditionerFlow(nn.Module):
         ladj : Tensor
             Summed ``log |det dz/dx|`` per row, shape ``(B,)``.
         """
+        x, ladj_base = self._whiten(x)
         if not self._needs_autograd(x):
-            return self._run_fast(x, inverse=False, need_ladj=True)
-        total = x.new_zeros(x.shape[0])
+            z, total = self._run_fast(x, inverse=False, need_ladj=True)
+            return z, total + ladj_base
+        total = ladj_base.expand(x.shape[0])
         for k in range(self.n_stages):
             x, ladj = self._stage(x, k, inverse=False)
             total = total + ladj
@@ -330,13 +376,13 @@ class SharedConditionerFlow(nn.Module):
             Data, shape ``(B, features)``.
         """
         if not self._needs_autograd(z):
-            return self._run_fast(z, inverse=True, need_ladj=False)[0]
+            return self._color(self._run_fast(z, inverse=True, need_ladj=False)[0])
         for k in reversed(range(self.n_stages)):
             z, _ = self._stage(z, k, inverse=True)
-        return z
+        return self._color(z)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Per-row log-density ``log N(z; 0, I) + log |det dz/dx|``.
+        """Per-row log-density ``log N(z; 0, I) + log |det dz/dx|`` (whitening included).
 
         Parameters
         ----------

@@ -5,7 +5,7 @@ knows the code and every row but one, and can guess any seed a person would type
 stream that follows ``random_state`` (or a 31-bit seed, or numpy's global state) is then no
 noise at all: the attacker refits both neighbouring tables with the guessed seed and sees
 which one reproduces the file. So the draws the proof needs (histogram and domain-estimation
-noise, Poisson batch masks, DP-SGD noise) come from :class:`SecureNoise`, which reads the
+noise, Poisson batch masks, DP-SGD and copula noise) come from :class:`SecureNoise`, which reads the
 operating system's cryptographically secure generator (``os.urandom``: the kernel's CSPRNG,
 re-seeded from hardware entropy) at every draw. Nothing is seeded, stored or printed, and two
 fits never share a noise stream.
@@ -20,7 +20,7 @@ Samplers
   Rényi-DP curve as continuous Gaussians, ``alpha * Delta_2^2 / (2 s^2)`` (the normalising
   constant is shift-invariant over the integers and the remaining theta-function ratio is at
   most 1), so the accountant records them exactly like the Gaussian mechanism.
-* **DP-SGD noise** is real-valued and drawn at every step for every parameter, which OpenDP's
+* **DP-SGD noise** (and the copula release's, a few thousand values) is real-valued and drawn at every step for every parameter, which OpenDP's
   float sampler is far too slow for (8.5 s per 100,000 values here). It comes from numpy's
   ziggurat normal sampler driven by a cryptographically secure bit generator: AES-128 in
   counter mode (randomgen's ``AESCounter``, AES-NI where the CPU has it) keyed with 128 fresh
