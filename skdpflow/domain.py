@@ -330,9 +330,10 @@ class Domain:
         >>> import pandas as pd
         >>> from skdpflow import Domain
         >>> df = pd.DataFrame({"age": [17, 38, 95], "job": ["admin.", "nurse", "admin."]})
-        >>> Domain.draft(df).to_dict()["age"]
-        {'type': 'numerical', 'min': 10, 'max': 100, 'integer': True, 'nullable': False, \
-'transform': 'auto'}
+        >>> age = Domain.draft(df)["age"]
+        >>> age.min, age.max, age.integer
+        (10, 100, True)
+        >>> Domain.draft(df).save("domain.yaml")  # doctest: +SKIP
         """
         if significant_digits is not None and (
                 isinstance(significant_digits, bool) or not isinstance(significant_digits,

@@ -17,7 +17,7 @@ from conftest import make_mixed_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skdpflow import DPFlowSynthesizer, Domain
+from skdpflow import Domain, DPFlowSynthesizer
 from skdpflow.cli import main
 
 FAST = {"epochs": 1, "batch_size": 256, "n_stages": 2, "hidden_size": 8, "verbose": False}

@@ -72,8 +72,11 @@ from .randomness import PrivacyNoise
 
 __all__ = [
     "BOUNDS_FALSE_ALARM",
+    "DomainEstimateError",
     "DomainEstimateWarning",
     "OTHER",
+    "OTHER_WARN_SHARE",
+    "OtherShareWarning",
     "SELECTION_DELTA_SHARE",
     "DomainEstimate",
     "bounds_threshold",
@@ -87,6 +90,9 @@ __all__ = [
 OTHER = "<other>"
 # Chance, per column, that noise alone widens an estimated bound.
 BOUNDS_FALSE_ALARM = 1e-3
+# A released (noisy) share of ``<other>`` from which ``fit`` warns: the issue's limit of 5%
+# in the samples, with room for the flow's drift and the sampling error.
+OTHER_WARN_SHARE = 0.02
 # Share of delta reserved for the chance that category discovery releases one row's value.
 SELECTION_DELTA_SHARE = 0.1
 # Logarithmic grid: quarter octaves from 2^-16 to 2^64 on each side of a zero bucket.
@@ -128,6 +134,52 @@ def category_threshold(std: float, selection_delta: float, n_columns: int) -> fl
 
 class DomainEstimateWarning(UserWarning):
     """A DP domain estimate is dominated by noise: declare the domain or spend more."""
+
+
+class OtherShareWarning(DomainEstimateWarning):
+    """Category discovery left a large noisy share of a column in ``<other>``."""
+
+
+class DomainEstimateError(ValueError):
+    """The DP bound estimate is dominated by noise: declare the columns' bounds."""
+
+
+def unreliable_bounds_message(columns: dict[str, ColumnDomain]) -> str:
+    """Why ``fit`` refuses noise-chosen bounds, with the code to declare them.
+
+    Names the columns and their kinds (schema, public); quotes no value of the data.
+    """
+    entries = []
+    for name, col in columns.items():
+        extra = ", 'integer': True" if col.type == "numerical" and col.integer else ""
+        entries.append(f"{name!r}: {{'type': {col.type!r}, 'min': ..., 'max': ...{extra}}}")
+    names = list(columns)
+    return (f"The DP estimate of the bounds of {names} is dominated by noise (no bucket's "
+            "noisy count cleared the threshold: too few rows for this budget), and bounds "
+            "chosen by noise are refused. Declare them with values known without the data: "
+            f"fit(df, domain={{{', '.join(entries)}}}) (or draft a file with "
+            f"Domain.draft(df[{names}]).save('domain.yaml'), review it: it is read from the "
+            "data, NOT private); or raise epsilon or domain_epsilon_fraction.")
+
+
+def other_share_message(shares: dict[str, float], threshold: float) -> str:
+    """The ``OtherShareWarning`` text: columns, noisy shares, the code to declare them.
+
+    ``shares`` are released (noisy, post-processed) probabilities; ``threshold`` the noisy
+    count a value needed to be released (public: it follows from the budget alone).
+    """
+    names = list(shares)
+    listed = ", ".join(f"{name!r} {share:.0%}" for name, share in shares.items())
+    example = names[0]
+    return (f"Category discovery left a large share of rows in {OTHER!r} (noisy share in the "
+            f"released marginals: {listed}): values held by fewer than about "
+            f"{threshold:.0f} rows (noisy) are not released at this budget, and samples hold "
+            f"the literal {OTHER!r} in their place. Declare these columns' categories (public "
+            "facts are free): draft them with "
+            f"Domain.draft(df[{names}]).save('domain.yaml'), review and edit the file (it is "
+            "read from the data, NOT private), then fit(df, domain='domain.yaml'); or "
+            f"domain={{{example!r}: {{'type': 'categorical', 'categories': [...], "
+            "'other': 'other'}}, ...}; or raise epsilon or domain_epsilon_fraction.")
 
 
 @dataclass
