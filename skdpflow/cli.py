@@ -10,6 +10,7 @@ done, and then atomically, never over an input, never over a file without ``--fo
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from numbers import Integral
@@ -26,6 +27,8 @@ __all__ = ["main"]
 
 # Text a declared boolean column may hold (case-insensitive); anything else is an error.
 BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+# A value that starts with an ISO date: `domain draft` reads such text columns as datetimes.
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]|$)")
 # What a declared column's cells must be, by type (for error messages).
 READABLE = {"numerical": "numbers", "datetime": "datetimes",
             "boolean": "booleans (true/false, yes/no or 1/0)"}
@@ -317,12 +320,27 @@ def _domain_draft(args: argparse.Namespace) -> int:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{args.data} is not a readable CSV file ({_first_line(exc)}).") \
             from None
-    drafted = Domain.draft(data, significant_digits=args.significant_digits or None)
+    drafted = Domain.draft(_iso_dates(data), significant_digits=args.significant_digits or None)
     drafted.save(args.output)
     print(f"draft domain of {len(drafted)} column(s) written to {args.output}. It is read "
           "from the data and NOT private: review and edit it (see its header) before "
           "declaring it with --domain.")
     return 0
+
+
+def _iso_dates(data: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value starts with an ISO date (``YYYY-MM-DD``), as datetimes
+    (pandas reads them as text); a value that does not parse leaves the column as text."""
+    out = data.copy()
+    for name in data.columns:
+        values = data[name].dropna()
+        if data[name].dtype != object or values.empty or not values.map(
+                lambda v: isinstance(v, str) and ISO_DATE.match(v) is not None).all():
+            continue
+        parsed = pd.to_datetime(data[name], errors="coerce", format="ISO8601")
+        if parsed.notna().sum() == len(values):
+            out[name] = parsed
+    return out
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -134,12 +134,26 @@ def test_cli_draft_writes_a_file_that_loads_back(tmp_path, capsys):
     assert main(["domain", "draft", str(data), "-o", str(out)]) == 0
     assert "NOT private" in capsys.readouterr().out
     assert out.read_text().startswith("# DRAFT domain read from the PRIVATE DATA")
-    expected = Domain.draft(pd.read_csv(data)).to_dict()
-    assert Domain.load(out).to_dict() == expected
+    # The CSV's kinds as pandas infers them, and its ISO date text as datetimes.
+    assert Domain.load(out).to_dict() == Domain.draft(frame).to_dict()
+    assert Domain.load(out)["when"].type == "datetime"
     exact = tmp_path / "exact.json"
     assert main(["domain", "draft", str(data), "-o", str(exact),
                  "--significant-digits", "0"]) == 0
-    assert Domain.load(exact).to_dict() == Domain.from_data(pd.read_csv(data)).to_dict()
+    assert Domain.load(exact).to_dict() == Domain.from_data(frame).to_dict()
+
+
+def test_cli_draft_reads_only_iso_date_text_as_datetimes(tmp_path):
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"day": ["2020-01-05", "2021-06-30T12:00:00", None],
+                  "code": ["2020-01-05", "A-17", "B"],
+                  "bad": ["2020-13-45", "2020-01-01", "2020-01-02"]}).to_csv(data, index=False)
+    out = tmp_path / "d.json"
+    assert main(["domain", "draft", str(data), "-o", str(out)]) == 0
+    domain = Domain.load(out)
+    assert domain["day"].type == "datetime" and domain["day"].nullable
+    assert (domain["day"].min, domain["day"].max) == ("2020-01-01", "2022-01-01")
+    assert domain["code"].type == domain["bad"].type == "categorical"
 
 
 def test_cli_draft_refuses_overwrites_and_bad_input(tmp_path, capsys):

@@ -25,7 +25,14 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   the ``m_c`` categorical columns, at most ``delta_s``. Values below the threshold map to the
   public category :data:`OTHER`, which every estimated categorical column has. Values are
   counted by their canonical string (:func:`~skdpflow.domain.canonical`) and released as
-  strings, so the type of a released category never depends on a row.
+  strings, so the type of a released category never depends on a row. How much of a column
+  ends up in :data:`OTHER` is read later from the released marginals only (post-processing):
+  ``<other>`` is sampled only when its noisy count there is significant
+  (:mod:`skdpflow.marginals`), and a large noisy share is warned (:class:`OtherShareWarning`).
+* **A bound estimate dominated by noise is refused.** When no bucket or run clears its
+  threshold, the synthesizer raises :class:`DomainEstimateError` naming the columns (their
+  kinds are schema) rather than use a bound chosen by noise; the error is a function of the
+  release alone.
 
 All counts are integers and get exact discrete Gaussian noise from the caller's
 :class:`~skdpflow.privacy.randomness.PrivacyNoise` (its Rényi curve is the Gaussian one).
@@ -133,15 +140,29 @@ def category_threshold(std: float, selection_delta: float, n_columns: int) -> fl
 
 
 class DomainEstimateWarning(UserWarning):
-    """A DP domain estimate is dominated by noise: declare the domain or spend more."""
+    """A DP domain estimate falls short of the data: declare the domain or spend more.
+
+    The base class of :class:`OtherShareWarning` (filter it to silence every such warning).
+    """
 
 
 class OtherShareWarning(DomainEstimateWarning):
-    """Category discovery left a large noisy share of a column in ``<other>``."""
+    """Category discovery left a large noisy share of a column in ``<other>``.
+
+    ``fit`` warns once, naming every estimated categorical column whose released (noisy)
+    share of ``<other>`` is at least ``OTHER_WARN_SHARE`` (2%), with the share and the code
+    to declare the categories (``Domain.draft(df[columns])``, reviewed). The shares come
+    from the released marginals: post-processing, no statistic of the rows beyond them.
+    """
 
 
 class DomainEstimateError(ValueError):
-    """The DP bound estimate is dominated by noise: declare the columns' bounds."""
+    """The DP estimate of some bounds is dominated by noise: declare those columns.
+
+    Raised by ``fit`` instead of falling back to a bound chosen by noise (no bucket's noisy
+    count cleared its threshold: too few rows for the budget). The message names the
+    columns and their kinds (schema) with the code to declare them, and quotes no value.
+    """
 
 
 def unreliable_bounds_message(columns: dict[str, ColumnDomain]) -> str:
@@ -314,8 +335,8 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     at most about ``tau_W`` rows fall outside on each side (a DP quantile at rank
     ``tau_W``) and no bound is pushed out by a window's width. The false-alarm chance is
     split over every window tested. When nothing clears (too few rows for the noise), the
-    bucket with the largest noisy count stands in: a guess dominated by noise, which the
-    caller reports.
+    bucket with the largest noisy count is returned with ``clear=False``: a guess dominated
+    by noise, which the synthesizer refuses (:class:`DomainEstimateError`).
     """
     n_buckets = len(grid) - 1
     idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
