@@ -277,6 +277,23 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        DomainEstimateError
+            An undeclared numerical or datetime column whose DP bound estimate is dominated
+            by noise (too few rows for the budget): declare its bounds. No bound chosen by
+            noise is ever used.
+        InvalidDataError
+            The data cannot be used (every problem listed).
+
+        Warns
+        -----
+        OtherShareWarning
+            Category discovery left 2% or more of a column (noisy share, from the released
+            marginals) in ``<other>``; the message names the columns and gives the code to
+            declare their categories. ``<other>`` itself is sampled only when its noisy count
+            is significant.
         """
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
         data = _check_frame(X)

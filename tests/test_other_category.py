@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from skdpflow import DPFlowSynthesizer, OtherShareWarning
+from skdpflow.domain import ColumnDomain
 from skdpflow.marginals import (
     FLOOR_MASS,
     OTHER_MIN_STDS,
@@ -18,7 +19,6 @@ from skdpflow.marginals import (
     project_simplex,
     release_marginals,
 )
-from skdpflow.domain import ColumnDomain
 from skdpflow.privacy.domain_estimation import OTHER, OTHER_WARN_SHARE
 from skdpflow.privacy.randomness import SeededNoise
 
