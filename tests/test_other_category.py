@@ -125,3 +125,34 @@ def test_every_column_over_five_percent_other_in_samples_was_named(seed):
     for column in ("city", "job"):
         if (fake[column] == OTHER).mean() > 0.05:
             assert f"{column!r}" in named
+
+
+def test_the_code_in_the_messages_runs(tmp_path, monkeypatch):
+    """The warning's and the error's code snippets are Python that does what they say."""
+    import ast
+    import re
+
+    from skdpflow import Domain
+    from skdpflow.domain import ColumnDomain
+    from skdpflow.privacy.domain_estimation import (
+        other_share_message,
+        unreliable_bounds_message,
+    )
+
+    warning = other_share_message({"job": 0.31, "month": 0.2}, 367.0)
+    error = unreliable_bounds_message({
+        "age": ColumnDomain("numerical", min=0, max=1, integer=True),
+        "when": ColumnDomain("datetime", min="2000-01-01", max="2001-01-01")})
+    drafts = [re.search(r"(Domain\.draft\(.*?\)\.save\('domain\.yaml'\))", text).group(1)
+              for text in (warning, error)]
+    df = _frame().assign(month=["may"] * 4_000, age=7,
+                         when=pd.Timestamp("2020-01-01"))
+    monkeypatch.chdir(tmp_path)
+    for code in drafts:
+        eval(code, {"Domain": Domain, "df": df})  # noqa: S307 - our own message
+        assert Domain.load("domain.yaml").data_derived == ()
+    by_hand = re.search(r"(domain=\{.*?\}\})", warning).group(1)
+    ast.parse(by_hand)
+    declared = re.search(r"fit\(df, (domain=\{.*\}\})\)", error).group(1)
+    ast.parse(declared)
+    assert "'age': {'type': 'numerical', 'min': ..., 'max': ..., 'integer': True}" in declared

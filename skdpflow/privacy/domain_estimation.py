@@ -198,9 +198,10 @@ def other_share_message(shares: dict[str, float], threshold: float) -> str:
             f"the literal {OTHER!r} in their place. Declare these columns' categories (public "
             "facts are free): draft them with "
             f"Domain.draft(df[{names}]).save('domain.yaml'), review and edit the file (it is "
-            "read from the data, NOT private), then fit(df, domain='domain.yaml'); or "
-            f"domain={{{example!r}: {{'type': 'categorical', 'categories': [...], "
-            "'other': 'other'}}, ...}; or raise epsilon or domain_epsilon_fraction.")
+            "read from the data, NOT private), then fit(df, domain='domain.yaml'); or by hand, "
+            f"one entry per column: domain={{{example!r}: {{'type': 'categorical', "
+            "'categories': [...], 'other': 'other'}}; or raise epsilon or "
+            "domain_epsilon_fraction.")
 
 
 @dataclass
