@@ -11,7 +11,11 @@ from .datasets import load_demo, load_demo_domain
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
 from .evaluation import EvaluationResult, evaluate
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.domain_estimation import DomainEstimateWarning
+from .privacy.domain_estimation import (
+    DomainEstimateError,
+    DomainEstimateWarning,
+    OtherShareWarning,
+)
 from .synthesizer import DPFlowSynthesizer
 
 __version__ = "0.1.0"
@@ -21,11 +25,13 @@ __all__ = [
     "Domain",
     "ColumnDomain",
     "DataDerivedDomainWarning",
+    "DomainEstimateError",
     "DomainEstimateWarning",
     "EvaluationResult",
     "InvalidDataError",
     "ModelFileError",
     "NotFittedError",
+    "OtherShareWarning",
     "OutputPathError",
     "PrivacyBudgetError",
     "evaluate",

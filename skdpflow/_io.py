@@ -150,6 +150,8 @@ def read_model_state(path: str | Path) -> dict:
 def read_domain_spec(path: str | Path) -> Any:
     """The parsed content of a JSON or YAML (``.yaml``/``.yml``) domain file.
 
+    A JSON file may open with ``//`` comment lines (the header of a drafted domain).
+
     Raises
     ------
     FileNotFoundError, IsADirectoryError
@@ -169,7 +171,7 @@ def read_domain_spec(path: str | Path) -> Any:
 
 def _parse_json(path: Path, text: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(_strip_header(text), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"domain file {path}, line {exc.lineno}, column {exc.colno}: not "
                          f"valid JSON ({exc.msg}).") from None
@@ -191,6 +193,21 @@ def _parse_yaml(path: Path, text: str) -> Any:
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ValueError(f"domain file {path}{where}: not valid YAML ({problem}).") from None
+
+
+def _strip_header(text: str) -> str:
+    """JSON text with its opening ``//`` comment lines blanked (line numbers kept).
+
+    A domain saved from the data (:meth:`~skdpflow.domain.Domain.draft`) starts with such a
+    header; JSON itself has no comments.
+    """
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("//"):
+            break
+        lines[i] = ""
+    return "\n".join(lines)
 
 
 class _DuplicateKey(Exception):

@@ -1,4 +1,4 @@
-"""Command line: ``skdpflow fit | sample | report | evaluate | demo``.
+"""Command line: ``skdpflow fit | sample | report | evaluate | domain draft | demo``.
 
 Errors a user can cause print one line, ``skdpflow: error: ...``, and exit with 2 (a
 command-line argument that cannot be used: a hyperparameter out of range, an output path
@@ -10,6 +10,7 @@ done, and then atomically, never over an input, never over a file without ``--fo
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from numbers import Integral
@@ -33,6 +34,8 @@ __all__ = ["main"]
 
 # Text a declared boolean column may hold (case-insensitive); anything else is an error.
 BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+# A value that starts with an ISO date: `domain draft` reads such text columns as datetimes.
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]|$)")
 # What a declared column's cells must be, by type (for error messages).
 READABLE = {"numerical": "numbers", "datetime": "datetimes",
             "boolean": "booleans (true/false, yes/no or 1/0)"}
@@ -132,6 +135,27 @@ def _parser() -> argparse.ArgumentParser:
                                "replaced only with --force)")
     evaluate.add_argument("--force", action="store_true", help="replace an existing output file")
     evaluate.set_defaults(func=_evaluate)
+
+    domain = sub.add_parser("domain", help="domain files: draft one from a CSV file",
+                            parents=[common])
+    domain_sub = domain.add_subparsers(dest="domain_command", required=True)
+    draft = domain_sub.add_parser(
+        "draft", parents=[common],
+        help="write a domain file read from the data, to review and declare (NOT private)",
+        description="Write a domain file read from the data (bounds rounded outward, "
+                    "integer-ness, categories, nullability) for the data holder to review, "
+                    "edit and declare. It is NOT differentially private: declaring it "
+                    "asserts that every fact in it is public; the file says so in a header "
+                    "comment.")
+    draft.add_argument("data", type=Path, help="CSV file (may be .gz); kinds inferred by pandas")
+    draft.add_argument("-o", "--output", type=Path, required=True,
+                       help="domain file to write: YAML for .yaml/.yml, JSON otherwise (never "
+                            "the input; replaced only with --force)")
+    draft.add_argument("--force", action="store_true", help="replace an existing output file")
+    draft.add_argument("--significant-digits", type=int, default=1, metavar="INT",
+                       help="digits kept when numerical bounds are rounded outward "
+                            "(default: 1; 0 keeps the exact extremes)")
+    draft.set_defaults(func=_domain_draft)
 
     demo = sub.add_parser("demo", help="fit the bundled Adult table, sample, summarise",
                           parents=[common])
@@ -301,6 +325,41 @@ def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
     else:
         return text, 0
     return values, int((values.isna() & text.notna()).sum())
+
+
+def _domain_draft(args: argparse.Namespace) -> int:
+    if args.significant_digits < 0:
+        raise UsageError(f"--significant-digits must be 0 (exact) or a positive number of "
+                         f"digits, got {args.significant_digits}.")
+    check_output_path(args.output, inputs=[args.data], overwrite=args.force, option="-o")
+    check_input_path(args.data, "data file")
+    _check_header(args.data)
+    try:
+        data = pd.read_csv(args.data)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{args.data} is not a readable CSV file ({_first_line(exc)}).") \
+            from None
+    drafted = Domain.draft(_iso_dates(data), significant_digits=args.significant_digits or None)
+    drafted.save(args.output)
+    print(f"draft domain of {len(drafted)} column(s) written to {args.output}. It is read "
+          "from the data and NOT private: review and edit it (see its header) before "
+          "declaring it with --domain.")
+    return 0
+
+
+def _iso_dates(data: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value starts with an ISO date (``YYYY-MM-DD``), as datetimes
+    (pandas reads them as text); a value that does not parse leaves the column as text."""
+    out = data.copy()
+    for name in data.columns:
+        values = data[name].dropna()
+        if data[name].dtype != object or values.empty or not values.map(
+                lambda v: isinstance(v, str) and ISO_DATE.match(v) is not None).all():
+            continue
+        parsed = pd.to_datetime(data[name], errors="coerce", format="ISO8601")
+        if parsed.notna().sum() == len(values):
+            out[name] = parsed
+    return out
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -12,12 +12,13 @@ to draft a domain by hand from data that is public anyway).
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import math
 import numbers
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,11 +255,29 @@ class Domain:
         return cls(columns)
 
     def save(self, path: str | Path) -> None:
-        """Write the dict form as JSON, atomically (a failed write leaves no broken file)."""
+        """Write the dict form, atomically (a failed write leaves no broken file).
+
+        YAML for a ``.yaml``/``.yml`` path, JSON otherwise; :meth:`load` reads either back
+        to the same domain. A domain read from the data (:meth:`draft`, :meth:`from_data`)
+        starts with a comment (``#`` in YAML, ``//`` lines in JSON, which :meth:`load`
+        skips) saying that it is not differentially private and that declaring it asserts
+        its facts are public.
+        """
         from ._io import atomic_write
 
-        text = json.dumps(self.to_dict(), indent=2)
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        spec = self.to_dict()
+        yaml_file = Path(path).suffix.lower() in (".yaml", ".yml")
+        if yaml_file:
+            import yaml
+
+            body = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=99)
+        else:
+            body = json.dumps(spec, indent=2) + "\n"
+        if self.data_derived:
+            mark = "# " if yaml_file else "// "
+            body = "".join(f"{mark}{line}".rstrip() + "\n"
+                           for line in draft_header(self.data_derived)) + body
+        atomic_write(path, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
     @classmethod
     def from_data(cls, data: pd.DataFrame, columns: list[str] | None = None) -> Domain:
@@ -280,6 +299,61 @@ class Domain:
         for name in columns:
             out[name] = _infer_column(data[name], name)
         return cls(out, data_derived=tuple(columns))
+
+    @classmethod
+    def draft(cls, data: pd.DataFrame, columns: list[str] | None = None, *,
+              significant_digits: int | None = 1) -> Domain:
+        """A domain read from the data, for the data holder to review, edit and declare.
+
+        Like :meth:`from_data` (the kind from the dtype, integer-ness, every category that
+        occurs, nullability from the missing values), with numerical bounds rounded
+        outward to ``significant_digits`` of the larger magnitude (ages 17..95 become
+        10..100 with one digit, a balance of -3,058..81,204 becomes -10,000..90,000) and
+        datetime bounds to whole years, so that no bound copies the exact extreme of one
+        row. Save it with :meth:`save` (``skdpflow domain draft data.csv -o domain.yaml``
+        does both): the file starts with a comment saying what follows.
+
+        This is **not** differentially private: every fact in the draft is read from the
+        rows (a category held by one person names that person's value). Declaring it
+        (``fit(domain=...)``) asserts that these facts are public, so review it first:
+        widen the bounds to values known without the data (a census range, a form's
+        limits), add categories that may occur, remove any that only the data could tell.
+
+        Parameters
+        ----------
+        data : DataFrame
+        columns : list of str, optional
+            The columns to draft (default: all).
+        significant_digits : int or None, default=1
+            Digits kept by the outward rounding of numerical bounds; None keeps the exact
+            extremes.
+
+        Returns
+        -------
+        Domain
+            Its ``data_derived`` names every drafted column (until it is saved and loaded
+            back: a loaded file is a declaration).
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from skdpflow import Domain
+        >>> df = pd.DataFrame({"age": [17, 38, 95], "job": ["admin.", "nurse", "admin."]})
+        >>> age = Domain.draft(df)["age"]
+        >>> age.min, age.max, age.integer
+        (10, 100, True)
+        >>> Domain.draft(df).save("domain.yaml")  # doctest: +SKIP
+        """
+        if significant_digits is not None and (
+                isinstance(significant_digits, bool) or not isinstance(significant_digits,
+                                                                        numbers.Integral)
+                or significant_digits < 1):
+            raise ValueError(f"significant_digits must be a positive int or None, got "
+                             f"{significant_digits!r}.")
+        exact = cls.from_data(data, columns)
+        out = {name: _rounded_out(col, significant_digits)
+               for name, col in exact.columns.items()}
+        return cls(out, data_derived=exact.data_derived)
 
     def skeleton(self, dtypes: dict[str, Any] | None = None) -> pd.DataFrame:
         """A small frame of public values only: fit encoders on it, never on the rows.
@@ -517,6 +591,57 @@ def _infer_column(series: pd.Series, name: str) -> ColumnDomain:
         lo, hi = (int(values.min()), int(values.max())) if pd.api.types.is_integer_dtype(
             series.dtype) else (int(lo), int(hi))
     return ColumnDomain("numerical", min=lo, max=hi, integer=integer, nullable=nullable)
+
+
+def draft_header(columns: tuple[str, ...] | list[str]) -> list[str]:
+    """The comment lines that open a saved domain read from the data."""
+    return [
+        "DRAFT domain read from the PRIVATE DATA (Domain.draft / skdpflow domain draft).",
+        "It is NOT differentially private: the bounds, integer-ness, categories and",
+        f"nullability of its {len(columns)} column(s) come from the rows themselves.",
+        "Declaring it (fit(df, domain=...) or skdpflow fit --domain) asserts that every",
+        "fact in it is PUBLIC. Review and edit it first: widen bounds to values known",
+        "without the data, add categories that may occur, and remove any category or",
+        "bound that only the data could tell (a rare value names the row that holds it).",
+        "",
+    ]
+
+
+def _rounded_out(col: ColumnDomain, digits: int | None) -> ColumnDomain:
+    """The column with its bounds rounded outward: numbers to ``digits`` significant
+    digits of the larger magnitude, datetimes to whole years."""
+    if digits is None or col.type not in ("numerical", "datetime"):
+        return col
+    if col.type == "datetime":
+        # Wall times in the column's zone (a bound without an offset is read as one).
+        lo, hi = (pd.Timestamp(v).tz_localize(None) for v in (col.min, col.max))
+        start = pd.Timestamp(year=lo.year, month=1, day=1)
+        end = hi if hi.year >= pd.Timestamp.max.year else (
+            pd.Timestamp(year=hi.year + 1, month=1, day=1)
+            if hi != pd.Timestamp(year=hi.year, month=1, day=1) else hi)
+        return replace(col, min=start.strftime("%Y-%m-%d"), max=end.strftime("%Y-%m-%d")
+                       if end.time() == datetime.time(0) else str(end))
+    magnitude = max(abs(col.min), abs(col.max))
+    if magnitude == 0:
+        return col
+    exponent = math.floor(math.log10(magnitude)) - digits + 1
+    if col.integer:
+        exponent = max(exponent, 0)
+    step = decimal.Decimal(1).scaleb(exponent)
+    lo, hi = (_quantize(v, step, rounding) for v, rounding in
+              ((col.min, decimal.ROUND_FLOOR), (col.max, decimal.ROUND_CEILING)))
+    if col.integer:  # exact ints, within int64
+        lo, hi = max(int(lo), -(INT64_LIMIT - 1)), min(int(hi), INT64_LIMIT - 1)
+    else:
+        lo, hi = float(lo), float(hi)
+    return replace(col, min=lo, max=hi)
+
+
+def _quantize(value: numbers.Real, step: decimal.Decimal, rounding: str) -> decimal.Decimal:
+    """``value`` rounded to a multiple of ``step`` (a power of ten), exactly."""
+    exact = decimal.Decimal(value if isinstance(value, numbers.Integral) else repr(float(value)))
+    multiple = (exact / step).to_integral_value(rounding=rounding)
+    return multiple * step
 
 
 def _looks_boolean(values: pd.Series) -> bool:

@@ -10,6 +10,14 @@ The noisy counts are post-processed (no privacy cost): the row count is estimate
 them (the exact count is never used), each histogram is divided by it and projected onto the
 probability simplex, then mixed with a uniform floor (``FLOOR_MASS`` of each marginal) so that every
 declared value keeps a non-zero probability and every encoding map stays invertible.
+
+The one exception is a categorical column's ``other`` category (``<other>`` for an estimated
+column: the values discovery did not release). It stands for no value of its own, so it is
+sampled only when the release supports it: when its noisy count is below
+``OTHER_MIN_STDS`` noise standard deviations it gets no mass and no floor (its share goes to
+the other bins). The encoder still gives it a cell of width ``1e-9``
+(``skdpflow.encoding``), so rows holding it encode, decode and score
+(finite log-density), and samples practically never hold it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ FLOOR_MASS = 0.01
 ATOM_THRESHOLD = 0.2
 # Integer columns with at most this many values get one bin per value.
 MAX_UNIT_BINS = 100
+# The ``other`` category keeps mass only when its noisy count reaches this many noise stds.
+OTHER_MIN_STDS = 2.0
 
 
 @dataclass
@@ -45,6 +55,7 @@ class HistogramSpec:
     atoms: np.ndarray | None = None  # numerical: candidate point masses (x values)
     edges: np.ndarray | None = None  # numerical: continuous bin edges in t-space
     integer: bool = False
+    other: int | None = None  # discrete: the bin of the ``other`` category, if any
 
     @property
     def size(self) -> int:
@@ -56,7 +67,8 @@ class HistogramSpec:
 def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32) -> HistogramSpec:
     """Bins for one column, from its public domain only."""
     if col.type in ("categorical", "boolean"):
-        return HistogramSpec(name, "discrete", len(col.categories), col.nullable)
+        other = col.categories.index(col.other) if col.other is not None else None
+        return HistogramSpec(name, "discrete", len(col.categories), col.nullable, other=other)
     lo, hi = col.numeric_bounds()
     integer = col.type == "numerical" and col.integer
     if hi == lo:
@@ -127,7 +139,8 @@ def release_marginals(
     noisy, release = release_histograms(indices, [spec.size for spec in specs],
                                         noise_multiplier, noise, budget_share)
     n_hat = estimate_row_count(noisy)
-    out = [ColumnMarginal(spec, _post_process(counts, n_hat), counts)
+    std = float(release.details["noise_std"])
+    out = [ColumnMarginal(spec, _post_process(counts, n_hat, std, spec.other), counts)
            for spec, counts in zip(specs, noisy)]
     info = {"histograms": len(specs), "bins": int(sum(s.size for s in specs)),
             "l2_sensitivity": release.l2_sensitivity, "noise_std": release.details["noise_std"],
@@ -149,9 +162,23 @@ def estimate_row_count(noisy_counts: list[np.ndarray]) -> float:
     return float(max(1.0, np.sum(weights * sums) / np.sum(weights)))
 
 
-def _post_process(counts: np.ndarray, n: float) -> np.ndarray:
+def _post_process(counts: np.ndarray, n: float, std: float = 0.0, other: int | None = None
+                  ) -> np.ndarray:
+    """Noisy counts to probabilities: projected onto the simplex, mixed with the floor.
+
+    An ``other`` bin whose noisy count is at most ``OTHER_MIN_STDS * std`` gets neither mass
+    nor floor, unless no other bin has any mass.
+    """
     probs = project_simplex(counts / n)
-    return (1.0 - FLOOR_MASS) * probs + FLOOR_MASS / len(probs)
+    floor = np.full(len(probs), 1.0 / len(probs))
+    if other is not None and len(probs) > 1 and counts[other] <= OTHER_MIN_STDS * std:
+        rest = probs.sum() - probs[other]
+        if rest > 0:
+            probs[other] = 0.0
+            probs = probs / rest
+            floor[other] = 0.0
+            floor = floor / floor.sum()
+    return (1.0 - FLOOR_MASS) * probs + FLOOR_MASS * floor
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:

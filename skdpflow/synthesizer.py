@@ -47,12 +47,17 @@ from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.copula import release_correlation
 from .privacy.domain_estimation import (
+    OTHER,
+    OTHER_WARN_SHARE,
     SELECTION_DELTA_SHARE,
-    DomainEstimateWarning,
+    DomainEstimateError,
+    OtherShareWarning,
     estimate_domain,
+    other_share_message,
+    unreliable_bounds_message,
 )
-from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.histograms import release_histograms
+from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
 from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule
 from .training import TrainConfig, standard_normal_logpdf, train_flow
@@ -304,6 +309,23 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        DomainEstimateError
+            An undeclared numerical or datetime column whose DP bound estimate is dominated
+            by noise (too few rows for the budget): declare its bounds. No bound chosen by
+            noise is ever used.
+        InvalidDataError
+            The data cannot be used (every problem listed).
+
+        Warns
+        -----
+        OtherShareWarning
+            Category discovery left 2% or more of a column (noisy share, from the released
+            marginals) in ``<other>``; the message names the columns and gives the code to
+            declare their categories. ``<other>`` itself is sampled only when its noisy count
+            is significant.
         """
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
         data = _check_frame(X)
@@ -314,12 +336,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
         fitted: dict[str, Any] = {}
         n_count = self._release_row_count(data, ledger, noise)
-        fitted["domain_"] = self._resolve_domain(data, declared, ledger, noise)
+        fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise)
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
             typed, fitted["domain_"], ledger, noise, fitted["schedule_"])
+        _warn_other_share(fitted["domain_"], fitted["marginals_"], discovery)
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
@@ -405,11 +428,22 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
-                        noise: PrivacyNoise) -> Domain:
-        """Declared columns as declared; the others estimated under DP (or read: opt-out)."""
+                        noise: PrivacyNoise) -> tuple[Domain, float | None]:
+        """Declared columns as declared; the others estimated under DP (or read: opt-out).
+
+        Also returns category discovery's threshold (None when nothing was discovered).
+
+        Raises
+        ------
+        DomainEstimateError
+            The estimate of some column's bounds is dominated by noise: rather than bounds
+            chosen by noise, an error naming the columns to declare (after the estimate:
+            nothing but the error, a post-processing of it, comes out of the failed fit).
+        """
         undeclared = [c for c in data.columns if c not in declared.columns]
         estimated: dict = {}
         derived: list = []
+        threshold = None
         if undeclared and self.privacy == "domain_from_data":
             derived = undeclared
             estimated = Domain.from_data(data, undeclared).columns
@@ -422,20 +456,20 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         elif undeclared:
             z_d = ledger.share_noise(self.domain_epsilon_fraction)
             est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
+            if est.unreliable:  # fail closed: never a bound chosen by noise
+                raise DomainEstimateError(unreliable_bounds_message(
+                    {c: est.columns[c] for c in est.unreliable}))
             estimated = est.columns
-            if ledger.private and est.unreliable:
-                warnings.warn(
-                    f"The DP estimate of the bounds of {est.unreliable} is dominated by noise "
-                    "(no bucket's noisy count cleared the threshold: too few rows for this "
-                    "budget); declare their domain, or raise epsilon or "
-                    "domain_epsilon_fraction.", DomainEstimateWarning, stacklevel=3)
+            thresholds = [i["threshold"] for i in est.info.values() if "threshold" in i]
+            threshold = thresholds[0] if thresholds else None
             if est.touches_data:
                 ledger.record(est.release(self.domain_epsilon_fraction))
-        return Domain(
+        domain = Domain(
             {c: declared.columns[c] if c in declared.columns else estimated[c]
              for c in data.columns},
             data_derived=tuple(derived),
             estimated=tuple(c for c in undeclared if c not in derived))
+        return domain, threshold
 
     def _schedule(self, n_count: float, domain: Domain, ledger: PrivacyLedger) -> Schedule:
         """Shares, batch, steps, learning rate, model size: from public facts only."""
@@ -706,7 +740,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
 
-    def __sklearn_tags__(self):  # noqa: ANN204
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         # Private fits draw secret noise (never seeded); CUDA kernels may reduce in any
         # order. Only a non-private CPU fit repeats exactly under a seed.
@@ -716,6 +750,24 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         return tags
+
+
+def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) -> None:
+    """Warn once, naming every estimated column whose released ``<other>`` share is large.
+
+    The shares are read from the released marginals (noisy, post-processed): no statistic
+    of the rows beyond them.
+    """
+    shares = {}
+    for name, marginal in zip(domain.columns, marginals):
+        other = marginal.spec.other
+        if name in domain.estimated and other is not None and domain[name].other == OTHER:
+            share = float(marginal.probs[other])
+            if share >= OTHER_WARN_SHARE:
+                shares[name] = share
+    if shares:
+        warnings.warn(other_share_message(shares, threshold or 0.0), OtherShareWarning,
+                      stacklevel=3)
 
 
 def _resolve_device(device: str) -> torch.device:

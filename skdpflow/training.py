@@ -137,7 +137,7 @@ class Adam:
             p.addcdiv_(m, denom, value=-lr / correction1)
 
 
-def _progress(config: TrainConfig):  # noqa: ANN202 - tqdm or None
+def _progress(config: TrainConfig):
     if not config.verbose:
         return None
     from tqdm.auto import tqdm

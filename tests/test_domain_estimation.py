@@ -12,7 +12,7 @@ import pytest
 from conftest import make_mixed_frame
 from opacus.accountants.analysis.rdp import compute_rdp
 
-from skdpflow import DPFlowSynthesizer, DomainEstimateWarning
+from skdpflow import DomainEstimateError, DPFlowSynthesizer
 from skdpflow.marginals import histogram_spec, release_marginals
 from skdpflow.privacy.accounting import analytic_gaussian_noise_multiplier
 from skdpflow.privacy.domain_estimation import (
@@ -84,10 +84,34 @@ def test_rare_values_and_outliers_are_never_released():
         assert est.columns["amount"].max < 100
 
 
-def test_small_tables_get_an_honest_warning(mixed_frame):
-    with pytest.warns(DomainEstimateWarning, match="dominated by noise"):
-        DPFlowSynthesizer(epsilon=1.0, delta=1e-2, random_state=0, **FAST).fit(
-            mixed_frame[["age", "score"]].head(60))
+def test_small_tables_refuse_bounds_chosen_by_noise(mixed_frame, mixed_domain):
+    small = mixed_frame[["age", "score", "when"]].head(60)
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-2, random_state=0, **FAST)
+    with pytest.raises(DomainEstimateError, match="dominated by noise") as info:
+        synth.fit(small)
+    message = str(info.value)
+    for name in small.columns:
+        assert repr(name) in message
+    assert "'age': {'type': 'numerical', 'min': ..., 'max': ..., 'integer': True}" in message
+    assert "'when': {'type': 'datetime', 'min': ..., 'max': ...}" in message
+    assert "Domain.draft(df[['age', 'score', 'when']])" in message
+    assert not hasattr(synth, "domain_")  # nothing fitted
+    # Declared, the same rows fit; the bounds are the declared ones.
+    declared = {c: mixed_domain[c] for c in small.columns}
+    fake = synth.fit(small, domain=declared).sample(500, random_state=0)
+    assert fake["age"].between(18, 90).all()
+
+
+def test_the_unreliable_estimate_is_what_refuses():
+    """The error follows ``DomainEstimate.unreliable``: a column whose estimate cleared its
+    threshold on the same tiny table (a constant, all rows in one bucket) fits."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"spread": np.exp2(rng.uniform(0, 60, 200)),  # ~1 row a bucket
+                          "const": np.full(200, 7.0)})
+    est = _estimate(frame, 10.0)  # std 14: the 200 rows of const clear 5 std
+    assert est.unreliable == ["spread"]
+    with pytest.raises(DomainEstimateError, match=r"\['spread'\] is dominated"):
+        DPFlowSynthesizer(epsilon=1.0, delta=1e-3, random_state=0, **FAST).fit(frame)
 
 
 def test_exact_estimate_when_not_private():

@@ -25,7 +25,14 @@ concatenated counts is ``sqrt(m)``; the accountant records the release as ``(z, 
   the ``m_c`` categorical columns, at most ``delta_s``. Values below the threshold map to the
   public category :data:`OTHER`, which every estimated categorical column has. Values are
   counted by their canonical string (:func:`~skdpflow.domain.canonical`) and released as
-  strings, so the type of a released category never depends on a row.
+  strings, so the type of a released category never depends on a row. How much of a column
+  ends up in :data:`OTHER` is read later from the released marginals only (post-processing):
+  ``<other>`` is sampled only when its noisy count there is significant
+  (:mod:`skdpflow.marginals`), and a large noisy share is warned (:class:`OtherShareWarning`).
+* **A bound estimate dominated by noise is refused.** When no bucket or run clears its
+  threshold, the synthesizer raises :class:`DomainEstimateError` naming the columns (their
+  kinds are schema) rather than use a bound chosen by noise; the error is a function of the
+  release alone.
 
 All counts are integers and get exact discrete Gaussian noise from the caller's
 :class:`~skdpflow.privacy.randomness.PrivacyNoise` (its Rényi curve is the Gaussian one).
@@ -72,8 +79,11 @@ from .randomness import PrivacyNoise
 
 __all__ = [
     "BOUNDS_FALSE_ALARM",
+    "DomainEstimateError",
     "DomainEstimateWarning",
     "OTHER",
+    "OTHER_WARN_SHARE",
+    "OtherShareWarning",
     "SELECTION_DELTA_SHARE",
     "DomainEstimate",
     "bounds_threshold",
@@ -87,6 +97,9 @@ __all__ = [
 OTHER = "<other>"
 # Chance, per column, that noise alone widens an estimated bound.
 BOUNDS_FALSE_ALARM = 1e-3
+# A released (noisy) share of ``<other>`` from which ``fit`` warns: the issue's limit of 5%
+# in the samples, with room for the flow's drift and the sampling error.
+OTHER_WARN_SHARE = 0.02
 # Share of delta reserved for the chance that category discovery releases one row's value.
 SELECTION_DELTA_SHARE = 0.1
 # Logarithmic grid: quarter octaves from 2^-16 to 2^64 on each side of a zero bucket.
@@ -127,7 +140,68 @@ def category_threshold(std: float, selection_delta: float, n_columns: int) -> fl
 
 
 class DomainEstimateWarning(UserWarning):
-    """A DP domain estimate is dominated by noise: declare the domain or spend more."""
+    """A DP domain estimate falls short of the data: declare the domain or spend more.
+
+    The base class of :class:`OtherShareWarning` (filter it to silence every such warning).
+    """
+
+
+class OtherShareWarning(DomainEstimateWarning):
+    """Category discovery left a large noisy share of a column in ``<other>``.
+
+    ``fit`` warns once, naming every estimated categorical column whose released (noisy)
+    share of ``<other>`` is at least ``OTHER_WARN_SHARE`` (2%), with the share and the code
+    to declare the categories (``Domain.draft(df[columns])``, reviewed). The shares come
+    from the released marginals: post-processing, no statistic of the rows beyond them.
+    """
+
+
+class DomainEstimateError(ValueError):
+    """The DP estimate of some bounds is dominated by noise: declare those columns.
+
+    Raised by ``fit`` instead of falling back to a bound chosen by noise (no bucket's noisy
+    count cleared its threshold: too few rows for the budget). The message names the
+    columns and their kinds (schema) with the code to declare them, and quotes no value.
+    """
+
+
+def unreliable_bounds_message(columns: dict[str, ColumnDomain]) -> str:
+    """Why ``fit`` refuses noise-chosen bounds, with the code to declare them.
+
+    Names the columns and their kinds (schema, public); quotes no value of the data.
+    """
+    entries = []
+    for name, col in columns.items():
+        extra = ", 'integer': True" if col.type == "numerical" and col.integer else ""
+        entries.append(f"{name!r}: {{'type': {col.type!r}, 'min': ..., 'max': ...{extra}}}")
+    names = list(columns)
+    return (f"The DP estimate of the bounds of {names} is dominated by noise (no bucket's "
+            "noisy count cleared the threshold: too few rows for this budget), and bounds "
+            "chosen by noise are refused. Declare them with values known without the data: "
+            f"fit(df, domain={{{', '.join(entries)}}}) (or draft a file with "
+            f"Domain.draft(df[{names}]).save('domain.yaml'), review it: it is read from the "
+            "data, NOT private); or raise epsilon or domain_epsilon_fraction.")
+
+
+def other_share_message(shares: dict[str, float], threshold: float) -> str:
+    """The ``OtherShareWarning`` text: columns, noisy shares, the code to declare them.
+
+    ``shares`` are released (noisy, post-processed) probabilities; ``threshold`` the noisy
+    count a value needed to be released (public: it follows from the budget alone).
+    """
+    names = list(shares)
+    listed = ", ".join(f"{name!r} {share:.0%}" for name, share in shares.items())
+    example = names[0]
+    return (f"Category discovery left a large share of rows in {OTHER!r} (noisy share in the "
+            f"released marginals: {listed}): values held by fewer than about "
+            f"{threshold:.0f} rows (noisy) are not released at this budget, and samples hold "
+            f"the literal {OTHER!r} in their place. Declare these columns' categories (public "
+            "facts are free): draft them with "
+            f"Domain.draft(df[{names}]).save('domain.yaml'), review and edit the file (it is "
+            "read from the data, NOT private), then fit(df, domain='domain.yaml'); or by hand, "
+            f"one entry per column: domain={{{example!r}: {{'type': 'categorical', "
+            "'categories': [...], 'other': 'other'}}; or raise epsilon or "
+            "domain_epsilon_fraction.")
 
 
 @dataclass
@@ -262,8 +336,8 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     at most about ``tau_W`` rows fall outside on each side (a DP quantile at rank
     ``tau_W``) and no bound is pushed out by a window's width. The false-alarm chance is
     split over every window tested. When nothing clears (too few rows for the noise), the
-    bucket with the largest noisy count stands in: a guess dominated by noise, which the
-    caller reports.
+    bucket with the largest noisy count is returned with ``clear=False``: a guess dominated
+    by noise, which the synthesizer refuses (:class:`DomainEstimateError`).
     """
     n_buckets = len(grid) - 1
     idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
