@@ -14,7 +14,7 @@ Why these rules (see docs/design.md, "The schedule", for the measurements):
 * **DP-SGD only where it can learn.** The noise DP-SGD adds to one step's mean gradient has
   norm about ``sigma * C * sqrt(p) / B`` (``p`` parameters, expected batch ``B``, clipping
   norm ``C``), against a clipped gradient of norm at most ``C``. Adult (32,561 rows, epsilon
-  1) trains well at a ratio ``sigma sqrt(p) / B`` of about 0.4; far above it, Adam's steps
+  1) trains well at a ratio ``sigma sqrt(p) / B`` of about 0.45; far above it, Adam's steps
   are a random walk that only blurs the released marginals and copula. So the model size is
   the largest one whose ratio stays within :data:`NOISE_RATIO`; when even the smallest model
   is far above it (:data:`MAX_NOISE_RATIO`), DP-SGD is skipped, its share goes to the
@@ -42,7 +42,7 @@ AUTO = "auto"
 # Share of the Rényi budget spent on the row count, released before anything else.
 COUNT_SHARE = 0.02
 # Target and ceiling of sigma * sqrt(p) / B (noise norm over clipped-gradient norm per step).
-NOISE_RATIO = 0.4
+NOISE_RATIO = 0.5
 MAX_NOISE_RATIO = 3.0
 # The smallest DP-SGD share worth keeping; below it the share goes to the releases.
 MIN_TRAIN_SHARE = 0.1

@@ -525,6 +525,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """
         sample_rate = min(1.0, schedule.batch_size / n_hat)
         steps = schedule.steps
+        if steps and self.epochs != AUTO:  # explicit passes over the histograms' n_hat
+            steps = max(1, round(self.epochs / sample_rate))
         sigma = ledger.dpsgd_noise(sample_rate, steps) if steps else 0.0
         flow = None
         if n_dims:
