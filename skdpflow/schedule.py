@@ -35,8 +35,8 @@ from typing import Any
 
 from .privacy.accounting import PrivacyBudgetError
 
-__all__ = ["AUTO", "COUNT_SHARE", "Schedule", "auto_schedule", "flow_parameter_count",
-           "releases_shares"]
+__all__ = ["AUTO", "COUNT_SHARE", "Schedule", "auto_schedule", "domain_share",
+           "flow_parameter_count", "releases_shares"]
 
 AUTO = "auto"
 # Share of the Rényi budget spent on the row count, released before anything else.
@@ -90,6 +90,18 @@ def releases_shares(n_hat: float, epsilon: float, n_dims: int) -> tuple[float, f
     marginals = min(max(0.1 * scale, 0.1), 0.6)
     copula = min(max(0.05 * scale, 0.03), 0.3) if n_dims >= 2 else 0.0
     return marginals, copula
+
+
+def domain_share(n_hat: float, epsilon: float) -> float:
+    """Share of the budget for estimating undeclared domains: ``0.2 sqrt(30000 / N)`` within
+    [0.2, 0.6]. Category discovery releases a value only when its noisy count clears a
+    threshold of several noise standard deviations, so on small tables it needs a larger
+    share to find the common values (bank_marketing, 3,000 rows, epsilon 1, no domain:
+    quality 0.684 at 0.2, 0.787 at 0.5)."""
+    if not math.isfinite(epsilon):
+        return 0.2
+    scale = math.sqrt(REFERENCE_N / max(n_hat * epsilon, 1.0))
+    return min(max(0.2 * scale, 0.2), 0.6)
 
 
 def batch_and_steps(n_hat: float) -> tuple[int, int]:

@@ -59,7 +59,7 @@ from .privacy.domain_estimation import (
 from .privacy.histograms import release_histograms
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
-from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule
+from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule, domain_share
 from .training import TrainConfig, standard_normal_logpdf, train_flow
 
 # What the report says of the noise (see skdpflow/privacy/randomness.py).
@@ -145,12 +145,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         columns, so a table too small for DP-SGD to learn from still keeps its strongest
         pairwise dependencies. ``0`` disables the release. ``"auto"``:
         ``0.05 sqrt(30000 / (n_hat epsilon))`` within [0.03, 0.3].
-    domain_epsilon_fraction : float, default=0.2
+    domain_epsilon_fraction : float or "auto", default="auto"
         Share of the budget for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
         categories; one Gaussian release, see :mod:`skdpflow.privacy.domain_estimation`).
         Not spent when everything is declared. Category discovery also reserves 10% of
-        ``delta``.
+        ``delta``. ``"auto"``: ``0.2 sqrt(30000 / (n_hat epsilon))`` within [0.2, 0.6] from
+        the noisy row count (a small table needs a larger share to discover its categories).
     privacy : {"strict", "domain_from_data"}, default="strict"
         ``"strict"`` estimates undeclared domains under DP; ``"domain_from_data"`` reads
         them from the data, which the guarantee does NOT cover. With ``"strict"`` every
@@ -229,7 +230,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "marginals_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "copula_fraction": auto_or(Interval(Real, 0, 1, closed="left")),
         "histogram_bins": Interval(Integral, 2, None),
-        "domain_epsilon_fraction": Interval(Real, 0, 1, closed="neither"),
+        "domain_epsilon_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
         "accountant": Options(frozenset({"rdp"})),
         "device": Options(frozenset({"auto", "cpu", "cuda"})),
@@ -254,7 +255,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         marginals_fraction: float | str = "auto",
         copula_fraction: float | str = "auto",
         histogram_bins: int = 32,
-        domain_epsilon_fraction: float = 0.2,
+        domain_epsilon_fraction: float | str = "auto",
         privacy: str = "strict",
         accountant: str = "rdp",
         device: str = "auto",
@@ -336,7 +337,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
         fitted: dict[str, Any] = {}
         n_count = self._release_row_count(data, ledger, noise)
-        fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise)
+        fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise,
+                                                            self._domain_share(n_count))
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
@@ -369,11 +371,15 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raise InvalidDataError(problems)
         return declared
 
-    def _fixed_shares(self, data: pd.DataFrame, declared: Domain) -> float:
-        """Shares of the budget spent before the schedule: the row count, the domain."""
-        estimates = (math.isfinite(self.epsilon) and self.privacy == "strict"
-                     and any(c not in declared.columns for c in data.columns))
-        return COUNT_SHARE + (self.domain_epsilon_fraction if estimates else 0.0)
+    def _estimates(self, data: pd.DataFrame, declared: Domain) -> bool:
+        """Whether some column's domain is estimated under DP (public: the schema)."""
+        return (math.isfinite(self.epsilon) and self.privacy == "strict"
+                and any(c not in declared.columns for c in data.columns))
+
+    def _domain_share(self, n_hat: float) -> float:
+        if self.domain_epsilon_fraction != AUTO:
+            return self.domain_epsilon_fraction
+        return domain_share(n_hat, self.epsilon)
 
     def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
         """Check the budget and fix the ledger's plan from public facts only.
@@ -387,16 +393,16 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
                 "allows releasing a whole row.")
-        fixed = self._fixed_shares(data, declared)
+        estimates = self._estimates(data, declared)
         explicit = [v for v in (self.marginals_fraction, self.copula_fraction) if v != AUTO]
-        if private and (fixed >= 1.0 or sum(explicit) >= 1.0):
+        domain_explicit = (self.domain_epsilon_fraction
+                           if estimates and self.domain_epsilon_fraction != AUTO else 0.0)
+        if private and (COUNT_SHARE + domain_explicit >= 1.0 or sum(explicit) >= 1.0):
             raise PrivacyBudgetError(
                 "The budget shares must leave a share of epsilon for the rest of the fit; got "
                 f"row count {COUNT_SHARE} + domain_epsilon_fraction "
                 f"{self.domain_epsilon_fraction}, marginals_fraction {self.marginals_fraction}, "
                 f"copula_fraction {self.copula_fraction}.")
-        estimates = private and self.privacy == "strict" and any(
-            c not in declared.columns for c in data.columns)
         discovers = estimates and any(column_kind(data[c]) == "categorical"
                                       for c in data.columns if c not in declared.columns)
         selection_delta = (SELECTION_DELTA_SHARE * self.delta
@@ -407,6 +413,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         def reference(n: int) -> tuple[float, int, float]:
             plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False)
+            fixed = COUNT_SHARE + (self._domain_share(n) if estimates else 0.0)
             return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - fixed)
 
         ledger.plan([], schedule=reference)
@@ -428,7 +435,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
-                        noise: PrivacyNoise) -> tuple[Domain, float | None]:
+                        noise: PrivacyNoise, share: float) -> tuple[Domain, float | None]:
         """Declared columns as declared; the others estimated under DP (or read: opt-out).
 
         Also returns category discovery's threshold (None when nothing was discovered).
@@ -454,7 +461,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 "differential-privacy guarantee does not cover them.",
                 DataDerivedDomainWarning, stacklevel=3)
         elif undeclared:
-            z_d = ledger.share_noise(self.domain_epsilon_fraction)
+            z_d = ledger.share_noise(share)
             est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
             if est.unreliable:  # fail closed: never a bound chosen by noise
                 raise DomainEstimateError(unreliable_bounds_message(
@@ -463,7 +470,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             thresholds = [i["threshold"] for i in est.info.values() if "threshold" in i]
             threshold = thresholds[0] if thresholds else None
             if est.touches_data:
-                ledger.record(est.release(self.domain_epsilon_fraction))
+                ledger.record(est.release(share))
         domain = Domain(
             {c: declared.columns[c] if c in declared.columns else estimated[c]
              for c in data.columns},
