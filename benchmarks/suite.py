@@ -249,10 +249,11 @@ def table(runs: pd.DataFrame, epsilons: list[float], methods: list[str]) -> str:
             for metric in METRICS:
                 cells.append(" / ".join(_fmt(means[m][metric]) for m in shown))
             cells.append(_fmt(here["auroc_hgb_real"].mean()))
-            sk, ms = means.get("skdpflow"), means.get("mst")
-            diffs = [(_signed(sk[m] - ms[m]) if sk and ms and sk[m] is not None
-                      and ms[m] is not None else "–") for m in METRICS] if sk and ms else []
-            cells.append(", ".join(diffs) if diffs else "–")
+            if counts.get("skdpflow") and counts.get("mst"):
+                sk, ms = means["skdpflow"], means["mst"]
+                cells.append(", ".join(_signed(sk[m] - ms[m]) for m in METRICS))
+            else:
+                cells.append("–")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -329,8 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
-    done = read_runs(log)
-    seen = {key(r) for r in done}
+    seen = {key(r) for r in read_runs(log)}
     params = json.dumps(args.params, sort_keys=True)
     if "mst" in args.methods and not mst_available() and not args.table_only:
         print(f"smartnoise MST skipped: no interpreter at {MST_PYTHON} (see the docstring "
@@ -340,16 +340,17 @@ def main(argv: list[str] | None = None) -> None:
     for name, size, method, eps, seed in ([] if args.table_only else planned(args)):
         rows = train_rows(size, args.max_rows)
         run_params = params if method == "skdpflow" else "{}"
+        # re-read: another process may be filling the same file (e.g. one per method)
+        seen |= {key(r) for r in read_runs(log)}
         if (name, rows, method, eps, seed, run_params) in seen:
             continue
         if method == "mst" and not mst_available():
             continue
         row = run_one(name, size, method, eps, seed, args)
-        done.append(row)
         with log.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
-    text = table(select(done, args), args.epsilons, args.methods)
+    text = table(select(read_runs(log), args), args.epsilons, args.methods)
     print(text)
     if args.write_docs:
         write_docs(text, "python benchmarks/suite.py " + " ".join(sys.argv[1:]), args)
