@@ -267,6 +267,8 @@ def main() -> None:
                              "environment exists")
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the curves table in docs/benchmarks.md")
+    parser.add_argument("--table-only", action="store_true",
+                        help="plots and table of the recorded runs, run nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
@@ -274,9 +276,10 @@ def main() -> None:
     seen = {(r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"],
              r.get("method", "skdpflow")) for r in done}
     grid = list(args.epsilons) + ([COPULA] if args.copula else [])
-    mst = args.mst and _mst_available()
-    jobs = [(name, eps, seed, "skdpflow") for name in args.datasets for eps in grid
-            for seed in args.seeds]
+    mst = args.mst and not args.table_only and _mst_available()
+    jobs = [] if args.table_only else [
+        (name, eps, seed, "skdpflow") for name in args.datasets for eps in grid
+        for seed in args.seeds]
     jobs += [(name, eps, seed, "mst") for name in args.datasets for eps in args.epsilons
              for seed in args.seeds if mst and math.isfinite(eps)]
     for name, eps, seed, method in jobs:
