@@ -156,3 +156,9 @@ def test_mst_runs_in_its_environment(suite, data):
     assert list(fake.columns) == list(train.columns) and len(fake) == len(train)
     assert fake["age"].between(17, 95).all() and set(fake["job"]) <= {"a", "b", "c"}
     assert not math.isnan(fake["income"].mean())
+
+
+def test_binning_floor_is_small_on_a_narrow_table(suite, data):
+    floor = suite.binning_floor("toy", 300, 100)
+    # age: integer bounds 17-95, 32 bins of ~2.4 years; income: 32 bins over a lognormal
+    assert 0 < floor["tvd_1way"] < 0.5 and floor["tvd_2way"] >= floor["tvd_1way"]
