@@ -299,7 +299,8 @@ def write_docs(text: str, command: str, args: argparse.Namespace) -> None:
     _, tail = rest.split(END)
     body = (f"{BEGIN}\nRun {time.strftime('%Y-%m-%d')}: `{command}` ({os.cpu_count()} CPU "
             f"cores; full tables capped at {args.max_rows:,} train rows, "
-            f"{args.test_rows:,} test rows).\n\n{text}\n{END}")
+            f"{args.test_rows:,} test rows; the seeds column counts the runs recorded)."
+            f"\n\n{text}\n{END}")
     path.write_text(head + body + tail)
 
 
@@ -379,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     text = table(select(read_runs(log), args), args.epsilons, args.methods)
     print(text)
     if args.write_docs:
-        write_docs(text, "python benchmarks/suite.py " + " ".join(sys.argv[1:]), args)
+        # --table-only writes the table of recorded runs: the command that makes them
+        command = [a for a in sys.argv[1:] if a != "--table-only"]
+        write_docs(text, "python benchmarks/suite.py " + " ".join(command), args)
 
 
 if __name__ == "__main__":
