@@ -16,6 +16,13 @@ synthetic rows), 2-way TVD and SDMetrics quality. Adult is fitted with its publi
 the other tables without one (bounds and categories estimated under DP), their
 categorical columns (integer codes included) read as text.
 
+With ``--mst``, and where smartnoise MST's environment exists (``/work/venv-mst``, or
+``SKDPFLOW_MST_PYTHON``; set up as ``benchmarks/suite.py`` says), MST runs at every finite
+epsilon and seed on the same rows, through ``benchmarks/_mst_runner.py`` with the DECLARED
+public domain of the full table (32 bins over the public bounds, declared categories): a
+second line on the plots, dashed-dotted. Note that the skdpflow line of the tables other
+than Adult estimates its domain under DP, MST's does not.
+
 Each finished run is appended to ``<out>/runs.jsonl`` and skipped when the script is rerun,
 so an interrupted grid resumes. The plots show the mean over seeds with a min-max band,
 and the real-data ceiling (the real train rows scored the same way) as a dashed line.
@@ -124,13 +131,42 @@ def run_copula(name: str, seed: int, args: argparse.Namespace) -> dict:
     return row
 
 
+def run_mst(name: str, epsilon: float, seed: int, args: argparse.Namespace) -> dict:
+    """smartnoise MST on the same rows, with the declared public domain (see suite.py)."""
+    from suite import fit_mst, public_domain
+
+    from skdpflow import evaluate
+
+    train, test, target = load(name, args.rows, args.test_rows)
+    domain = public_domain(name)
+    start = time.perf_counter()
+    fake = fit_mst(train, domain, epsilon, seed)
+    fit_s = time.perf_counter() - start
+    scores = evaluate(train, fake, test=test, target=target, domain=domain).to_frame()
+    row = {"dataset": name, "epsilon": epsilon, "seed": seed, "rows": len(train),
+           "rows_requested": args.rows, "fit_s": round(fit_s, 1), "domain": "declared",
+           "method": "mst"}
+    for metric in METRICS:
+        row[metric] = float(scores.loc[metric, "synthetic"])
+        row[f"{metric}_real"] = float(scores.loc[metric, "real_data"])
+    return row
+
+
+def _method(runs: pd.DataFrame) -> pd.Series:
+    """Each run's method: rows recorded before MST joined have no ``method`` field."""
+    if "method" not in runs:
+        return pd.Series("skdpflow", index=runs.index)
+    return runs["method"].fillna("skdpflow")
+
+
 def plot(runs: pd.DataFrame, out: Path) -> list[Path]:
     """One PNG per table: each metric against epsilon, mean and min-max band over seeds."""
     from matplotlib.figure import Figure
 
     paths = []
     copula = runs[runs["epsilon"] == COPULA]
-    runs = runs[runs["epsilon"] != COPULA]
+    mst = runs[_method(runs) == "mst"]
+    runs = runs[(runs["epsilon"] != COPULA) & (_method(runs) != "mst")]
     eps_values = sorted(runs["epsilon"].unique())
     finite = [e for e in eps_values if math.isfinite(e)]
     # inf sits one decade right of the largest finite epsilon, labelled "inf"
@@ -143,6 +179,13 @@ def plot(runs: pd.DataFrame, out: Path) -> list[Path]:
             x = [x_of[e] for e in stats.index]
             ax.plot(x, stats["mean"], marker="o", color="#4c72b0", label="synthetic")
             ax.fill_between(x, stats["min"], stats["max"], color="#4c72b0", alpha=0.25)
+            theirs = mst[mst["dataset"] == name].groupby("epsilon")[metric].agg(
+                ["mean", "min", "max"])
+            if len(theirs):
+                xm = [x_of.get(e, e) for e in theirs.index]
+                ax.plot(xm, theirs["mean"], marker="s", ls="-.", color="#55a868",
+                        label="smartnoise MST (declared domain)")
+                ax.fill_between(xm, theirs["min"], theirs["max"], color="#55a868", alpha=0.2)
             ax.axhline(group[f"{metric}_real"].mean(), ls="--", color="0.3", label="real data")
             reference = copula[copula["dataset"] == name][metric]
             if len(reference):
@@ -165,11 +208,15 @@ def table(runs: pd.DataFrame) -> str:
     """Mean (sd) over seeds per table and epsilon, and the real-data row."""
     lines = ["| dataset | epsilon | seeds | " + " | ".join(METRICS) + " |",
              "|---|---|---|" + "---|" * len(METRICS)]
-    for (name, eps), group in runs.groupby(["dataset", "epsilon"], sort=False):
+    runs = runs.assign(method=_method(runs))
+    for (name, method, eps), group in runs.groupby(["dataset", "method", "epsilon"],
+                                                   sort=False):
         cells = [f"{group[m].mean():.3f}" + (f" ({group[m].std():.3f})" if len(group) > 1
                                               else "") for m in METRICS]
         label = ("GaussianCopula (not private)" if eps == COPULA
                  else "inf" if math.isinf(eps) else f"{eps:g}")
+        if method == "mst":
+            label = f"smartnoise MST {label}"
         lines.append(f"| {name} | {label} | {len(group)} | "
                      + " | ".join(cells) + " |")
     for name, group in runs.groupby("dataset", sort=False):
@@ -191,6 +238,16 @@ def write_docs(text: str, images: list[Path], command: str) -> None:
     path.write_text(head + body + tail)
 
 
+def _mst_available() -> bool:
+    from suite import mst_available
+
+    if not mst_available():
+        print("smartnoise MST skipped: its environment is not here (see benchmarks/suite.py)",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = list(json.loads((DATA / "datasets.json").read_text()))
@@ -205,28 +262,40 @@ def main() -> None:
                         help="folder for runs.jsonl and the PNGs")
     parser.add_argument("--copula", action="store_true",
                         help="add SDV's GaussianCopula (non-private) reference runs")
+    parser.add_argument("--mst", action="store_true",
+                        help="add smartnoise MST runs (finite epsilons), where its "
+                             "environment exists")
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the curves table in docs/benchmarks.md")
+    parser.add_argument("--table-only", action="store_true",
+                        help="plots and table of the recorded runs, run nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    seen = {(r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"]) for r in done}
+    seen = {(r["dataset"], float(r["epsilon"]), r["seed"], r["rows_requested"],
+             r.get("method", "skdpflow")) for r in done}
     grid = list(args.epsilons) + ([COPULA] if args.copula else [])
-    for name in args.datasets:
-        for eps in grid:
-            for seed in args.seeds:
-                if (name, eps, seed, args.rows) in seen:
-                    continue
-                row = (run_copula(name, seed, args) if eps == COPULA
-                       else run_one(name, eps, seed, args))
-                done.append(row)
-                with log.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+    mst = args.mst and not args.table_only and _mst_available()
+    jobs = [] if args.table_only else [
+        (name, eps, seed, "skdpflow") for name in args.datasets for eps in grid
+        for seed in args.seeds]
+    jobs += [(name, eps, seed, "mst") for name in args.datasets for eps in args.epsilons
+             for seed in args.seeds if mst and math.isfinite(eps)]
+    for name, eps, seed, method in jobs:
+        if (name, eps, seed, args.rows, method) in seen:
+            continue
+        row = (run_mst(name, eps, seed, args) if method == "mst"
+               else run_copula(name, seed, args) if eps == COPULA
+               else run_one(name, eps, seed, args))
+        done.append(row)
+        with log.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
     runs = pd.DataFrame([r for r in done if r["dataset"] in args.datasets
                          and float(r["epsilon"]) in grid and r["seed"] in args.seeds
-                         and r["rows_requested"] == args.rows])
+                         and r["rows_requested"] == args.rows
+                         and (r.get("method") != "mst" or args.mst)])
     images = plot(runs, args.out)
     text = table(runs)
     print(text)

@@ -37,6 +37,11 @@ MISSING = "(missing)"
 MAX_CLASSES = 20
 # HistGradientBoosting's native categorical support takes at most this many levels.
 MAX_HGB_CATEGORIES = 255
+# L2 penalty on HistGradientBoosting's leaf values for targets of more than two classes.
+# Without it the multinomial fit diverges when classes of a handful of rows sit on exact
+# feature values (KDD Cup 99: training accuracy 0.51, real-data AUROC 0.49); 1.0 brings
+# that table to 0.999. Binary targets keep the default (no penalty).
+MULTICLASS_L2 = 1.0
 
 
 def column_kinds(real: pd.DataFrame, domain: Any = None) -> dict[str, str]:
@@ -197,9 +202,11 @@ def tstr_scores(train: pd.DataFrame, test: pd.DataFrame, target: str,
 
     Two models: a ``HistGradientBoosting`` model with native categorical support and a
     linear model on one-hot categories and standardised numbers. A classification target
-    gives ``auroc_*`` (one-vs-rest macro average beyond two classes; the greater label is
-    the positive class of a binary target) and ``accuracy_*``; a numerical target with more
-    than :data:`MAX_CLASSES` values gives ``r2_*``.
+    gives ``auroc_*`` and ``accuracy_*``; a numerical target with more than
+    :data:`MAX_CLASSES` values gives ``r2_*``. AUROC of a binary target takes the greater
+    label as the positive class; beyond two classes it is the one-vs-rest macro average
+    (each class the test rows hold against the rest, unweighted), and the boosting model
+    gets an L2 penalty (:data:`MULTICLASS_L2`) so that rare classes do not make it diverge.
     """
     kinds = kinds or column_kinds(test)
     features = [c for c in test.columns if c != target]
@@ -275,7 +282,9 @@ def _classify(x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame,
         acc = float((y_test == y_train.iloc[0]).mean()) if len(y_train) else float("nan")
         return {"auroc_hgb": 0.5, "auroc_logreg": 0.5, "accuracy_hgb": acc,
                 "accuracy_logreg": acc}
-    hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
+    l2 = MULTICLASS_L2 if y_train.nunique() > 2 else 0.0
+    hgb = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0,
+                                         l2_regularization=l2)
     logreg = make_pipeline(_linear_preprocessing(x_train), LogisticRegression(max_iter=2000))
     out = {}
     for name, model, xa, xb in [("hgb", hgb, x_train, x_test),
@@ -289,20 +298,27 @@ def _classify(x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame,
 
 
 def _auroc(y_test: pd.Series, proba: np.ndarray, classes: list) -> float:
-    """AUROC of class probabilities on the test labels (binary: the greater label is the
-    positive class; more: one-vs-rest macro average, over the classes the test holds)."""
+    """AUROC of class probabilities on the test labels.
+
+    Binary: the greater label is the positive class. More classes: the one-vs-rest macro
+    average, mean over the classes the test rows hold of the AUROC of that class's
+    probability against all other rows (a class the model never saw scores 0.5). Computed
+    class by class on the raw probabilities: nothing is renormalised, so ties stay ties.
+    """
     from sklearn.metrics import roc_auc_score
 
     held = sorted(y_test.unique())
     if len(held) < 2:
         return float("nan")
-    columns = np.stack([proba[:, classes.index(c)] if c in classes else np.zeros(len(proba))
-                        for c in held], axis=1)
+    truth = y_test.to_numpy()
+
+    def one(c: Any) -> float:
+        score = proba[:, classes.index(c)] if c in classes else np.zeros(len(proba))
+        return float(roc_auc_score(truth == c, score))
+
     if len(held) == 2:
-        return float(roc_auc_score(y_test == held[1], columns[:, 1]))
-    total = columns.sum(1, keepdims=True)
-    columns = np.where(total > 0, columns / np.where(total > 0, total, 1), 1 / len(held))
-    return float(roc_auc_score(y_test, columns, multi_class="ovr", labels=held))
+        return one(held[1])
+    return float(np.mean([one(c) for c in held]))
 
 
 def _regress(x_train: pd.DataFrame, y_train: pd.Series, x_test: pd.DataFrame,

@@ -46,3 +46,15 @@ def test_plot_writes_one_png_per_table(curves, tmp_path):
     (path,) = curves.plot(_runs(), tmp_path)
     assert path.name == "curves_toy.png"
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+
+
+def test_mst_runs_get_their_own_rows_and_line(curves, tmp_path):
+    mst = _runs().query("epsilon == 1.0").assign(method="mst", auroc_hgb=0.7, quality=0.5)
+    runs = pd.concat([_runs(), mst], ignore_index=True)
+    lines = curves.table(runs).splitlines()
+    assert "| toy | smartnoise MST 1 | 2 | 0.700 (0.000) | 0.400 (0.000) | 0.500 (0.000) |" \
+        in lines
+    # the skdpflow rows are the same as without MST (rows recorded without a method field)
+    assert lines[2] == "| toy | 1 | 2 | 0.600 (0.141) | 0.400 (0.000) | 0.600 (0.000) |"
+    (path,) = curves.plot(runs, tmp_path)
+    assert path.stat().st_size > 10_000
