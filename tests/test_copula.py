@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from skdpflow import DPFlowSynthesizer
-from skdpflow.privacy.accounting import analytic_gaussian_noise_multiplier
 from skdpflow.privacy.copula import (
     CLIP,
     clipped_scores,
@@ -213,12 +212,13 @@ def test_the_fit_reproduces_a_correlation_at_large_epsilon_and_not_at_tiny_epsil
     assert corr > 0.7
     report = synth.privacy_report()
     names = [m["name"].split()[0] for m in report["mechanisms"]]
-    assert names == ["1-way", "copula", "DP-SGD"]
-    copula = report["mechanisms"][1]
-    assert copula["noise_multiplier"] == pytest.approx(
-        analytic_gaussian_noise_multiplier(0.2 * 20.0, report["accountant_delta"]))
-    assert copula["budget_share"] == 0.2
-    assert report["mechanisms"][2]["budget_share"] == pytest.approx(0.7)
+    assert names == ["row", "1-way", "copula", "DP-SGD"]
+    copula = report["mechanisms"][2]
+    # A share of what the row count left, of the Rényi budget at the ledger's order.
+    assert copula["budget_share"] == pytest.approx(0.2 * (1 - 0.02))
+    assert copula["rdp_at_order"] == pytest.approx(copula["budget_share"]
+                                                   * report["rdp_budget"])
+    assert sum(m["budget_share"] for m in report["mechanisms"]) == pytest.approx(1.0)
     assert report["epsilon_spent"] <= 20.0
     base = synth.flow_.base_cholesky.double()
     assert (base @ base.T)[0, 1].item() > 0.7
@@ -230,7 +230,7 @@ def test_the_fit_reproduces_a_correlation_at_large_epsilon_and_not_at_tiny_epsil
     off, off_synth = _sample_corr(20.0, 0.0)
     assert abs(off) < 0.1
     assert [m["name"].split()[0] for m in off_synth.privacy_report()["mechanisms"]] == [
-        "1-way", "DP-SGD"]
+        "row", "1-way", "DP-SGD"]
     assert off_synth.copula_info_ == {}
     assert torch.equal(off_synth.flow_.base_cholesky, torch.eye(2))
 
@@ -239,15 +239,17 @@ def test_a_one_column_table_plans_and_charges_no_copula():
     frame = _pair()[["a"]]
     synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-5, random_state=0, **FAST).fit(
         frame, domain={"a": PAIR_DOMAIN["a"]})
-    assert [m["name"].split()[0] for m in synth.privacy_report()["mechanisms"]] == [
-        "1-way", "DP-SGD"]
-    assert synth.privacy_report()["mechanisms"][1]["budget_share"] == pytest.approx(0.9)
+    mechanisms = synth.privacy_report()["mechanisms"]
+    assert [m["name"].split()[0] for m in mechanisms] == ["row", "1-way", "DP-SGD"]
+    # Nothing planned for the copula: the count and the histograms leave DP-SGD the rest.
+    assert sum(m["budget_share"] for m in mechanisms) == pytest.approx(1.0)
+    assert synth.schedule_.copula_share == 0.0
 
 
 def test_shares_that_leave_nothing_for_training_raise_before_any_release():
     synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-5, marginals_fraction=0.5,
                               copula_fraction=0.5, **FAST)
-    with pytest.raises(ValueError, match="copula_fraction must leave a share"):
+    with pytest.raises(ValueError, match="must leave a share"):
         synth.fit(_pair(), domain=PAIR_DOMAIN)
     # copula_fraction=0 leaves the same shares valid.
     synth.set_params(copula_fraction=0.0).fit(_pair(), domain=PAIR_DOMAIN)

@@ -86,7 +86,8 @@ def test_rare_values_and_outliers_are_never_released():
 
 def test_small_tables_refuse_bounds_chosen_by_noise(mixed_frame, mixed_domain):
     small = mixed_frame[["age", "score", "when"]].head(60)
-    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-2, random_state=0, **FAST)
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-2, random_state=0,
+                              domain_epsilon_fraction=0.2, **FAST)
     with pytest.raises(DomainEstimateError, match="dominated by noise") as info:
         synth.fit(small)
     message = str(info.value)
@@ -171,7 +172,7 @@ def test_composed_epsilon_matches_an_independent_rdp_computation():
     synth = DPFlowSynthesizer(epsilon=1.5, delta=1e-5, random_state=0, **FAST).fit(frame)
     report = synth.privacy_report()
     names = [m["name"].split()[0] for m in report["mechanisms"]]
-    assert names == ["domain", "1-way", "copula", "DP-SGD"]
+    assert names == ["row", "domain", "1-way", "copula", "DP-SGD"]
     a = report["rdp_order"]  # fixed before the first release
     rdp = 0.0
     for m in report["mechanisms"]:
@@ -190,13 +191,14 @@ def test_composed_epsilon_matches_an_independent_rdp_computation():
     assert report["delta_spent"] == pytest.approx(delta_total, rel=1e-12)
     assert delta_total <= 1e-5 * (1 + 1e-9)
     # The domain release's noise is sized to its share of the budget.
-    domain = report["mechanisms"][0]
-    assert domain["noise_multiplier"] == pytest.approx(
-        analytic_gaussian_noise_multiplier(0.2 * 1.5, delta_rdp))
+    domain = report["mechanisms"][1]
+    assert domain["rdp_at_order"] == pytest.approx(domain["budget_share"]
+                                                   * report["rdp_budget"])
+    assert 0.2 <= domain["budget_share"] <= 0.6  # the auto share, from the noisy count
 
 
 def test_budget_shares_that_leave_nothing_for_training_raise_before_training(mixed_frame):
-    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-3, domain_epsilon_fraction=0.5,
+    synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-3, domain_epsilon_fraction=0.99,
                               marginals_fraction=0.5, **FAST)
     with pytest.raises(ValueError, match="leave a share"):
         synth.fit(mixed_frame)
