@@ -144,7 +144,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         starting point: the untrained flow samples ``N(0, R)`` instead of independent
         columns, so a table too small for DP-SGD to learn from still keeps its strongest
         pairwise dependencies. ``0`` disables the release. ``"auto"``:
-        ``0.05 sqrt(30000 / (n_hat epsilon))`` within [0.03, 0.3].
+        ``0.05 sqrt(30000 / N)`` (``N = n_hat epsilon``) up to 0.3, fading to 0 between
+        ``N = 10,000`` and ``30,000``, where DP-SGD learns the dependence itself.
     domain_epsilon_fraction : float or "auto", default="auto"
         Share of the budget for estimating the domain of the columns that ``domain`` does not
         declare (noisy bucket counts for bounds, thresholded noisy value counts for
