@@ -147,7 +147,9 @@ def filter_order(epsilon: float, delta: float, fixed_rdp_per_order: float, batch
     feasible = budgets > 0
     if not feasible.any():
         raise PrivacyBudgetError(
-            f"The one-off releases alone exceed epsilon={epsilon}: lower their budget shares.")
+            f"epsilon={epsilon} at delta={delta:g} leaves no Rényi budget at any order"
+            + (" once the one-off releases are paid: lower their budget shares."
+               if fixed_rdp_per_order > 0 else ": raise epsilon or delta."))
     # The best order for a linear (Gaussian) curve; the subsampled Gaussian's is at or below.
     best_linear = float(orders[np.argmax(np.where(feasible, budgets / orders, -np.inf))])
     candidates = [float(a) for a, ok in zip(orders, feasible)
