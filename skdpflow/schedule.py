@@ -83,11 +83,16 @@ def flow_parameter_count(n_dims: int, hidden_size: int, n_bins: int,
     return (2 * d + stage_features + 1) * h + (h + 1) * h + (h + 1) * d * (3 * n_bins - 1)
 
 
+def _noise_scale(n_hat: float, epsilon: float) -> float:
+    """``sqrt(30000 / N)`` with ``N = n_hat * epsilon``: how much a release share must grow."""
+    return math.sqrt(REFERENCE_N / max(n_hat * epsilon, 1.0))
+
+
 def releases_shares(n_hat: float, epsilon: float, n_dims: int) -> tuple[float, float]:
     """Shares of the budget left for the 1-way histograms and the copula."""
     if not math.isfinite(epsilon):
         return 0.1, (0.05 if n_dims >= 2 else 0.0)
-    scale = math.sqrt(REFERENCE_N / max(n_hat * epsilon, 1.0))
+    scale = _noise_scale(n_hat, epsilon)
     marginals = min(max(0.1 * scale, 0.1), 0.6)
     # The copula is the model where DP-SGD cannot learn; where it can (N >= 30,000), the
     # flow learns the dependence itself and a correlated start cost Adult AUROC (0.845 with
@@ -105,7 +110,7 @@ def domain_share(n_hat: float, epsilon: float) -> float:
     quality 0.684 at 0.2, 0.787 at 0.5)."""
     if not math.isfinite(epsilon):
         return 0.2
-    scale = math.sqrt(REFERENCE_N / max(n_hat * epsilon, 1.0))
+    scale = _noise_scale(n_hat, epsilon)
     return min(max(0.2 * scale, 0.2), 0.6)
 
 
