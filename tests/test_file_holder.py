@@ -98,11 +98,12 @@ def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mix
     la, lb = a["ledger"], b["ledger"]
     for key in ("epsilon", "delta", "selection_delta", "order"):
         assert la[key] == lb[key], key
-    # The releases' public parts; DP-SGD's rate and steps follow the noisy count.
+    # The releases' public parts; the shares of the histograms, copula and DP-SGD, and
+    # DP-SGD's rate and steps, follow the noisy row count (post-processing of a release).
     for ra, rb in zip(la["releases"], lb["releases"], strict=True):
         for key in ("name", "reads", "l2_sensitivity", "columns"):
             assert ra[key] == rb[key], key
-    assert la["releases"][0] == lb["releases"][0]  # the histogram release: all public
+    assert la["releases"][0] == lb["releases"][0]  # the row-count release: all public
     assert [m.dtype for m in a["marginals"]] == [m.dtype for m in b["marginals"]]
     assert [m.shape for m in a["marginals"]] == [m.shape for m in b["marginals"]]
 
