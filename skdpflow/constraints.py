@@ -24,7 +24,9 @@ Conventions shared by every rule:
 - **Comparing values.** :class:`Inequality` and :class:`ValueRange` compare numbers as
   floats and datetimes as timestamps in UTC (naive values taken as UTC); :class:`FunctionOf`
   with ``bins`` compares numbers. A cell that cannot be read as the rule's kind of value
-  (text in a numerical column) breaks the rule.
+  (text in a numerical column) breaks the rule. :class:`Inequality` compares datetimes when
+  either column holds them, numbers when both do, and text columns as numbers or as ISO
+  datetimes, whichever reads more of their cells.
 - **Dict form.** :meth:`Rule.to_dict` gives plain lists, dicts, strings and numbers with a
   ``"kind"`` key; :meth:`Rule.from_dict` (and :func:`as_rules`, :func:`load_rules` for a
   YAML/JSON list) read it back to an equal rule.
@@ -426,9 +428,7 @@ class Inequality(Rule):
 
     def _satisfied(self, frame: pd.DataFrame) -> np.ndarray:
         a, b = frame[self.low], frame[self.high]
-        times = _is_datetime(a) or _is_datetime(b) or not (_reads_as_numbers(a)
-                                                          and _reads_as_numbers(b))
-        read = _times if times else _numbers
+        read = _times if _compares_as_times(a, b) else _numbers
         (x, x_missing, x_bad), (y, y_missing, y_bad) = read(a), read(b)
         with np.errstate(invalid="ignore"):
             holds = x < y if self.strict else x <= y
@@ -840,10 +840,14 @@ def _is_datetime(series: pd.Series) -> bool:
     return pd.api.types.is_datetime64_any_dtype(series.dtype)
 
 
-def _reads_as_numbers(series: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(series.dtype):
+def _compares_as_times(a: pd.Series, b: pd.Series) -> bool:
+    """Datetimes when either column holds them, numbers when both do; text columns by
+    whichever reading leaves fewer cells unreadable (numbers on a tie)."""
+    if _is_datetime(a) or _is_datetime(b):
         return True
-    return not _numbers(series)[2].any()
+    if all(pd.api.types.is_numeric_dtype(s.dtype) for s in (a, b)):
+        return False
+    return sum(_times(s)[2].sum() for s in (a, b)) < sum(_numbers(s)[2].sum() for s in (a, b))
 
 
 # --- printing -------------------------------------------------------------------------------
