@@ -35,6 +35,7 @@ Conventions shared by every rule:
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import numbers
 from pathlib import Path
@@ -738,7 +739,7 @@ def _edges(bins: Any) -> list[float]:
         if isinstance(e, (bool, np.bool_)) or not isinstance(e, numbers.Real) or math.isnan(e):
             raise ValueError(f"FunctionOf: bin edges must be numbers, got {e!r}.")
         edges.append(int(e) if isinstance(e, numbers.Integral) else float(e))
-    if any(b <= a for a, b in zip(edges, edges[1:])):
+    if any(b <= a for a, b in itertools.pairwise(edges)):
         raise ValueError(f"FunctionOf: bin edges must increase strictly, got {list(bins)}.")
     return edges
 

@@ -224,13 +224,13 @@ def _association(result: EvaluationResult) -> str:
 
 def _rules(result: EvaluationResult) -> str:
     if result.consistency is None:
-        parts = ["<p class='note'>No rules given (<code>rules=</code> or <code>--rules "
-                 "rules.yaml</code>): no consistency check.</p>"]
+        parts = [("<p class='note'>No rules given (<code>rules=</code> or <code>--rules "
+                  "rules.yaml</code>): no consistency check.</p>")]
     else:
-        parts = ["<p>Share of the rows that keep each declared rule (public facts of the "
-                 "schema; a row with a missing value in the rule's columns keeps it): "
-                 "<em>real</em> for the real rows, <em>synthetic</em> for the synthetic "
-                 "ones.</p>", _table(result.consistency)]
+        parts = [("<p>Share of the rows that keep each declared rule (public facts of the "
+                  "schema; a row with a missing value in the rule's columns keeps it): "
+                  "<em>real</em> for the real rows, <em>synthetic</em> for the synthetic "
+                  "ones.</p>"), _table(result.consistency)]
     parts.append("<h3>Pairs of lowest contingency similarity</h3><p>1 - TVD of the pair's "
                  "2-way distribution (SDMetrics' ContingencySimilarity; numbers on 20 "
                  "quantile bins of the real data): 1 = identical. <em>real_data</em> compares "
