@@ -133,8 +133,10 @@ class Rule:
         ValueError
             For an unknown kind, a key missing or unknown, or a bad declaration.
         """
-        if isinstance(spec, Rule):
+        if isinstance(spec, Rule) and isinstance(spec, cls):
             return spec
+        if isinstance(spec, Rule):
+            spec = spec.to_dict()  # another kind: refused below, naming it
         if not isinstance(spec, dict):
             raise ValueError(f"A rule must be a dict with a 'kind' key, got "
                              f"{type(spec).__name__}.")

@@ -118,10 +118,22 @@ def test_function_of_bins_matches_its_twin(data, edges, infinite):
         edges = [-math.inf, *edges[1:-1], math.inf] if len(edges) > 2 else [-math.inf,
                                                                              math.inf]
     labels = data.draw(st.lists(VALUES, min_size=len(edges) - 1, max_size=len(edges) - 1))
-    rows = data.draw(st.lists(st.tuples(NUMBERS, CELLS), max_size=25))
+    # values on the edges and dependents among the labels are where the rule is decided
+    rows = data.draw(st.lists(st.tuples(st.one_of(NUMBERS, st.sampled_from(edges)),
+                                        st.one_of(CELLS, st.sampled_from(labels))),
+                              max_size=25))
     frame = pd.DataFrame(rows, columns=["age", "band"], dtype=object)
     rule = FunctionOf("age", "band", bins=edges, labels=labels)
     assert rule.satisfied(frame).tolist() == _twin(rule, frame)
+
+
+def test_bins_on_their_edges():
+    rule = FunctionOf("age", "band", bins=[0, 18, 65, 120], labels=["minor", "adult", "senior"])
+    frame = pd.DataFrame({"age": [0, 17.9, 18, 64, 65, 120, 120.5, -1, 18, None],
+                          "band": ["minor", "minor", "adult", "adult", "senior", "senior",
+                                   "senior", "minor", "minor", "adult"]})
+    assert rule.satisfied(frame).tolist() == [True, True, True, True, True, True, False, False,
+                                              False, True]  # the last bin holds 120
 
 
 @settings(max_examples=60, deadline=None)
@@ -258,6 +270,7 @@ BAD = [
      r"unknown: \['lo'\]"),
     (lambda: Inequality.from_dict({"kind": "value_range", "column": "a", "low": 0}),
      r"Inequality.from_dict got a rule of kind 'value_range'"),
+    (lambda: Inequality.from_dict(ValueRange("a", 0)), r"got a rule of kind 'value_range'"),
     (lambda: FixedCombinations(["a", "b"], []), r"non-empty list 'allowed'"),
     (lambda: FixedCombinations(["a", "b"], "ab"), r"non-empty list 'allowed'"),
     (lambda: FixedCombinations(["a"], [("x",)]), r"at least two columns"),
