@@ -7,7 +7,8 @@
 
 from ._io import ModelFileError, OutputPathError
 from ._validation import InvalidDataError, NotFittedError
-from .datasets import load_demo, load_demo_domain
+from .constraints import FixedCombinations, FunctionOf, Implication, Inequality, Rule, ValueRange
+from .datasets import load_demo, load_demo_domain, load_demo_rules
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
 from .evaluation import EvaluationResult, evaluate
 from .privacy.accounting import PrivacyBudgetError
@@ -28,13 +29,20 @@ __all__ = [
     "DomainEstimateError",
     "DomainEstimateWarning",
     "EvaluationResult",
+    "FixedCombinations",
+    "FunctionOf",
+    "Implication",
+    "Inequality",
     "InvalidDataError",
     "ModelFileError",
     "NotFittedError",
     "OtherShareWarning",
     "OutputPathError",
     "PrivacyBudgetError",
+    "Rule",
+    "ValueRange",
     "evaluate",
     "load_demo",
     "load_demo_domain",
+    "load_demo_rules",
 ]

@@ -147,10 +147,12 @@ def read_model_state(path: str | Path) -> dict:
     return state
 
 
-def read_domain_spec(path: str | Path) -> Any:
+def read_domain_spec(path: str | Path, what: str = "domain file") -> Any:
     """The parsed content of a JSON or YAML (``.yaml``/``.yml``) domain file.
 
     A JSON file may open with ``//`` comment lines (the header of a drafted domain).
+    ``what`` names the file in errors (``"rules file"`` for :func:`skdpflow.constraints.
+    load_rules`).
 
     Raises
     ------
@@ -159,40 +161,40 @@ def read_domain_spec(path: str | Path) -> Any:
     ValueError
         Not valid JSON/YAML (naming the file and line), or a key given twice.
     """
-    path = check_input_path(path, "domain file")
+    path = check_input_path(path, what)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"domain file {path} is not UTF-8 text.") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text.") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _parse_yaml(path, text)
-    return _parse_json(path, text)
+        return _parse_yaml(path, text, what)
+    return _parse_json(path, text, what)
 
 
-def _parse_json(path: Path, text: str) -> Any:
+def _parse_json(path: Path, text: str, what: str = "domain file") -> Any:
     try:
         return json.loads(_strip_header(text), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"domain file {path}, line {exc.lineno}, column {exc.colno}: not "
+        raise ValueError(f"{what} {path}, line {exc.lineno}, column {exc.colno}: not "
                          f"valid JSON ({exc.msg}).") from None
     except _DuplicateKey as exc:
-        raise ValueError(f"domain file {path}: the key {exc.key!r} is given twice.") from None
+        raise ValueError(f"{what} {path}: the key {exc.key!r} is given twice.") from None
 
 
-def _parse_yaml(path: Path, text: str) -> Any:
+def _parse_yaml(path: Path, text: str, what: str = "domain file") -> Any:
     import yaml
 
     try:
         return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader: builds plain data only
     except _DuplicateKey as exc:
         where = f", line {exc.line}" if exc.line is not None else ""
-        raise ValueError(f"domain file {path}{where}: the key {exc.key!r} is given "
+        raise ValueError(f"{what} {path}{where}: the key {exc.key!r} is given "
                          "twice.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
-        raise ValueError(f"domain file {path}{where}: not valid YAML ({problem}).") from None
+        raise ValueError(f"{what} {path}{where}: not valid YAML ({problem}).") from None
 
 
 def _strip_header(text: str) -> str:

@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
                                "domain, else inferred by pandas)")
     evaluate.add_argument("--model", type=Path, help="fitted model: its privacy report joins "
                                                      "the HTML report")
+    evaluate.add_argument("--rules", type=Path,
+                          help="JSON or YAML file holding a list of rules (public facts "
+                               "between columns, see skdpflow.constraints): the share of real "
+                               "and synthetic rows keeping each")
     evaluate.add_argument("-o", "--output", type=Path,
                           help="self-contained HTML report to write (needs matplotlib; "
                                "replaced only with --force)")
@@ -388,7 +392,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.target is not None and args.test is None:
         raise UsageError("--target needs --test: the real rows to score the models on.")
-    inputs = [p for p in (args.real, args.synthetic, args.test, args.domain, args.model) if p]
+    inputs = [p for p in (args.real, args.synthetic, args.test, args.domain, args.model,
+                          args.rules) if p]
     if args.output is not None:
         check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
         from .report import MissingDependencyError, require_matplotlib
@@ -397,6 +402,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             require_matplotlib()
         except MissingDependencyError as exc:
             raise UsageError(f"-o {args.output}: {exc}.") from None
+    rules = None
+    if args.rules is not None:  # before any row is read: a bad file stops here
+        from .constraints import load_rules
+
+        rules = load_rules(args.rules)
     model = None
     if args.model is not None:
         from .synthesizer import DPFlowSynthesizer
@@ -407,7 +417,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     tables = [_read_table(p, domain) if p is not None else None
               for p in (args.real, args.synthetic, args.test)]
     result = evaluate(*tables[:2], test=tables[2], target=args.target, domain=domain,
-                      model=model)
+                      model=model, rules=rules)
     print(result.summary())
     if args.output is not None:
         text = result.to_html()

@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import metrics
 from ._validation import InvalidDataError
+from .domain import as_domain
 
 __all__ = ["CAUTION", "ColumnDistribution", "EvaluationResult", "evaluate"]
 
@@ -28,6 +29,10 @@ HIST_BINS, TOP_LEVELS = 30, 20
 ASSOCIATION_BINS = 10
 # Which way each score improves.
 BETTER = {"tvd_1way": "lower", "tvd_2way": "lower", "quality": "higher"}
+# Column pairs listed by their contingency similarity, worst first.
+WORST_PAIRS = 5
+# The scores table names a rule's consistency row with this prefix and the rule's repr.
+CONSISTENCY = "consistency: "
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,16 @@ class EvaluationResult:
         Per column: ``kind``, ``tvd`` (1-way), ``real_missing``, ``synthetic_missing``.
     pairs : Series
         2-way TVD of every column pair, worst first.
+    worst_pairs : DataFrame
+        The five column pairs of lowest contingency similarity (1 - their 2-way TVD, as
+        SDMetrics' ``ContingencySimilarity``), worst first, indexed ``"a x b"``: column
+        ``synthetic`` (real vs synthetic rows) and ``real_data`` (the real rows vs the test
+        split, the ceiling; NaN without ``test``).
+    consistency : DataFrame or None
+        With ``rules``: per rule (indexed by its ``repr``), the share of ``real`` rows
+        (column ``real``) and of synthetic rows (``synthetic``) that keep it. The same
+        figures are the scores table's ``consistency: <rule>`` rows (``real_data`` being
+        the real rows' share).
     distributions : dict of str to ColumnDistribution
     association_real, association_synthetic : DataFrame
         Cramér's V of every column pair, on columns discretised to 10 bins.
@@ -83,29 +98,47 @@ class EvaluationResult:
     distributions: dict[str, ColumnDistribution]
     association_real: pd.DataFrame
     association_synthetic: pd.DataFrame
+    worst_pairs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["synthetic", "real_data"], dtype=float))
+    consistency: pd.DataFrame | None = None
     privacy: dict | None = None
     n_rows: dict[str, int | None] = field(default_factory=dict)
     target: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
-        """The scores table (a copy): one row per metric."""
+        """The scores table (a copy): one row per metric, then one per rule."""
         return self.scores.copy()
 
     def __repr__(self) -> str:
         return self.summary()
 
     def summary(self) -> str:
-        """The scores as a text table, with the caution and the worst columns."""
+        """The scores as a text table, with the caution, the worst columns and the worst
+        column pairs."""
         n = self.n_rows
         head = (f"EvaluationResult: {n['real']:,} real rows, {n['synthetic']:,} synthetic rows"
                 + (f", {n['test']:,} test rows" if n.get("test") else "")
                 + (f", target {self.target!r}" if self.target else ""))
-        table = self.scores.to_string(na_rep="", float_format=lambda v: f"{v:.3f}")
+        plain = [not str(i).startswith(CONSISTENCY) for i in self.scores.index]
+        table = self.scores.loc[plain].to_string(na_rep="", float_format=lambda v: f"{v:.3f}")
         worst = self.columns["tvd"].sort_values(ascending=False).head(3)
         lines = [head, CAUTION, "", table, "",
                  "worst columns (1-way TVD): "
                  + ", ".join(f"{k} {v:.3f}" for k, v in worst.items())]
+        if len(self.worst_pairs):
+            ceiling = self.worst_pairs["real_data"].notna().any()
+            lines.append("worst pairs (contingency similarity, synthetic"
+                         + (" / real data" if ceiling else "") + "): " + ", ".join(
+                             f"{k} {row.synthetic:.3f}"
+                             + (f" / {row.real_data:.3f}" if ceiling else "")
+                             for k, row in zip(self.worst_pairs.index,
+                                               self.worst_pairs.itertuples())))
+        if self.consistency is not None:
+            lines.append("rules kept (share of rows, real / synthetic):")
+            lines += [f"  {row.real:.3f} / {row.synthetic:.3f}  {name}"
+                      for name, row in zip(self.consistency.index,
+                                           self.consistency.itertuples())]
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
     def to_html(self) -> str:
@@ -124,8 +157,8 @@ class EvaluationResult:
 
 
 def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame | None = None,
-             target: str | None = None, domain: Any = None, model: Any = None
-             ) -> EvaluationResult:
+             target: str | None = None, domain: Any = None, model: Any = None,
+             rules: Any = None) -> EvaluationResult:
     """Compare synthetic rows with the real ones: marginals, association, TSTR.
 
     Not private: the result compares real and synthetic rows (see :data:`CAUTION`).
@@ -149,6 +182,10 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
         categories). Default: the model's domain, else the dtypes of ``real``.
     model : DPFlowSynthesizer or path, default=None
         A fitted model (or its file): its ``privacy_report()`` joins the result.
+    rules : list of Rule (or their dicts), or path, default=None
+        Public rules between columns (:mod:`skdpflow.constraints`): the share of real and
+        of synthetic rows keeping each joins the scores. Rules whose columns the domain
+        declares are checked against it (:meth:`~skdpflow.constraints.Rule.validate`).
 
     Returns
     -------
@@ -158,15 +195,16 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
     ------
     InvalidDataError
         Listing every problem: a table that is empty or not a DataFrame, columns missing
-        from ``synthetic`` or ``test``, a ``target`` that is not a column.
+        from ``synthetic`` or ``test``, a ``target`` that is not a column, a rule naming a
+        column that is not one.
     ValueError
-        ``target`` given without ``test``.
+        ``target`` given without ``test``; a bad rule, or one the domain contradicts.
 
     Notes
     -----
-    Numerical columns are compared on 20 quantile bins of ``real``; the 2-way TVD and the
-    association cover every pair of columns, so their cost grows with the square of the
-    number of columns (subsample very large tables first).
+    Numerical columns are compared on 20 quantile bins of ``real``; the 2-way TVD, the
+    contingency similarity and the association cover every pair of columns, so their cost
+    grows with the square of the number of columns (subsample very large tables first).
 
     Examples
     --------
@@ -177,7 +215,10 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
     if target is not None and test is None:
         raise ValueError("'target' needs a 'test' split of real rows to score on; pass "
                          "test= as well.")
-    _check_tables(real, synthetic, test, target)
+    from .constraints import as_rules
+
+    rules = as_rules(rules)
+    _check_tables(real, synthetic, test, target, rules)
     if isinstance(model, (str, Path)):
         from .synthesizer import DPFlowSynthesizer
 
@@ -186,11 +227,29 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
     if domain is None and model is not None:
         domain = model.domain_
     kinds = metrics.column_kinds(real, domain)
+    if domain is not None:
+        declared = as_domain(domain)
+        for rule in rules:
+            if all(c in declared for c in rule.columns):
+                rule.validate(declared)
     cols = list(real.columns)
     synthetic = synthetic[cols]
     test = test[cols] if test is not None else None
 
-    scores, notes = _scores(real, synthetic, test, target, kinds)
+    pair_tvd = {"synthetic": metrics.marginal_tvd(real, synthetic, 2, kinds=kinds),
+                "real_data": metrics.marginal_tvd(real, test, 2, kinds=kinds)
+                if test is not None else None}
+    scores, notes = _scores(real, synthetic, test, target, kinds, pair_tvd)
+    consistency = None
+    if rules:
+        consistency = pd.DataFrame({"real": metrics.consistency(real, rules),
+                                    "synthetic": metrics.consistency(synthetic, rules)})
+        consistency.index.name = "rule"
+        rows = pd.DataFrame({"synthetic": consistency["synthetic"],
+                             "real_data": consistency["real"], "floor": np.nan,
+                             "better": "higher"})
+        rows.index = [CONSISTENCY + name for name in consistency.index]
+        scores = pd.concat([scores, rows.rename_axis(scores.index.name)])
     tvd = {k[0]: v for k, v in metrics.marginal_tvd(real, synthetic, 1, kinds=kinds).items()}
     disc_real, disc_syn = metrics.discretise(real, synthetic, ASSOCIATION_BINS, kinds)
     return EvaluationResult(
@@ -199,7 +258,9 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
             "kind": pd.Series(kinds), "tvd": pd.Series(tvd),
             "real_missing": real.isna().mean(), "synthetic_missing": synthetic.isna().mean(),
         }).loc[cols],
-        pairs=_pair_tvd(real, synthetic, kinds),
+        pairs=metrics._pair_series(pair_tvd["synthetic"]).sort_values(ascending=False),
+        worst_pairs=_worst_pairs(pair_tvd),
+        consistency=consistency,
         distributions={c: distribution(real[c], synthetic[c], kinds[c], tvd[c]) for c in cols},
         association_real=metrics.association_matrix(disc_real),
         association_synthetic=metrics.association_matrix(disc_syn),
@@ -209,7 +270,8 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
         target=target, notes=notes)
 
 
-def _check_tables(real: Any, synthetic: Any, test: Any, target: str | None) -> None:
+def _check_tables(real: Any, synthetic: Any, test: Any, target: str | None,
+                  rules: list | None = None) -> None:
     problems = []
     for name, frame in [("real", real), ("synthetic", synthetic), ("test", test)]:
         if name == "test" and frame is None:
@@ -227,19 +289,29 @@ def _check_tables(real: Any, synthetic: Any, test: Any, target: str | None) -> N
                 problems.append(f"'{name}' lacks column(s) {missing} of the real table")
     if target is not None and target not in real.columns:
         problems.append(f"target {target!r} is not a column of the real table")
+    for rule in rules or []:
+        lacking = [c for c in rule.columns if c not in real.columns]
+        if lacking:
+            problems.append(f"rule {rule!r} names column(s) {lacking} that the real table "
+                            "lacks")
     if problems:
         raise InvalidDataError(problems)
 
 
 def _scores(real: pd.DataFrame, synthetic: pd.DataFrame, test: pd.DataFrame | None,
-            target: str | None, kinds: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
-    """The scores table: marginals, quality, then TSTR (synthetic, real ceiling, floor)."""
+            target: str | None, kinds: dict[str, str], pair_tvd: dict
+            ) -> tuple[pd.DataFrame, list[str]]:
+    """The scores table: marginals, quality, then TSTR (synthetic, real ceiling, floor).
+
+    ``pair_tvd``: the 2-way TVD of every pair, of the synthetic rows and of the test split
+    (None without one), computed once for the mean and the worst pairs.
+    """
     rows, notes = {}, []
-    for order in (1, 2):
-        name = f"tvd_{order}way"
-        rows[name] = {"synthetic": metrics.mean_tvd(real, synthetic, order, kinds=kinds),
-                      "real_data": metrics.mean_tvd(real, test, order, kinds=kinds)
-                      if test is not None else np.nan}
+    rows["tvd_1way"] = {"synthetic": metrics.mean_tvd(real, synthetic, 1, kinds=kinds),
+                        "real_data": metrics.mean_tvd(real, test, 1, kinds=kinds)
+                        if test is not None else np.nan}
+    rows["tvd_2way"] = {name: float(np.mean(list(values.values())))
+                        if values else np.nan for name, values in pair_tvd.items()}
     try:
         rows["quality"] = {"synthetic": metrics.quality_score(real, synthetic, kinds),
                            "real_data": metrics.quality_score(real, test, kinds)
@@ -260,10 +332,13 @@ def _scores(real: pd.DataFrame, synthetic: pd.DataFrame, test: pd.DataFrame | No
     return frame, notes
 
 
-def _pair_tvd(real: pd.DataFrame, synthetic: pd.DataFrame, kinds: dict[str, str]) -> pd.Series:
-    pairs = metrics.marginal_tvd(real, synthetic, 2, kinds=kinds)
-    series = pd.Series({f"{a} x {b}": v for (a, b), v in pairs.items()}, dtype=float)
-    return series.sort_values(ascending=False)
+def _worst_pairs(pair_tvd: dict) -> pd.DataFrame:
+    """The :data:`WORST_PAIRS` pairs of lowest contingency similarity (1 - 2-way TVD)."""
+    similarity = {name: metrics._pair_series({k: 1.0 - v for k, v in values.items()})
+                  for name, values in pair_tvd.items() if values is not None}
+    frame = pd.DataFrame(similarity).reindex(columns=["synthetic", "real_data"]).astype(float)
+    frame.index.name = "pair"
+    return frame.sort_values("synthetic", kind="stable").head(WORST_PAIRS)
 
 
 def distribution(real: pd.Series, synthetic: pd.Series, kind: str, tvd: float = np.nan

@@ -1,5 +1,6 @@
-"""Utility metrics for synthetic tables: marginal distances, association, SDMetrics quality,
-train-synthetic-test-real (TSTR) scores.
+"""Utility metrics for synthetic tables: marginal distances, contingency similarity,
+association, SDMetrics quality, train-synthetic-test-real (TSTR) scores, and the consistency
+of declared rules.
 
 Every function compares rows with rows: none is private. Column kinds (``"numerical"``,
 ``"categorical"``, ``"boolean"``, ``"datetime"``) come from a domain when one is given,
@@ -21,6 +22,8 @@ __all__ = [
     "MISSING",
     "association_matrix",
     "column_kinds",
+    "consistency",
+    "contingency_similarity",
     "cramers_v",
     "discretise",
     "labels",
@@ -140,6 +143,65 @@ def mean_tvd(real: pd.DataFrame, other: pd.DataFrame, order: int = 1, bins: int 
     """Mean of :func:`marginal_tvd` over all column sets of that order (NaN if none)."""
     values = list(marginal_tvd(real, other, order, bins, kinds).values())
     return float(np.mean(values)) if values else float("nan")
+
+
+def contingency_similarity(real: pd.DataFrame, other: pd.DataFrame, bins: int = 20,
+                           kinds: dict[str, str] | None = None) -> pd.Series:
+    """SDMetrics-style contingency similarity of every column pair, worst first.
+
+    1 - TVD of the pair's 2-way distribution (SDMetrics' ``ContingencySimilarity``), on the
+    cells of :func:`discretise` (numerical and datetime columns on ``bins`` quantile bins of
+    ``real``, missing values a level of their own): 1 = identical, 0 = disjoint. Indexed
+    ``"a x b"`` in column order.
+    """
+    pairs = marginal_tvd(real, other, 2, bins, kinds)
+    return _pair_series({k: 1.0 - v for k, v in pairs.items()}).sort_values(kind="stable")
+
+
+def _pair_series(values: dict[tuple[str, ...], float]) -> pd.Series:
+    return pd.Series({f"{a} x {b}": v for (a, b), v in values.items()}, dtype=float)
+
+
+def consistency(frame: pd.DataFrame, rules: Any) -> pd.Series:
+    """The share of rows of ``frame`` that keep each rule (:mod:`skdpflow.constraints`).
+
+    Parameters
+    ----------
+    frame : DataFrame
+    rules : Rule, dict, list of them, or path of a JSON/YAML list
+        Rows with a missing value in a rule's columns keep it.
+
+    Returns
+    -------
+    Series
+        Shares in [0, 1] (NaN for a table without rows), indexed by each rule's ``repr``
+        (a repr shared by two rules gets `` #2``, `` #3``... on the later ones).
+
+    Raises
+    ------
+    ValueError
+        A bad rule, or a rule naming a column the table lacks.
+
+    Examples
+    --------
+    >>> from skdpflow import Implication
+    >>> frame = pd.DataFrame({"relationship": ["Husband", "Husband", "Wife", "Wife"],
+    ...                       "sex": ["Male", "Female", "Female", None]})
+    >>> consistency(frame, [Implication("relationship", ["Husband"], "sex", ["Male"])])
+    Implication('relationship' in ['Husband'] -> 'sex' in ['Male'])    0.75
+    Name: consistency, dtype: float64
+    """
+    from .constraints import as_rules
+
+    out: dict[str, float] = {}
+    for rule in as_rules(rules):
+        keep = rule.satisfied(frame)
+        name, k = repr(rule), 1
+        while name in out:
+            k += 1
+            name = f"{rule!r} #{k}"
+        out[name] = float(keep.mean()) if len(keep) else float("nan")
+    return pd.Series(out, dtype=float, name="consistency")
 
 
 def cramers_v(a: pd.Series, b: pd.Series) -> float:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .evaluation import CAUTION
+from .evaluation import CAUTION, CONSISTENCY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,6 +31,7 @@ REAL, SYNTHETIC = "#4c72b0", "#dd8452"
 # Sections, in page order: (id, heading).
 SECTIONS = [("summary", "Scores"), ("tstr", "Train on synthetic, test on real"),
             ("columns", "Columns: real vs synthetic"), ("association", "Pairwise association"),
+            ("rules", "Declared rules and the worst pairs"),
             ("privacy", "Privacy report of the model")]
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
@@ -78,7 +79,7 @@ def render_html(result: EvaluationResult) -> str:
     body = [f"<h1>skdpflow evaluation report</h1><p class='meta'>{meta}</p>",
             f"<p class='caution' id='caution'><strong>{_e(flag)}:</strong>{_e(rest)}</p>"]
     parts = {"summary": _summary, "tstr": _tstr, "columns": _columns,
-             "association": _association, "privacy": _privacy}
+             "association": _association, "rules": _rules, "privacy": _privacy}
     for key, heading in SECTIONS:
         body.append(f"<section id='{key}'><h2>{_e(heading)}</h2>{parts[key](result)}</section>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -137,6 +138,7 @@ def _summary(result: EvaluationResult) -> str:
 
 def _tstr(result: EvaluationResult) -> str:
     tstr = result.scores.drop(index=["tvd_1way", "tvd_2way", "quality"], errors="ignore")
+    tstr = tstr.loc[[not str(i).startswith(CONSISTENCY) for i in tstr.index]]
     if tstr.empty:
         return ("<p class='note'>No target given: pass a test split and a target "
                 "(<code>--test test.csv --target y</code>) for train-synthetic-test-real "
@@ -218,6 +220,24 @@ def _association(result: EvaluationResult) -> str:
     worst = result.pairs.head(10).to_frame("tvd_2way")
     return text + _png(fig, "pairwise association: real, synthetic, difference", "wide") \
         + "<h3>Pairs with the largest 2-way TVD</h3>" + _table(worst, "pair")
+
+
+def _rules(result: EvaluationResult) -> str:
+    if result.consistency is None:
+        parts = [("<p class='note'>No rules given (<code>rules=</code> or <code>--rules "
+                  "rules.yaml</code>): no consistency check.</p>")]
+    else:
+        parts = [("<p>Share of the rows that keep each declared rule (public facts of the "
+                  "schema; a row with a missing value in the rule's columns keeps it): "
+                  "<em>real</em> for the real rows, <em>synthetic</em> for the synthetic "
+                  "ones.</p>"), _table(result.consistency)]
+    parts.append("<h3>Pairs of lowest contingency similarity</h3><p>1 - TVD of the pair's "
+                 "2-way distribution (SDMetrics' ContingencySimilarity; numbers on 20 "
+                 "quantile bins of the real data): 1 = identical. <em>real_data</em> compares "
+                 "the real rows with the test split.</p>")
+    worst = result.worst_pairs.rename(columns={"real_data": "real data (test split)"})
+    parts.append(_table(worst, "pair"))
+    return "".join(parts)
 
 
 def _privacy(result: EvaluationResult) -> str:

@@ -142,3 +142,86 @@ def test_cli_errors(tmp_path, capsys, extra, code, message):
     assert main(["evaluate", str(real), str(bad), *extra]) == code
     err = capsys.readouterr().err
     assert err.startswith("skdpflow: error: ") and message in err and err.count("\n") == 1
+
+
+def test_rules_and_worst_pairs_by_hand(tiny):
+    real, fake = tiny
+    rule = skdpflow.FixedCombinations(["a", "b"], [("x", "p"), ("y", "q"), ("x", "q")])
+    result = evaluate(real, fake, rules=[rule, skdpflow.Implication("a", "y", "b", "p")])
+    # real: (x,p) (x,q) (y,p) (y,q); fake: (x,p) (x,p) (x,q) (y,q)
+    assert result.consistency.to_dict("index") == {
+        repr(rule): {"real": 0.75, "synthetic": 1.0},
+        "Implication('a' in ['y'] -> 'b' in ['p'])": {"real": 0.75, "synthetic": 0.75}}
+    frame = result.to_frame()
+    row = frame.loc[f"consistency: {rule!r}"]
+    assert (row["synthetic"], row["real_data"], row["better"]) == (1.0, 0.75, "higher")
+    assert np.isnan(row["floor"])
+    assert list(result.worst_pairs.index) == ["a x b"]  # 1 - the pair's 2-way TVD of 0.25
+    assert result.worst_pairs.loc["a x b", "synthetic"] == 0.75
+    assert np.isnan(result.worst_pairs.loc["a x b", "real_data"])  # no test split
+    text = repr(result)
+    assert "worst pairs (contingency similarity, synthetic): a x b 0.750" in text
+    assert f"  0.750 / 1.000  {rule!r}" in text and "rules kept" in text
+    assert "consistency:" not in text.split("worst columns")[0]  # not in the scores table
+    assert evaluate(real, fake).consistency is None
+    assert "rules kept" not in repr(evaluate(real, fake))
+
+
+def test_worst_pairs_with_a_test_split():
+    real, test = _labelled(300, 0), _labelled(200, 1)
+    fake = real.assign(c=real["c"].sample(frac=1, random_state=0).to_numpy())
+    result = evaluate(real, fake, test=test)
+    worst = result.worst_pairs
+    assert list(worst.columns) == ["synthetic", "real_data"] and len(worst) == 3
+    assert worst["synthetic"].is_monotonic_increasing
+    assert worst["synthetic"].to_dict() == pytest.approx(
+        (1 - result.pairs).to_dict())  # 1 - the 2-way TVD of every pair
+    for pair, value in worst["real_data"].items():
+        a, b = pair.split(" x ")
+        tvd = skdpflow.metrics.marginal_tvd(real[[a, b]], test[[a, b]], 2)[(a, b)]
+        assert value == pytest.approx(1 - tvd)
+    assert result.to_frame().loc["tvd_2way", "real_data"] == pytest.approx(
+        1 - worst["real_data"].mean())  # three columns: the worst five are all pairs
+    assert "worst pairs (contingency similarity, synthetic / real data): " in repr(result)
+
+
+def test_rules_are_checked_against_the_table_and_the_domain(tiny):
+    real, fake = tiny
+    with pytest.raises(InvalidDataError, match=r"rule Inequality\('a' <= 'zz'\) names column"):
+        evaluate(real, fake, rules=[skdpflow.Inequality("a", "zz")])
+    domain = {"a": {"type": "categorical", "categories": ["x", "y"]},
+              "b": {"type": "categorical", "categories": ["p", "q"]}}
+    with pytest.raises(ValueError, match=r"'w' is not a declared category of column 'a'"):
+        evaluate(real, fake, domain=domain, rules=[{"kind": "implication", "if_column": "a",
+                                                    "if_values": ["w"], "then_column": "b",
+                                                    "then_values": ["p"]}])
+    with pytest.raises(ValueError, match="rule 1: Unknown rule kind"):
+        evaluate(real, fake, rules=[{"kind": "nope"}])
+    partial = {"a": {"type": "categorical", "categories": ["x", "y"]}}  # b undeclared
+    evaluate(real, fake, domain=partial, rules=[skdpflow.Implication("a", "x", "b", "zz")])
+
+
+def test_cli_rules(tmp_path, capsys):
+    real, fake = tmp_path / "real.csv", tmp_path / "fake.csv"
+    _labelled(100, 0).to_csv(real, index=False)
+    _labelled(100, 2).to_csv(fake, index=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- kind: implication\n  if_column: y\n  if_values: ['yes']\n"
+                     "  then_column: c\n  then_values: [u]\n"
+                     "- {kind: value_range, column: x, low: -1, high: 1}\n")
+    assert main(["evaluate", str(real), str(fake), "--rules", str(rules)]) == 0
+    out = capsys.readouterr().out
+    assert "rules kept (share of rows, real / synthetic):" in out
+    frame = _labelled(100, 2)
+    share = 1 - ((frame["y"] == "yes") & (frame["c"] == "v")).mean()  # c missing keeps it
+    assert f" / {share:.3f}  Implication('y' in ['yes'] -> 'c' in ['u'])" in out
+    share = skdpflow.ValueRange("x", -1, 1).satisfied(_labelled(100, 2)).mean()
+    assert f" / {share:.3f}  ValueRange(-1 <= 'x' <= 1)" in out
+    rules.write_text("- {kind: value_range, column: x}\n")
+    assert main(["evaluate", str(real), str(fake), "--rules", str(rules)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"skdpflow: error: rules file {rules}: rule 1: ValueRange('x') "
+                          "needs 'low', 'high' or both.") and err.count("\n") == 1
+    assert main(["evaluate", str(real), str(fake), "--rules", str(rules), "-o",
+                 str(rules)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err

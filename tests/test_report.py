@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import MIXED_DOMAIN, make_mixed_frame
 
-from skdpflow import DPFlowSynthesizer, evaluate
+from skdpflow import DPFlowSynthesizer, ValueRange, evaluate
 from skdpflow.cli import main
 from skdpflow.evaluation import CAUTION
 from skdpflow.report import SECTIONS, MissingDependencyError, render_html
@@ -95,6 +95,27 @@ def test_tables_hold_the_result_numbers(page, result):
     for mechanism in report["mechanisms"]:
         assert mechanism["name"] in privacy
         assert f"<td>{mechanism['budget_share']:.3f}</td>" in privacy
+
+
+def test_rules_section_holds_consistency_and_worst_pairs(result):
+    real = make_mixed_frame(200, 0)
+    rule = ValueRange("age", 18, 50)
+    with_rules = evaluate(real, real.iloc[::-1], rules=[rule])
+    section = render_html(with_rules).split("id='rules'")[1].split("</section>")[0]
+    share = with_rules.consistency.loc[repr(rule), "synthetic"]
+    assert _escape(repr(rule)) in section and f"<td>{share:.3f}</td>" in section
+    page = render_html(result).split("id='rules'")[1].split("</section>")[0]
+    assert "No rules given" in page
+    for pair, row in result.worst_pairs.iterrows():
+        assert f"<td>{_escape(pair)}</td><td>{row['synthetic']:.3f}</td>" in page
+    tstr = render_html(with_rules).split("id='tstr'")[1].split("</section>")[0]
+    assert "consistency" not in tstr and "No target given" in tstr
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
 
 
 def test_without_model_or_target_the_sections_say_so():
