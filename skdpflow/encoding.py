@@ -328,6 +328,10 @@ class TableEncoder:
     def n_dims(self) -> int:
         return len(self.dims)
 
+    def release_edges(self) -> list[np.ndarray]:
+        """Per dim, the released bins' edges in ``u``: cumulative released masses, 0 to 1."""
+        return [d.edges.copy() if d.discrete else d.cdf.copy() for d in self.dims]
+
     def cells(self, typed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cells ``[lo, hi]`` per row and dim, and log du/dx summed over point-valued dims."""
         n = len(typed)

@@ -70,11 +70,21 @@ NOISE_SOURCE = ("secret: AES-CTR keyed with 128 fresh bits of OS entropy (DP-SGD
 __all__ = ["DPFlowSynthesizer"]
 
 # 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
-FORMAT_VERSION = 4
+# 5: and its marginal calibration (the `calibration_from` / `calibration_to` buffers).
+FORMAT_VERSION = 5
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
 SAMPLE_CHUNK = 65_536
+# The marginal calibration set after DP-SGD (SharedConditionerFlow.calibrate): knots per
+# dimension, and rows drawn from the trained flow to place them (post-processing).
+CALIBRATION_KNOTS = 512
+CALIBRATION_SAMPLES = 131_072
+# A dimension is calibrated to its released bins only where the release is precise: the
+# expected TVD its noise alone puts on the bins, 0.5 K sigma sqrt(2 / pi) / n_hat, is at most
+# this. Measured on bank_marketing and default_credit_card subsamples at epsilon 1: 32-bin
+# histograms at 0.15 (3,000 rows) did worse than the flow's own marginal, at 0.07 better.
+CALIBRATION_MAX_NOISE_TVD = 0.1
 
 
 class DPFlowSynthesizer(DensityMixin, BaseEstimator):
@@ -352,9 +362,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         n_hat = fitted["marginals_info_"]["n_rows_estimate"]
         correlation, fitted["copula_info_"] = self._release_copula(
             lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"])
-        fitted.update(self._train(lo, hi, fitted["encoder_"].n_dims, n_hat, correlation,
-                                  ledger, noise, fitted["schedule_"], int(init_seed),
-                                  int(train_seed)))
+        edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
+        fitted.update(self._train(lo, hi, edges, n_hat,
+                                  correlation, ledger, noise, fitted["schedule_"],
+                                  int(init_seed), int(train_seed)))
         ledger.close()  # fail closed: the recomputed totals must be within the promise
         self._set_fitted(fitted, ledger, data)
         return self
@@ -523,14 +534,18 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             ledger.record(release)
         return correlation, info
 
-    def _train(self, lo: np.ndarray, hi: np.ndarray, n_dims: int, n_hat: float,
+    def _train(self, lo: np.ndarray, hi: np.ndarray, edges: list[np.ndarray | None],
+               n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
                schedule: Schedule, init_seed: int, train_seed: int) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
         flow stays at its starting point (the copula) and nothing is spent on training.
+        After training, the flow's marginals are calibrated to the released bins ``edges``
+        (post-processing; a None entry leaves its dimension alone).
         """
+        n_dims = len(edges)
         sample_rate = min(1.0, schedule.batch_size / n_hat)
         steps = schedule.steps
         if steps and self.epochs != AUTO:  # explicit passes over the histograms' n_hat
@@ -541,7 +556,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             device = _resolve_device(self.device)
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
                                          hidden_size=schedule.hidden_size,
-                                         n_bins=schedule.n_bins, seed=init_seed)
+                                         n_bins=schedule.n_bins, seed=init_seed,
+                                         calibration_knots=CALIBRATION_KNOTS)
             flow.set_base_correlation(torch.as_tensor(correlation))
             flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
@@ -558,6 +574,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
                            device=device)
             flow = flow.cpu().eval().requires_grad_(False)
+            if steps and CALIBRATION_KNOTS and any(e is not None for e in edges):
+                # Post-processing of the trained flow: each released bin (a category,
+                # a mode, a histogram bin) gets its released mass, the flow's shape
+                # inside a bin is kept.
+                flow.calibrate(CALIBRATION_SAMPLES, generator=generator,
+                               edges=edges)
         if steps:
             ledger.record(Release(
                 name="DP-SGD (Poisson-subsampled Gaussian)",
@@ -760,6 +782,18 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         return tags
+
+
+def _precise_release_edges(encoder: TableEncoder, info: dict) -> list[np.ndarray | None]:
+    """Per dim, its released bins' edges where the release is precise enough to calibrate
+    the flow to (see ``CALIBRATION_MAX_NOISE_TVD``), else None. Public facts only: the
+    noise std, the noisy row count and the number of bins."""
+    std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
+    out: list[np.ndarray | None] = []
+    for edges in encoder.release_edges():
+        noise_tvd = 0.5 * (len(edges) - 1) * std * math.sqrt(2 / math.pi) / max(n_hat, 1.0)
+        out.append(edges if noise_tvd <= CALIBRATION_MAX_NOISE_TVD else None)
+    return out
 
 
 def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) -> None:

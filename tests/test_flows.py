@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -70,14 +71,18 @@ def test_every_parameter_gets_gradient() -> None:
         assert (p.grad != 0).any(), name
 
 
-@pytest.mark.parametrize("whitened", [False, True], ids=["identity-base", "copula-base"])
+@pytest.mark.parametrize("base", ["identity", "copula", "calibrated"])
 @pytest.mark.parametrize("features", [1, 2, 3, 5])
-def test_log_prob_matches_full_jacobian(features: int, whitened: bool) -> None:
-    flow = _small(features, n_stages=5)
+def test_log_prob_matches_full_jacobian(features: int, base: str) -> None:
+    flow = _small(features, n_stages=5, calibration_knots=16 if base == "calibrated" else 0)
     _randomize(flow)
-    if whitened:
+    if base != "identity":
         flow.set_base_correlation(_correlation(features))
-    for x in torch.randn(3, features):
+    if base == "calibrated":
+        flow.calibrate(256, generator=torch.Generator().manual_seed(0))
+        assert flow.calibrated
+    # 3 points in the body; beyond the calibration's outer knots too (slope-1 tails).
+    for x in torch.cat((torch.randn(3, features), torch.full((1, features), 9.0))):
         jac = torch.autograd.functional.jacobian(lambda r: flow.transform(r[None])[0][0], x)
         sign, logdet = torch.linalg.slogdet(jac)
         assert sign > 0
@@ -291,3 +296,111 @@ def test_base_correlation_must_be_positive_definite_and_square() -> None:
         flow.set_base_correlation(torch.eye(2))
     with pytest.raises(ValueError, match="positive definite"):
         flow.set_base_correlation(torch.ones(3, 3))
+
+
+# ------------------------------------------------ the marginal calibration g
+def _ks_to_standard_normal(x: Tensor) -> float:
+    """Largest gap between the empirical CDF of ``x`` and Phi (one feature)."""
+    x = x.sort().values.double()
+    n = len(x)
+    phi = torch.special.ndtr(x)
+    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
+    return max((upper - phi).abs().max().item(), (phi - (upper - 1 / n)).abs().max().item())
+
+
+def test_calibration_makes_every_marginal_standard_normal_and_keeps_the_ranks() -> None:
+    flow = _small(3, calibration_knots=256)
+    _randomize(flow, scale=0.4)
+    flow.set_base_correlation(_correlation(3))
+    before = flow.sample(50_000, generator=torch.Generator().manual_seed(5))
+    gaps = [_ks_to_standard_normal(before[:, j]) for j in range(3)]
+    assert max(gaps) > 0.05  # the trained-looking flow is far from N(0, 1) marginals
+    flow.calibrate(65_536, generator=torch.Generator().manual_seed(1))
+    after = flow.sample(50_000, generator=torch.Generator().manual_seed(5))
+    gaps = [_ks_to_standard_normal(after[:, j]) for j in range(3)]
+    # Monte Carlo error of the calibration (~1/256 per knot) plus the sample's own.
+    assert max(gaps) < 0.015, gaps
+    # g is monotone per feature: the same draws keep their order in every column.
+    assert torch.equal(before.argsort(dim=0), after.argsort(dim=0))
+
+
+def test_calibration_to_bins_gives_their_masses_and_keeps_the_shape_inside() -> None:
+    """With bin edges ``c``, bin ``k`` gets mass ``c_k+1 - c_k`` and, given the bin, the
+    calibrated rows have the flow's own conditional distribution there."""
+    from scipy.special import ndtr
+    from scipy.stats import ks_2samp
+
+    flow = _small(2, calibration_knots=2048)
+    _randomize(flow, scale=0.4)
+    edges = [torch.tensor([0.0, 0.1, 0.5, 0.55, 1.0]), torch.tensor([0.0, 0.3, 1.0])]
+    raw = ndtr(flow.sample(200_000, generator=torch.Generator().manual_seed(5)).numpy())
+    flow.calibrate(400_000, generator=torch.Generator().manual_seed(1), edges=edges)
+    cal = ndtr(flow.sample(200_000, generator=torch.Generator().manual_seed(6)).numpy())
+    for j, c in enumerate(edges):
+        c = c.numpy()
+        raw_mass = np.histogram(raw[:, j], c)[0] / len(raw)
+        cal_mass = np.histogram(cal[:, j], c)[0] / len(cal)
+        assert np.abs(raw_mass - np.diff(c)).max() > 0.03  # the flow alone is off
+        np.testing.assert_allclose(cal_mass, np.diff(c), atol=0.006)
+        for k in range(len(c) - 1):
+            inside = lambda u: u[(u >= c[k]) & (u < c[k + 1])]  # noqa: E731
+            # Up to the knots' resolution: bin 2 of feature 0 holds 1.3% of the flow's mass
+            # and is stretched to 5%, about 25 knots.
+            assert ks_2samp(inside(raw[:, j]), inside(cal[:, j])).statistic < 0.05, (j, k)
+
+
+def test_a_feature_without_edges_is_left_alone() -> None:
+    flow = _small(3, calibration_knots=64)
+    _randomize(flow, scale=0.4)
+    before = flow.sample(1_000, generator=torch.Generator().manual_seed(5))
+    flow.calibrate(4_000, generator=torch.Generator().manual_seed(1),
+                   edges=[None, [0.0, 0.5, 1.0], None])
+    after = flow.sample(1_000, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]], atol=1e-6, rtol=0)
+    assert (after[:, 1] - before[:, 1]).abs().max() > 1e-3
+
+
+def test_calibrated_inverse_of_transform_and_state_round_trip() -> None:
+    flow = _small(4, calibration_knots=32)
+    _randomize(flow)
+    flow.calibrate(2_000, generator=torch.Generator().manual_seed(0))
+    x = 3.0 * torch.randn(200, 4)  # many beyond the outer knots
+    z, _ = flow.transform(x)
+    torch.testing.assert_close(flow.inverse(z), x, atol=1e-7, rtol=0)
+    fresh = SharedConditionerFlow(**flow.config)
+    assert not fresh.calibrated
+    fresh.load_state_dict(flow.state_dict())
+    assert fresh.calibrated
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))
+
+
+def test_calibration_of_a_near_atom_in_float32() -> None:
+    """Most mass within float32 rounding of one value: the knots keep float64 through
+    ``.float()`` and every sampled row stays finite and in order."""
+    flow = _small(3, calibration_knots=256)
+    _randomize(flow, scale=0.5)  # feature 0 piles up at -3 + 1e-4
+    flow.set_base_correlation(_correlation(3))
+    flow.float()
+    flow.calibrate(65_536, generator=torch.Generator().manual_seed(1))
+    assert flow.calibration_from.dtype == torch.float64
+    flow.double().float()  # casts leave the knots alone
+    assert flow.calibration_from.dtype == torch.float64
+    after = flow.sample(50_000, generator=torch.Generator().manual_seed(5))
+    assert after.dtype == torch.float32 and torch.isfinite(after).all()
+    assert max(_ks_to_standard_normal(after[:, j]) for j in range(3)) < 0.015
+    with torch.no_grad():
+        assert torch.isfinite(flow.log_prob(after[:2000])).all()
+
+
+def test_calibration_needs_knots() -> None:
+    with pytest.raises(ValueError, match="calibration_knots=0"):
+        _small(2).calibrate(100)
+    with pytest.raises(ValueError, match="at least calibration_knots"):
+        _small(2, calibration_knots=64).calibrate(10)
+    with pytest.raises(ValueError, match="calibration_knots"):
+        _small(2, calibration_knots=1)
+    flow = _small(2, calibration_knots=8)
+    with pytest.raises(ValueError, match="one array per feature"):
+        flow.calibrate(100, edges=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"edges\[1\] must increase from 0 to 1"):
+        flow.calibrate(100, edges=[[0.0, 1.0], [0.0, 0.6, 0.5, 1.0]])

@@ -12,6 +12,13 @@ with ``L`` the Cholesky factor of a correlation matrix ``R`` (a buffer, the iden
 identity the model is then the Gaussian copula ``N(0, R)``; training learns what ``R``
 does not capture. The map holds no parameter, so DP-SGD's per-row clipping never sees it.
 
+After training, :meth:`SharedConditionerFlow.calibrate` can add a fixed, per-feature monotone
+map ``g`` on the data side (piecewise linear between quantile knots): ``x = g(y)`` with ``y``
+the flow's output. ``g`` is read from the flow's own samples, so it is post-processing of
+the trained model, and it makes each feature's marginal standard normal (up to Monte Carlo
+error). The log-density stays exact: ``log p(x) = log p_flow(g^{-1}(x)) + sum_j log
+(g_j^{-1})'(x_j)``.
+
 References
 ----------
 Neural Spline Flows (Durkan et al., 2019), arXiv:1906.04032.
@@ -22,7 +29,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.special import ndtr, ndtri
 from torch import Tensor, nn
 
 from skdpflow.flows.splines import rational_quadratic_spline_knot_major
@@ -127,6 +136,8 @@ class SharedConditionerFlow(nn.Module):
     seed : int, default=0
         Seeds the coupling masks and the initial conditioner weights, so equal arguments
         build equal models without touching the global random state.
+    calibration_knots : int, default=0
+        Knots of the marginal calibration :meth:`calibrate` sets (0: none).
 
     Attributes
     ----------
@@ -141,6 +152,10 @@ class SharedConditionerFlow(nn.Module):
     base_cholesky : Tensor
         Buffer ``L``, lower triangular with positive diagonal, shape
         ``(features, features)``: the identity until :meth:`set_base_correlation`.
+    calibration_from, calibration_to : Tensor
+        Buffers of the marginal calibration's knots (only when ``calibration_knots > 0``),
+        shape ``(calibration_knots, features)``; NaN until :meth:`calibrate` sets them,
+        and the calibration is the identity while they are NaN.
 
     References
     ----------
@@ -163,6 +178,7 @@ class SharedConditionerFlow(nn.Module):
         bound: float = 3.0,
         stage_features: int = 8,
         seed: int = 0,
+        calibration_knots: int = 0,
     ) -> None:
         super().__init__()
         _check_positive(features=features, n_stages=n_stages, hidden_size=hidden_size)
@@ -178,6 +194,7 @@ class SharedConditionerFlow(nn.Module):
             "bound": bound,
             "stage_features": stage_features,
             "seed": seed,
+            "calibration_knots": calibration_knots,
         }
         self.features = features
         self.n_stages = n_stages
@@ -187,6 +204,13 @@ class SharedConditionerFlow(nn.Module):
         self.register_buffer("masks", _coupling_masks(features, n_stages, seed))
         self.register_buffer("stage_codes", _stage_codes(n_stages, stage_features))
         self.register_buffer("base_cholesky", torch.eye(features))
+        if calibration_knots < 0 or calibration_knots == 1:
+            raise ValueError(f"'calibration_knots' must be 0 or at least 2, got "
+                             f"{calibration_knots}")
+        if calibration_knots:
+            nan = torch.full((calibration_knots, features), math.nan, dtype=torch.float64)
+            self.register_buffer("calibration_from", nan)
+            self.register_buffer("calibration_to", nan.clone())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.conditioner = _build_conditioner(
@@ -225,6 +249,117 @@ class SharedConditionerFlow(nn.Module):
     def _color(self, w: Tensor) -> Tensor:
         """``x = L w`` per row: the inverse of :meth:`_whiten`."""
         return w @ self.base_cholesky.to(w.dtype).T
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether :meth:`calibrate` has set the marginal calibration."""
+        return self.config["calibration_knots"] > 0 and not bool(
+            torch.isnan(self.calibration_from).any())
+
+    @torch.no_grad()
+    def calibrate(self, n_samples: int = 65_536, generator: torch.Generator | None = None,
+                  edges: list[Any] | None = None) -> None:
+        """Set ``g`` so that each feature's marginal has the wanted bin masses (post-processing).
+
+        Draws ``n_samples`` rows from the flow as it is. With ``F`` a feature's CDF under the
+        flow (read from those rows) and ``Q`` its quantile function:
+
+        - ``edges=None``: ``g(y) = Phi^-1(F(y))``, a standard normal marginal.
+        - ``edges[j]`` = increasing ``0 = c_0 < ... < c_K = 1`` (bin edges in ``u = Phi(y)``):
+          ``g(y) = Q(T(F(y)))`` with ``T`` piecewise linear, ``T(c_k) = F(Phi^-1(c_k))``. Then
+          ``P(Phi(g(Y)) <= c_k) = c_k`` for every ``k``: each bin ``[c_k, c_k+1]`` gets mass
+          ``c_k+1 - c_k``, and inside a bin the flow's own shape is kept (rescaled).
+
+        ``g`` is stored by its values at ``calibration_knots`` order statistics of the rows
+        (evenly spaced ranks), linear in between and with slope 1 beyond the outer knots;
+        it is increasing (ties get a tiny step).
+
+        Parameters
+        ----------
+        n_samples : int, default=65536
+            Rows drawn to read the marginals (Monte Carlo error ``~ n_samples^-1/2``).
+        generator : torch.Generator or None, default=None
+        edges : list of (array-like or None), or None, default=None
+            One increasing array of bin edges in ``[0, 1]`` per feature, from 0 to 1; a
+            None entry leaves its feature as it is (``g`` the identity there).
+        """
+        knots = self.config["calibration_knots"]
+        if not knots:
+            raise ValueError("this flow was built with calibration_knots=0")
+        if n_samples < knots:
+            raise ValueError(f"n_samples ({n_samples}) must be at least calibration_knots "
+                             f"({knots})")
+        if edges is not None and len(edges) != self.features:
+            raise ValueError(f"edges must have one array per feature ({self.features}), got "
+                             f"{len(edges)}")
+        self.calibration_from.fill_(math.nan)  # sample the uncalibrated flow
+        y = self.sample(n_samples, generator=generator).double().sort(dim=0).values.numpy()
+        ranks = np.linspace(0, n_samples - 1, knots).round().astype(np.int64)
+        levels = (ranks + 0.5) / n_samples
+        all_levels = (np.arange(n_samples) + 0.5) / n_samples
+        knots_from = y[ranks]
+        knots_to = np.empty_like(knots_from)
+        for j in range(self.features):
+            if edges is None:
+                knots_to[:, j] = ndtri(levels)
+                continue
+            if edges[j] is None:  # this feature is left as it is
+                knots_to[:, j] = knots_from[:, j]
+                continue
+            c = np.asarray(edges[j], dtype=np.float64)
+            if c.ndim != 1 or len(c) < 2 or np.any(np.diff(c) < 0) or c[0] != 0 or c[-1] != 1:
+                raise ValueError(f"edges[{j}] must increase from 0 to 1")
+            # b_k = F(Phi^-1(c_k)): the flow's mass below each edge.
+            b = np.searchsorted(ndtr(y[:, j]), c, side="right") / n_samples
+            b[0], b[-1] = 0.0, 1.0
+            t = np.interp(levels, c, b)
+            knots_to[:, j] = np.interp(t, all_levels, y[:, j])
+        # Strictly increasing (ties: float32 samples, near-atoms, empty bins): a ramp of at
+        # most ~1e-6 relative, which the float64 buffers keep (see _apply).
+        ramp = np.arange(knots, dtype=np.float64)[:, None]
+        for values in (knots_from, knots_to):
+            values += 1e-9 * (1.0 + np.abs(values).max(axis=0)) * ramp
+        self.calibration_to.copy_(torch.from_numpy(knots_to))
+        self.calibration_from.copy_(torch.from_numpy(knots_from))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SharedConditionerFlow:
+        """As :meth:`nn.Module._apply`, but the calibration knots stay float64.
+
+        ``.float()`` would otherwise round knots that float32 cannot tell apart onto each
+        other; device moves still apply.
+        """
+        kept = {name: self._buffers[name] for name in ("calibration_from", "calibration_to")
+                if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            self._buffers[name] = old.to(self._buffers[name].device)
+        return self
+
+    def _calibration(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """``g(x)`` (``inverse=False``) or ``g^{-1}(x)``, and ``log |d out / d x|`` per row.
+
+        In float64 whatever the input's dtype: the knots can be closer than float32 resolves.
+        """
+        dtype = x.dtype
+        x = x.double()
+        src, dst = self.calibration_from.double(), self.calibration_to.double()
+        if inverse:
+            src, dst = dst, src
+        # Per feature: knots of src (K,) -> dst (K,); slope 1 outside [src_0, src_K-1].
+        xt = x.T.contiguous()  # (D, B)
+        src_t, dst_t = src.T.contiguous(), dst.T.contiguous()  # (D, K)
+        idx = torch.searchsorted(src_t, xt)  # (D, B), in [0, K]
+        k = src_t.shape[1]
+        left = (idx - 1).clamp(0, k - 2)
+        x0, x1 = src_t.gather(1, left), src_t.gather(1, left + 1)
+        y0, y1 = dst_t.gather(1, left), dst_t.gather(1, left + 1)
+        slope = (y1 - y0) / (x1 - x0)
+        outside_low, outside_high = idx == 0, idx == k
+        slope = torch.where(outside_low | outside_high, torch.ones_like(slope), slope)
+        anchor_x = torch.where(outside_high, x1, x0)
+        anchor_y = torch.where(outside_high, y1, y0)
+        out = anchor_y + slope * (xt - anchor_x)
+        return out.T.to(dtype), slope.log().sum(dim=0).to(dtype)
 
     def _split(self, k: int) -> tuple[Tensor, Tensor]:
         """Indices of the features that condition stage ``k`` and of those it transforms."""
@@ -352,11 +487,14 @@ class SharedConditionerFlow(nn.Module):
         ladj : Tensor
             Summed ``log |det dz/dx|`` per row, shape ``(B,)``.
         """
+        ladj_calibration = x.new_zeros(x.shape[0])
+        if self.calibrated:
+            x, ladj_calibration = self._calibration(x, inverse=True)
         x, ladj_base = self._whiten(x)
         if not self._needs_autograd(x):
             z, total = self._run_fast(x, inverse=False, need_ladj=True)
-            return z, total + ladj_base
-        total = ladj_base.expand(x.shape[0])
+            return z, total + ladj_base + ladj_calibration
+        total = ladj_base + ladj_calibration
         for k in range(self.n_stages):
             x, ladj = self._stage(x, k, inverse=False)
             total = total + ladj
@@ -376,10 +514,12 @@ class SharedConditionerFlow(nn.Module):
             Data, shape ``(B, features)``.
         """
         if not self._needs_autograd(z):
-            return self._color(self._run_fast(z, inverse=True, need_ladj=False)[0])
-        for k in reversed(range(self.n_stages)):
-            z, _ = self._stage(z, k, inverse=True)
-        return self._color(z)
+            x = self._color(self._run_fast(z, inverse=True, need_ladj=False)[0])
+        else:
+            for k in reversed(range(self.n_stages)):
+                z, _ = self._stage(z, k, inverse=True)
+            x = self._color(z)
+        return self._calibration(x, inverse=False)[0] if self.calibrated else x
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-row log-density ``log N(z; 0, I) + log |det dz/dx|`` (whitening included).
