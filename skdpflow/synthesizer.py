@@ -664,7 +664,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     @_in_threads
     def sample_to(self, path: str | Path, n_samples: int, *, chunk_size: int = SAMPLE_CHUNK,
-                  random_state: Any = None, progress: bool | None = None) -> Path:
+                  random_state: Any = None, progress: bool | None = None,
+                  file_format: str | None = None) -> Path:
         """Draw ``n_samples`` rows into a Parquet or CSV file, chunk by chunk.
 
         The rows are those of ``sample(n_samples, random_state)`` (the same rows for the
@@ -685,6 +686,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             As for :meth:`sample`.
         progress : bool or None, default=None
             Show a progress bar on stderr; None follows ``verbose``.
+        file_format : {"parquet", "csv"} or None, default=None
+            Overrides the format the suffix says (None: from the suffix).
 
         Returns
         -------
@@ -706,7 +709,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         _check_count(n_samples, "n_samples")
         _check_count(chunk_size, "chunk_size")
         path = check_output_path(path, option="path")
-        fmt = table_format(path)
+        if file_format not in (None, "parquet", "csv"):
+            raise ValueError(f"file_format must be 'parquet', 'csv' or None, got "
+                             f"{file_format!r}.")
+        fmt = file_format or table_format(path)
         if fmt == "parquet":
             require_pyarrow()
         show = bool(self.verbose) if progress is None else bool(progress)
