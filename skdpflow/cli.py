@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--jobs", type=int, default=None, metavar="INT", help=JOBS_HELP)
     sample.add_argument("--chunk-size", type=int, default=65_536, metavar="INT",
                         help="rows written at a time (default: 65536); memory grows with it")
-    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.add_argument("--quiet", action="store_true",
+                        help="no progress bar (shown on stderr when it is a terminal)")
     sample.set_defaults(func=_sample)
 
     report = sub.add_parser("report", help="print a fitted model's privacy report",
@@ -395,7 +396,8 @@ def _sample(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:
             raise UsageError(f"--jobs: {exc}") from None
     synth.sample_to(args.output, args.num_rows, chunk_size=args.chunk_size,
-                    random_state=args.seed, progress=not args.quiet, file_format=file_format)
+                    random_state=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+                    file_format=file_format)
     print(f"{args.num_rows} rows written to {args.output}")
     return 0
 
