@@ -7,10 +7,10 @@ import dataclasses
 import functools
 import math
 import warnings
-from numbers import Integral, Real
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,6 @@ from ._io import (
     read_model_state,
 )
 from ._threads import torch_threads
-from ._writers import TableWriter, rechunk, require_pyarrow, table_format
 from ._validation import (
     N_JOBS,
     RANDOM_STATE,
@@ -41,6 +40,7 @@ from ._validation import (
     duplicate_names,
     validate_params,
 )
+from ._writers import TableWriter, rechunk, require_pyarrow, table_format
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import (
     TableEncoder,
