@@ -12,6 +12,7 @@ from typing import Any
 from sklearn.exceptions import NotFittedError
 
 __all__ = [
+    "N_JOBS",
     "Interval",
     "InvalidDataError",
     "NotFittedError",
@@ -142,6 +143,23 @@ def auto_or(inner: Interval) -> _AutoOr:
 RANDOM_STATE = _IntOrGenerator()
 
 
+class _NJobs:
+    """``n_jobs`` (scikit-learn's meaning): None, or an int other than 0."""
+
+    kind = Integral
+
+    def __contains__(self, value: Any) -> bool:
+        if value is None:
+            return True
+        return isinstance(value, Integral) and not isinstance(value, bool) and value != 0
+
+    def __str__(self) -> str:
+        return "an int other than 0 (-1: every usable core) or None"
+
+
+N_JOBS = _NJobs()
+
+
 def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, Any]) -> None:
     """Raise a scikit-learn-style error for the first parameter outside its constraint."""
     for name, constraint in constraints.items():
@@ -183,6 +201,8 @@ def generate_invalid_values(constraint: Any) -> list:
         return ["not-an-option", None, 2]
     if isinstance(constraint, _IntOrGenerator):
         return ["seed", -1, 2.5]
+    if isinstance(constraint, _NJobs):
+        return ["two", 0, 2.5, True]
     raise TypeError(f"no invalid values known for {constraint!r}")
 
 
@@ -214,6 +234,8 @@ def _is_type_error(value: Any, constraint: Any) -> bool:
         return isinstance(value, bool) or not isinstance(value, constraint.kind)
     if isinstance(constraint, Options):
         return not isinstance(value, str)
+    if isinstance(constraint, _NJobs):
+        return not isinstance(value, Integral) or isinstance(value, bool)
     return False
 
 

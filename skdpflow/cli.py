@@ -105,9 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("model", type=Path)
     sample.add_argument("-n", "--num-rows", type=int, required=True)
     sample.add_argument("-o", "--output", type=Path, required=True,
-                        help="CSV file to write (never the model; replaced only with --force)")
+                        help="file to write: Parquet for .parquet or .pq (needs pyarrow), "
+                             "CSV otherwise (gzipped for .csv.gz); written chunk by chunk in "
+                             "bounded memory; never the model; replaced only with --force")
     sample.add_argument("--force", action="store_true", help="replace an existing output file")
     sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--jobs", type=int, default=None, metavar="INT", help=JOBS_HELP)
+    sample.add_argument("--chunk-size", type=int, default=65_536, metavar="INT",
+                        help="rows written at a time (default: 65536); memory grows with it")
+    sample.add_argument("--quiet", action="store_true",
+                        help="no progress bar (shown on stderr when it is a terminal)")
     sample.set_defaults(func=_sample)
 
     report = sub.add_parser("report", help="print a fitted model's privacy report",
@@ -171,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
 
 # Hyperparameters with a flag of their own; the CLI-only flags are written out below.
 CLI_ONLY = {"random_state": "--seed", "verbose": "--quiet / --show-nonprivate-loss"}
+# Hyperparameters whose flag is not their name with dashes, and defaults said in words.
+FLAG_NAMES = {"n_jobs": "--jobs"}
+DEFAULT_TEXT = {"n_jobs": "the usable cores minus the load of other processes, at least 1"}
+JOBS_HELP = ("threads torch may use (-1: every usable core; default: the usable cores minus "
+             "the load of other processes, at least 1)")
 
 
 def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
@@ -194,8 +206,10 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
             if isinstance(constraint, _AutoOr):
                 number, metavar = _auto_or_number(number), f"{metavar}|auto"
             kind = {"type": number, "metavar": metavar}
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **kind,
-                       help=f"{summaries[name]} (default: {defaults[name]})".replace("%", "%%"))
+        flag = FLAG_NAMES.get(name, f"--{name.replace('_', '-')}")
+        default = DEFAULT_TEXT.get(name, defaults[name])
+        p.add_argument(flag, dest=name, default=None, **kind,
+                       help=f"{summaries[name]} (default: {default})".replace("%", "%%"))
     p.add_argument("--seed", type=int, default=None,
                    help="fixes model initialisation and sampling only, never the privacy "
                         "noise (default: none)")
@@ -372,12 +386,42 @@ def _sample(args: argparse.Namespace) -> int:
     if args.num_rows < 1:
         raise UsageError(f"-n/--num-rows must be a positive number of rows, got "
                          f"{args.num_rows}.")
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be a positive number of rows, got "
+                         f"{args.chunk_size}.")
     check_output_path(args.output, inputs=[args.model], overwrite=args.force, option="-o")
+    file_format = _output_format(args.output)
     synth = DPFlowSynthesizer.load(args.model)
-    rows = synth.sample(args.num_rows, random_state=args.seed)
-    atomic_write(args.output, lambda tmp: rows.to_csv(tmp, index=False))
-    print(f"{len(rows)} rows written to {args.output}")
+    if args.jobs is not None:
+        synth.set_params(n_jobs=args.jobs)
+        try:
+            validate_params(type(synth).__name__, synth.get_params(),
+                            synth._parameter_constraints)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--jobs: {exc}") from None
+    synth.sample_to(args.output, args.num_rows, chunk_size=args.chunk_size,
+                    random_state=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+                    file_format=file_format)
+    print(f"{args.num_rows} rows written to {args.output}")
     return 0
+
+
+def _output_format(path: Path) -> str:
+    """Parquet for a Parquet suffix (pyarrow checked before any work), CSV otherwise."""
+    from ._writers import require_pyarrow, table_format
+
+    try:
+        file_format = table_format(path)
+    except ValueError:
+        return "csv"
+    if file_format == "parquet":
+        from .report import MissingDependencyError
+
+        try:
+            require_pyarrow()
+        except MissingDependencyError as exc:
+            raise UsageError(f"-o {path}: {exc}") from None
+    return file_format
 
 
 def _report(args: argparse.Namespace) -> int:

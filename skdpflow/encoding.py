@@ -76,6 +76,14 @@ class TypeLayer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.hyper.fit(domain.skeleton().rename(columns=self.keys))
+        # Code -> category of each categorical or boolean column, as its RDT encoder maps it.
+        self._categories = {}
+        for name, col in domain.columns.items():
+            if col.type in ("categorical", "boolean"):
+                mapping = self.hyper.field_transformers[self.keys[name]].values_to_categories
+                table = np.empty(len(mapping), dtype=object)
+                table[:] = [mapping[k] for k in range(len(mapping))]
+                self._categories[name] = table
 
     def clean(self, data: pd.DataFrame) -> pd.DataFrame:
         """Clip to declared bounds and check categories; never widens the domain."""
@@ -138,6 +146,31 @@ class TypeLayer:
             if f"{key}.is_null" in codes:
                 out[(name, "is_null")] = codes[f"{key}.is_null"].to_numpy()
         return pd.DataFrame(out, index=codes.index)
+
+    def reverse_columns(self, columns: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                        ) -> pd.DataFrame:
+        """The raw frame from :meth:`TableEncoder.decode_columns`, without RDT.
+
+        The same values and dtypes as ``reverse(encoder.decode(z))`` (a test compares them
+        on every column kind), at a fraction of the cost: codes index the RDT encoder's own
+        code-to-category table, numbers get their missing values, and each column goes
+        through the same :func:`_restore_dtype`.
+        """
+        out = {}
+        for name, col in self.domain.columns.items():
+            values, is_null = columns[name]
+            if col.type in ("categorical", "boolean"):
+                table = self._categories[name]
+                codes = np.clip(values, 0, len(table) - 1)
+                raw = pd.Series(table[codes], dtype=object)
+            else:
+                if col.type == "datetime":  # as reverse() reads the typed frame: days, then ns
+                    values = values / NS_PER_DAY * NS_PER_DAY
+                if is_null is not None and is_null.any():
+                    values = np.where(is_null, np.nan, values)
+                raw = pd.Series(values, dtype=float)
+            out[name] = _restore_dtype(raw, col)
+        return pd.DataFrame(out)
 
     def reverse(self, codes: pd.DataFrame) -> pd.DataFrame:
         # Column by column: the HyperTransformer's whole-frame reverse copies the frame once
@@ -366,30 +399,51 @@ class TableEncoder:
         return np.stack(lows, 1), np.stack(highs, 1), logjac
 
     def decode(self, z: np.ndarray) -> pd.DataFrame:
-        """Latent-space rows (``z = Phi^-1(u)``) to the typed frame that RDT reverses."""
-        u = ndtr(np.asarray(z, dtype=float))
-        n = len(u)
+        """Latent-space rows (``z = Phi^-1(u)``) to the typed frame that RDT reverses.
+
+        The reference path (:meth:`TypeLayer.reverse` reads it); :meth:`decode_columns` with
+        :meth:`TypeLayer.reverse_columns` give the same rows faster, without the frame.
+        """
         out = {}
+        for name, (values, is_null) in self.decode_columns(z).items():
+            out[(name, "value")] = values
+            if is_null is not None:
+                out[(name, "is_null")] = is_null.astype(float)
+        return pd.DataFrame(out)
+
+    def decode_columns(self, z: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Latent-space rows to ``{column: (values, is_null)}`` in the typed frame's units.
+
+        ``values`` are category codes (int64) or numbers (floats; datetimes in nanoseconds);
+        ``is_null`` is a boolean mask for the numerical and datetime columns that are
+        nullable, else None.
+        """
+        z = np.asarray(z, dtype=float)
+        n = len(z)
+        # One contiguous row per dimension: searchsorted and interp then read no strided
+        # column (Phi is elementwise, so the values are those of ndtr(z)[:, j]).
+        u = ndtr(np.ascontiguousarray(z.T)) if z.size else np.zeros((z.shape[1], n))
+        out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         j = 0
         for codec in self.codecs:
             name = codec.name
             if codec.col.type in ("categorical", "boolean"):
                 if codec.mode_dim is not None:
-                    codes = _locate(codec.mode_dim.edges, u[:, j])
+                    codes = _locate(codec.mode_dim.edges, u[j])
                     j += 1
                 else:
                     codes = np.zeros(n, dtype=np.int64)
-                out[(name, "value")] = codes
+                out[name] = (codes, None)
                 continue
             mode = np.zeros(n, dtype=np.int64)
             if codec.mode_dim is not None:
-                mode = _locate(codec.mode_dim.edges, u[:, j])
+                mode = _locate(codec.mode_dim.edges, u[j])
                 j += 1
             lo, hi = codec.col.numeric_bounds()
             values = np.full(n, (lo + hi) / 2)
             if codec.value_dim is not None:
                 d = codec.value_dim
-                t = np.interp(u[:, j], d.cdf, d.edges)
+                t = np.interp(u[j], d.cdf, d.edges)
                 values = np.clip(column_transform(codec.col).inverse(t), lo, hi)
                 if codec.integer:
                     values = np.clip(np.round(values), np.ceil(lo), np.floor(hi))
@@ -402,10 +456,8 @@ class TableEncoder:
                     values[mode == k] = m
             if codec.col.type == "datetime":
                 values = values * NS_PER_DAY
-            out[(name, "value")] = values
-            if codec.col.nullable:
-                out[(name, "is_null")] = is_null.astype(float)
-        return pd.DataFrame(out)
+            out[name] = (values, is_null if codec.col.nullable else None)
+        return out
 
 
 def typed_column(typed: pd.DataFrame, name: str, col: ColumnDomain

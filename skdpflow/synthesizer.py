@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,9 @@ from ._io import (
     not_a_model,
     read_model_state,
 )
+from ._threads import torch_threads
 from ._validation import (
+    N_JOBS,
     RANDOM_STATE,
     Interval,
     InvalidDataError,
@@ -34,6 +40,7 @@ from ._validation import (
     duplicate_names,
     validate_params,
 )
+from ._writers import TableWriter, rechunk, require_pyarrow, table_format
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import (
     TableEncoder,
@@ -75,6 +82,8 @@ FORMAT_VERSION = 5
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
+# Rows per sampled block: the latent rows of a block are drawn at once (the rows a seed gives
+# depend on it), then decoded.
 SAMPLE_CHUNK = 65_536
 # The marginal calibration set after DP-SGD (SharedConditionerFlow.calibrate): knots per
 # dimension, and rows drawn from the trained flow to place them (post-processing).
@@ -85,6 +94,22 @@ CALIBRATION_SAMPLES = 131_072
 # this. Measured on bank_marketing and default_credit_card subsamples at epsilon 1: 32-bin
 # histograms at 0.15 (3,000 rows) did worse than the flow's own marginal, at 0.07 better.
 CALIBRATION_MAX_NOISE_TVD = 0.1
+
+# Rows per slice of a block given to one sampling thread: a multiple of the flow's fast-path
+# row block (8192 rows), so that the flow sees the same row blocks with any number of threads.
+FLOW_SLICE = 8192
+
+
+def _in_threads(method: Callable) -> Callable:
+    """Run ``method`` with torch's intra-op threads set by the estimator's ``n_jobs``."""
+
+    @functools.wraps(method)
+    def wrapper(self: DPFlowSynthesizer, *args: Any, **kwargs: Any) -> Any:
+        validate_params(type(self).__name__, {"n_jobs": self.n_jobs}, {"n_jobs": N_JOBS})
+        with torch_threads(self.n_jobs):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class DPFlowSynthesizer(DensityMixin, BaseEstimator):
@@ -181,6 +206,15 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         composition, so it is refused.)
     device : {"auto", "cpu", "cuda"}, default="auto"
         Where the flow is trained; ``"auto"`` takes CUDA when it is available.
+    n_jobs : int or None, default=None
+        Threads torch may use on the CPU during :meth:`fit`, :meth:`sample`,
+        :meth:`sample_to` and :meth:`score_samples` (its intra-op threads, set for the call
+        and restored afterwards). As in scikit-learn, ``-1`` means every usable core, ``-2``
+        all but one, and so on. ``None`` takes, at the start of each call, the cores that
+        other processes leave free (the usable cores minus the load of other processes,
+        at least 1: :func:`skdpflow._threads.auto_threads`): torch's threads spin against
+        processes that share their cores, so a busy machine gets one thread. It does not
+        change the privacy guarantee, nor the rows a seed gives.
     random_state : int, RandomState instance or None, default=None
         Seeds what is not privacy noise: the flow's initial weights and coupling masks,
         dequantisation, sparsification masks, and ``sample``. The privacy noise
@@ -245,6 +279,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
         "accountant": Options(frozenset({"rdp"})),
         "device": Options(frozenset({"auto", "cpu", "cuda"})),
+        "n_jobs": N_JOBS,
         "random_state": RANDOM_STATE,
         "verbose": Options(frozenset({True, False, "loss"})),
     }
@@ -270,6 +305,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         privacy: str = "strict",
         accountant: str = "rdp",
         device: str = "auto",
+        n_jobs: int | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool | str = True,
     ) -> None:
@@ -291,10 +327,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.privacy = privacy
         self.accountant = accountant
         self.device = device
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
+    @_in_threads
     def fit(self, X: Any, y: Any = None, *, domain: Domain | dict | str | None = None
             ) -> DPFlowSynthesizer:
         """Learn a differentially private model of the table ``X``.
@@ -622,6 +660,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return "rdp"
 
     # --------------------------------------------------------------- sample
+    @_in_threads
     def sample(self, n_samples: int = 1, random_state: Any = None) -> pd.DataFrame:
         """Draw ``n_samples`` synthetic rows: the fitted columns, in dtypes from the domain.
 
@@ -630,31 +669,146 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         n_samples : int, default=1
         random_state : int, RandomState instance or None
             Defaults to the estimator's ``random_state``; an int gives the same rows on
-            every call.
+            every call, whatever ``n_jobs``.
 
         Returns
         -------
         DataFrame
+
+        See Also
+        --------
+        sample_to : The same rows, written to a file chunk by chunk in bounded memory.
         """
         self._check_fitted()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
+        _check_count(n_samples, "n_samples")
+        with contextlib.closing(self._sample_blocks(n_samples, random_state)) as blocks:
+            parts = list(blocks)
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    @_in_threads
+    def sample_to(self, path: str | Path, n_samples: int, *, chunk_size: int = SAMPLE_CHUNK,
+                  random_state: Any = None, progress: bool | None = None,
+                  file_format: str | None = None) -> Path:
+        """Draw ``n_samples`` rows into a Parquet or CSV file, chunk by chunk.
+
+        The rows are those of ``sample(n_samples, random_state)`` (the same rows for the
+        same seed), but only one chunk is held in memory at a time, so the file may be far
+        larger than memory. Every chunk has the same column types, set by the domain.
+
+        Parameters
+        ----------
+        path : str or Path
+            ``.parquet`` or ``.pq`` writes Parquet (needs pyarrow:
+            ``pip install "skdpflow[parquet]"``); ``.csv`` or ``.csv.gz`` writes CSV. The
+            write is atomic: a temporary file in the same folder, moved into place once
+            complete; an existing file is replaced.
+        n_samples : int
+        chunk_size : int, default=65536
+            Rows per written chunk (a Parquet row group); memory grows with it.
+        random_state : int, RandomState instance or None
+            As for :meth:`sample`.
+        progress : bool or None, default=None
+            Show a progress bar on stderr; None follows ``verbose``.
+        file_format : {"parquet", "csv"} or None, default=None
+            Overrides the format the suffix says (None: from the suffix).
+
+        Returns
+        -------
+        Path
+            The file written.
+
+        Raises
+        ------
+        MissingDependencyError
+            A Parquet file was asked for and pyarrow is not installed (before any sampling).
+        OutputPathError
+            ``path`` is a folder, or its folder is missing or not writable.
+        ValueError
+            A suffix other than those above.
+        """
+        from tqdm.auto import tqdm
+
+        self._check_fitted()
+        _check_count(n_samples, "n_samples")
+        _check_count(chunk_size, "chunk_size")
+        path = check_output_path(path, option="path")
+        if file_format not in (None, "parquet", "csv"):
+            raise ValueError(f"file_format must be 'parquet', 'csv' or None, got "
+                             f"{file_format!r}.")
+        fmt = file_format or table_format(path)
+        if fmt == "parquet":
+            require_pyarrow()
+        show = bool(self.verbose) if progress is None else bool(progress)
+        columns = list(self.feature_names_in_)
+
+        def write(tmp: Path) -> None:
+            writer = TableWriter(tmp, fmt, self.domain_, columns,
+                                 compress=path.name.lower().endswith(".gz"))
+            bar = tqdm(total=n_samples, unit="rows", unit_scale=True, desc="sampling",
+                       disable=not show, leave=False)
+            try:
+                with contextlib.closing(self._sample_blocks(n_samples, random_state)) as blocks:
+                    for chunk in rechunk(blocks, chunk_size):
+                        writer.write(chunk)
+                        bar.update(len(chunk))
+            finally:
+                bar.close()
+                writer.close()
+
+        atomic_write(path, write)
+        return path
+
+    def _sample_blocks(self, n_samples: int, random_state: Any) -> Iterator[pd.DataFrame]:
+        """The rows of ``sample(n_samples)`` in blocks of ``SAMPLE_CHUNK``.
+
+        One seeded generator draws the latent rows of each block in turn, so the rows depend
+        on the seed and ``n_samples`` only. With several threads (``n_jobs``) the flow runs on
+        slices of a block in a pool of Python threads (one torch thread each: no spinning
+        threads to collapse on a busy machine) while this thread decodes the previous block;
+        slices are whole multiples of the flow's row blocks, so the rows are the same as
+        with one thread.
+        """
         rs = self.random_state if random_state is None else random_state
         seed = int(check_random_state(rs).randint(0, 2**31 - 1))
         generator = torch.Generator().manual_seed(seed)
-        parts = []
-        for start in range(0, n_samples, SAMPLE_CHUNK):
-            size = min(SAMPLE_CHUNK, n_samples - start)
-            if self.flow_ is None:
-                z = np.zeros((size, 0))
-            else:
+        sizes = [min(SAMPLE_CHUNK, n_samples - start)
+                 for start in range(0, n_samples, SAMPLE_CHUNK)]
+        columns = list(self.feature_names_in_)
+        flow = self.flow_
+        threads = torch.get_num_threads()  # as n_jobs set it for this call
+
+        def draw(size: int) -> torch.Tensor:
+            weight = next(flow.conditioner.parameters())
+            return torch.randn(size, flow.features, generator=generator, dtype=weight.dtype)
+
+        def decode(z: np.ndarray) -> pd.DataFrame:
+            frame = self.type_layer_.reverse_columns(self.encoder_.decode_columns(z))
+            return frame[columns]
+
+        if flow is None:
+            for size in sizes:
+                yield decode(np.zeros((size, 0)))
+            return
+        if threads <= 1 or len(sizes) == 0:
+            for size in sizes:
                 with torch.no_grad():
-                    z = self.flow_.sample(size, generator=generator).double().numpy()
-            parts.append(self.type_layer_.reverse(self.encoder_.decode(z)))
-        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        return out[list(self.feature_names_in_)]
+                    z = flow.inverse(draw(size))
+                yield decode(z.double().numpy())
+            return
+        with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+            def submit(size: int) -> list:
+                z = draw(size)  # in block order, on this thread: the same stream
+                bounds = _slices(size, threads, FLOW_SLICE)
+                return [pool.submit(_inverse, flow, z[lo:hi]) for lo, hi in bounds]
+
+            pending = submit(sizes[0])
+            for i in range(len(sizes)):
+                z = torch.cat([f.result() for f in pending])
+                pending = submit(sizes[i + 1]) if i + 1 < len(sizes) else []
+                yield decode(z.double().numpy())
 
     # ---------------------------------------------------------------- score
+    @_in_threads
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-density of each row under the model.
 
@@ -794,6 +948,24 @@ def _precise_release_edges(encoder: TableEncoder, info: dict) -> list[np.ndarray
         noise_tvd = 0.5 * (len(edges) - 1) * std * math.sqrt(2 / math.pi) / max(n_hat, 1.0)
         out.append(edges if noise_tvd <= CALIBRATION_MAX_NOISE_TVD else None)
     return out
+
+
+def _check_count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _slices(n: int, parts: int, unit: int) -> list[tuple[int, int]]:
+    """At most ``parts`` consecutive ``(start, stop)`` slices of ``range(n)``, as even as
+    possible in whole multiples of ``unit`` rows (the last slice takes the remainder)."""
+    units = -(-n // unit)
+    per = -(-units // parts)
+    return [(lo, min(n, lo + per * unit)) for lo in range(0, n, per * unit)]
+
+
+def _inverse(flow: SharedConditionerFlow, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():  # per thread: autograd's mode is thread-local
+        return flow.inverse(z)
 
 
 def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) -> None:

@@ -122,8 +122,11 @@ def test_a_failed_csv_write_leaves_the_previous_file_intact(model_file, tmp_path
     csv = tmp_path / "fake.csv"
     csv.write_text("precious")
 
-    def disk_full(self: pd.DataFrame, path: str, **kwargs: object) -> None:
-        Path(path).write_text("a,b\n1,")
+    def disk_full(self: pd.DataFrame, path: object, **kwargs: object) -> None:
+        if hasattr(path, "write"):  # sample writes its chunks into one open file
+            path.write("a,b\n1,")
+        else:
+            Path(path).write_text("a,b\n1,")
         raise OSError("No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
@@ -146,6 +149,7 @@ def test_fit_checks_the_output_folder_before_fitting(files, monkeypatch, capsys)
 def test_sample_checks_the_output_folder_before_sampling(model_file, tmp_path, monkeypatch,
                                                          capsys):
     monkeypatch.setattr(DPFlowSynthesizer, "sample", _must_not_run)
+    monkeypatch.setattr(DPFlowSynthesizer, "sample_to", _must_not_run)
     assert main(["sample", str(model_file), "-n", "5",
                  "-o", str(tmp_path / "missing" / "dir" / "x.csv")]) == 2
     line = _one_error_line(capsys)

@@ -91,7 +91,11 @@ def _fit_cli(frame: pd.DataFrame, name: str, value: object, tmp_path) -> None:
 
 
 def _flag(name: str) -> str:
-    return "--seed" if name == "random_state" else f"--{name.replace('_', '-')}"
+    from skdpflow.cli import FLAG_NAMES
+
+    if name == "random_state":
+        return "--seed"
+    return FLAG_NAMES.get(name, f"--{name.replace('_', '-')}")
 
 
 @pytest.mark.parametrize("frontend", [_fit_python, _fit_sdv, _fit_cli],
