@@ -87,7 +87,7 @@ STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "mar
 SAMPLE_CHUNK = 65_536
 # The marginal calibration set after DP-SGD (SharedConditionerFlow.calibrate): knots per
 # dimension, and rows drawn from the trained flow to place them (post-processing).
-CALIBRATION_KNOTS = 512
+CALIBRATION_KNOTS = 64  # at least, and as many as the most bins of any dimension
 CALIBRATION_SAMPLES = 131_072
 # A dimension is calibrated to its released bins only where the release is precise: the
 # expected TVD its noise alone puts on the bins, 0.5 K sigma sqrt(2 / pi) / n_hat, is at most
@@ -595,7 +595,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
                                          hidden_size=schedule.hidden_size,
                                          n_bins=schedule.n_bins, seed=init_seed,
-                                         calibration_knots=CALIBRATION_KNOTS)
+                                         calibration_knots=_calibration_knots(edges))
             flow.set_base_correlation(torch.as_tensor(correlation))
             flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
@@ -616,8 +616,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 # Post-processing of the trained flow: each released bin (a category,
                 # a mode, a histogram bin) gets its released mass, the flow's shape
                 # inside a bin is kept.
-                flow.calibrate(CALIBRATION_SAMPLES, generator=generator,
-                               edges=edges)
+                flow.calibrate(CALIBRATION_SAMPLES, generator=generator, edges=edges)
         if steps:
             ledger.record(Release(
                 name="DP-SGD (Poisson-subsampled Gaussian)",
@@ -938,15 +937,36 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return tags
 
 
+def _calibration_knots(edges: list[np.ndarray | None]) -> int:
+    """Knots of the marginal calibration: one per inner edge of the most binned dimension,
+    and room for the flow's shape (0 when ``CALIBRATION_KNOTS`` is 0)."""
+    if not CALIBRATION_KNOTS:
+        return 0
+    most = max((len(e) - 2 for e in edges if e is not None), default=0)
+    return max(CALIBRATION_KNOTS, most)
+
+
 def _precise_release_edges(encoder: TableEncoder, info: dict) -> list[np.ndarray | None]:
-    """Per dim, its released bins' edges where the release is precise enough to calibrate
-    the flow to (see ``CALIBRATION_MAX_NOISE_TVD``), else None. Public facts only: the
-    noise std, the noisy row count and the number of bins."""
+    """Per dim, its released bins' edges where the flow is calibrated to them, else None.
+
+    Only the value dims of numerical columns without modes (no missing values, no atoms),
+    and only where the release is precise (``CALIBRATION_MAX_NOISE_TVD``). Categories and
+    modes are left alone: ``score_samples`` reads a discrete cell (and a value dim's whole
+    ``[0, 1]`` on a row in a mode) at its midpoint, and calibrated cells there would no
+    longer be nearly uniform inside (the score of a 12-cell table summed to 1.16, not 1).
+    Public facts only: the noise std, the noisy row count and the number of bins.
+    """
     std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
     out: list[np.ndarray | None] = []
-    for edges in encoder.release_edges():
-        noise_tvd = 0.5 * (len(edges) - 1) * std * math.sqrt(2 / math.pi) / max(n_hat, 1.0)
-        out.append(edges if noise_tvd <= CALIBRATION_MAX_NOISE_TVD else None)
+    for codec in encoder.codecs:
+        if codec.mode_dim is not None:
+            out.append(None)
+        if codec.value_dim is not None:
+            edges = codec.value_dim.cdf.copy()
+            noise_tvd = (0.5 * (len(edges) - 1) * std * math.sqrt(2 / math.pi)
+                         / max(n_hat, 1.0))
+            precise = noise_tvd <= CALIBRATION_MAX_NOISE_TVD
+            out.append(edges if precise and codec.mode_dim is None else None)
     return out
 
 

@@ -39,6 +39,7 @@ from skdpflow.flows.splines import rational_quadratic_spline_knot_major
 __all__ = ["SharedConditionerFlow"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
 # Rows per block of the no-autograd fast path (sample, and transform / inverse under no_grad).
 _FAST_BLOCK_ROWS = 8192
@@ -259,20 +260,14 @@ class SharedConditionerFlow(nn.Module):
     @torch.no_grad()
     def calibrate(self, n_samples: int = 65_536, generator: torch.Generator | None = None,
                   edges: list[Any] | None = None) -> None:
-        """Set ``g`` so that each feature's marginal has the wanted bin masses (post-processing).
+        """Set ``g`` so that each feature's bins get the wanted masses (post-processing).
 
-        Draws ``n_samples`` rows from the flow as it is. With ``F`` a feature's CDF under the
-        flow (read from those rows) and ``Q`` its quantile function:
-
-        - ``edges=None``: ``g(y) = Phi^-1(F(y))``, a standard normal marginal.
-        - ``edges[j]`` = increasing ``0 = c_0 < ... < c_K = 1`` (bin edges in ``u = Phi(y)``):
-          ``g(y) = Q(T(F(y)))`` with ``T`` piecewise linear, ``T(c_k) = F(Phi^-1(c_k))``. Then
-          ``P(Phi(g(Y)) <= c_k) = c_k`` for every ``k``: each bin ``[c_k, c_k+1]`` gets mass
-          ``c_k+1 - c_k``, and inside a bin the flow's own shape is kept (rescaled).
-
-        ``g`` is stored by its values at ``calibration_knots`` order statistics of the rows
-        (evenly spaced ranks), linear in between and with slope 1 beyond the outer knots;
-        it is increasing (ties get a tiny step).
+        Draws ``n_samples`` rows from the flow as it is. For a feature with bin edges
+        ``0 = c_0 < c_1 < ... < c_K = 1`` in ``u = Phi(y)``, ``g`` is, in ``u``, the piecewise
+        linear map sending the flow's quantile ``F^-1(c_k)`` to ``c_k``: each bin
+        ``[c_k, c_k+1]`` gets mass ``c_k+1 - c_k`` (up to Monte Carlo error), and inside a bin
+        the flow's distribution of ``u`` is kept, affinely rescaled. ``g`` is smooth between
+        edges (as smooth as ``Phi``), so the log-density keeps the flow's smoothness.
 
         Parameters
         ----------
@@ -281,7 +276,10 @@ class SharedConditionerFlow(nn.Module):
         generator : torch.Generator or None, default=None
         edges : list of (array-like or None), or None, default=None
             One increasing array of bin edges in ``[0, 1]`` per feature, from 0 to 1; a
-            None entry leaves its feature as it is (``g`` the identity there).
+            None entry leaves its feature as it is (``g`` the identity there). None: for
+            every feature, ``calibration_knots - 2`` equal bins (a standard normal marginal
+            at that resolution). Edges within 10 rows' mass of 0 or 1 are dropped: the rows
+            cannot place them.
         """
         knots = self.config["calibration_knots"]
         if not knots:
@@ -292,28 +290,36 @@ class SharedConditionerFlow(nn.Module):
         if edges is not None and len(edges) != self.features:
             raise ValueError(f"edges must have one array per feature ({self.features}), got "
                              f"{len(edges)}")
+        checked = [None if edges is None or edges[j] is None else self._check_edges(edges[j], j)
+                   for j in range(self.features)]
         self.calibration_from.fill_(math.nan)  # sample the uncalibrated flow
         y = self.sample(n_samples, generator=generator).double().sort(dim=0).values.numpy()
-        ranks = np.linspace(0, n_samples - 1, knots).round().astype(np.int64)
-        levels = (ranks + 0.5) / n_samples
         all_levels = (np.arange(n_samples) + 0.5) / n_samples
-        knots_from = y[ranks]
-        knots_to = np.empty_like(knots_from)
+        knots_from = np.empty((knots, self.features))
+        knots_to = np.empty((knots, self.features))
         for j in range(self.features):
+            c = checked[j]
             if edges is None:
-                knots_to[:, j] = ndtri(levels)
+                c = np.linspace(0.0, 1.0, knots)
+            if c is None:  # left as it is: equal knots are the identity
+                knots_from[:, j] = knots_to[:, j] = ndtri((np.arange(knots) + 0.5) / knots)
                 continue
-            if edges[j] is None:  # this feature is left as it is
-                knots_to[:, j] = knots_from[:, j]
+            inner = c[1:-1]
+            inner = np.unique(inner[np.minimum(inner, 1.0 - inner) * n_samples >= 10])
+            if not len(inner):
+                knots_from[:, j] = knots_to[:, j] = ndtri((np.arange(knots) + 0.5) / knots)
                 continue
-            c = np.asarray(edges[j], dtype=np.float64)
-            if c.ndim != 1 or len(c) < 2 or np.any(np.diff(c) < 0) or c[0] != 0 or c[-1] != 1:
-                raise ValueError(f"edges[{j}] must increase from 0 to 1")
-            # b_k = F(Phi^-1(c_k)): the flow's mass below each edge.
-            b = np.searchsorted(ndtr(y[:, j]), c, side="right") / n_samples
-            b[0], b[-1] = 0.0, 1.0
-            t = np.interp(levels, c, b)
-            knots_to[:, j] = np.interp(t, all_levels, y[:, j])
+            if len(inner) > knots:
+                raise ValueError(f"edges[{j}] has {len(inner)} inner edges; the flow was built "
+                                 f"with calibration_knots={knots}")
+            source = np.interp(inner, all_levels, y[:, j])  # Q(c_k), in y
+            # Spare knots on the first bin's line (u -> u c_1 / F(Q(c_1))): the same map.
+            spare = knots - len(inner)
+            scale = 0.5 ** np.arange(spare, 0, -1)
+            u_from = np.concatenate([ndtr(source[0]) * scale, ndtr(source)])
+            u_to = np.concatenate([inner[0] * scale, inner])
+            knots_from[:, j] = np.concatenate([ndtri(u_from[:spare]), source])
+            knots_to[:, j] = ndtri(u_to)
         # Strictly increasing (ties: float32 samples, near-atoms, empty bins): a ramp of at
         # most ~1e-6 relative, which the float64 buffers keep (see _apply).
         ramp = np.arange(knots, dtype=np.float64)[:, None]
@@ -321,6 +327,13 @@ class SharedConditionerFlow(nn.Module):
             values += 1e-9 * (1.0 + np.abs(values).max(axis=0)) * ramp
         self.calibration_to.copy_(torch.from_numpy(knots_to))
         self.calibration_from.copy_(torch.from_numpy(knots_from))
+
+    @staticmethod
+    def _check_edges(edges: Any, j: int) -> np.ndarray:
+        c = np.asarray(edges, dtype=np.float64)
+        if c.ndim != 1 or len(c) < 2 or np.any(np.diff(c) < 0) or c[0] != 0 or c[-1] != 1:
+            raise ValueError(f"edges[{j}] must increase from 0 to 1")
+        return c
 
     def _apply(self, fn: Any, recurse: bool = True) -> SharedConditionerFlow:
         """As :meth:`nn.Module._apply`, but the calibration knots stay float64.
@@ -338,28 +351,43 @@ class SharedConditionerFlow(nn.Module):
     def _calibration(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         """``g(x)`` (``inverse=False``) or ``g^{-1}(x)``, and ``log |d out / d x|`` per row.
 
-        In float64 whatever the input's dtype: the knots can be closer than float32 resolves.
+        Piecewise linear in ``u = Phi(x)`` between the knots, through ``(0, 0)`` and
+        ``(1, 1)``; the upper side is computed on ``1 - u = Phi(-x)`` so that both tails keep
+        their precision. In float64 whatever the input's dtype.
         """
         dtype = x.dtype
-        x = x.double()
-        src, dst = self.calibration_from.double(), self.calibration_to.double()
+        x = x.double().T.contiguous()  # (D, B)
+        src = self.calibration_from.double().T.contiguous()  # (D, K), in y
+        dst = self.calibration_to.double().T.contiguous()
         if inverse:
             src, dst = dst, src
-        # Per feature: knots of src (K,) -> dst (K,); slope 1 outside [src_0, src_K-1].
-        xt = x.T.contiguous()  # (D, B)
-        src_t, dst_t = src.T.contiguous(), dst.T.contiguous()  # (D, K)
-        idx = torch.searchsorted(src_t, xt)  # (D, B), in [0, K]
-        k = src_t.shape[1]
-        left = (idx - 1).clamp(0, k - 2)
-        x0, x1 = src_t.gather(1, left), src_t.gather(1, left + 1)
-        y0, y1 = dst_t.gather(1, left), dst_t.gather(1, left + 1)
-        slope = (y1 - y0) / (x1 - x0)
-        outside_low, outside_high = idx == 0, idx == k
-        slope = torch.where(outside_low | outside_high, torch.ones_like(slope), slope)
-        anchor_x = torch.where(outside_high, x1, x0)
-        anchor_y = torch.where(outside_high, y1, y0)
-        out = anchor_y + slope * (xt - anchor_x)
-        return out.T.to(dtype), slope.log().sum(dim=0).to(dtype)
+        same = (src == dst).all(dim=1, keepdim=True)  # features left as they are
+        ndtr = _ndtr
+        zero = src.new_zeros(src.shape[0], 1)
+        # Knots in u with (0, 0) and (1, 1) added, and the same on the upper tail 1 - u.
+        u_src = torch.cat((zero, ndtr(src), zero + 1), dim=1)
+        u_dst = torch.cat((zero, ndtr(dst), zero + 1), dim=1)
+        v_src = torch.cat((zero + 1, ndtr(-src), zero), dim=1)
+        v_dst = torch.cat((zero + 1, ndtr(-dst), zero), dim=1)
+        k = torch.searchsorted(src, x).clamp(max=src.shape[1])  # segment k: [knot k-1, knot k]
+        k0, k1 = k, k + 1  # in the padded tables
+        slope = ((u_dst.gather(1, k1) - u_dst.gather(1, k0))
+                 / (u_src.gather(1, k1) - u_src.gather(1, k0)))
+        lower = x <= 0
+        u = ndtr(x)
+        v = ndtr(-x)
+        # Lower half from the segment's left end in u; upper half from its right end in 1 - u.
+        u_out = u_dst.gather(1, k0) + slope * (u - u_src.gather(1, k0))
+        v_out = v_dst.gather(1, k1) + slope * (v - v_src.gather(1, k1))
+        # Each branch sees a harmless 1/2 where it is not taken (finite gradients).
+        half = torch.full_like(u_out, 0.5)
+        u_out = torch.where(lower & ~same, u_out, half).clamp_min(1e-300)
+        v_out = torch.where(lower | same, half, v_out).clamp_min(1e-300)
+        out = torch.where(lower, torch.special.ndtri(u_out), -torch.special.ndtri(v_out))
+        out = torch.where(same, x, out)
+        # d out / dx = phi(x) slope / phi(out)
+        ladj = torch.where(same, 0.0, slope.log() + 0.5 * (out.square() - x.square()))
+        return out.T.to(dtype), ladj.sum(dim=0).to(dtype)
 
     def _split(self, k: int) -> tuple[Tensor, Tensor]:
         """Indices of the features that condition stage ``k`` and of those it transforms."""
@@ -564,6 +592,11 @@ class SharedConditionerFlow(nn.Module):
             n, self.features, generator=generator, dtype=weight.dtype, device=ref.device
         )
         return self.inverse(z)
+
+
+def _ndtr(x: Tensor) -> Tensor:
+    """Phi(x) from erfc: ``torch.special.ndtr`` is 0 below x = -8.3 (it is 1 + erf)."""
+    return 0.5 * torch.special.erfc(x * -_SQRT_HALF)
 
 
 def _check_positive(**values: float) -> None:
