@@ -66,6 +66,7 @@ from .privacy.domain_estimation import (
 from .privacy.histograms import release_histograms
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
+from .raking import CategoryWeights
 from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule, domain_share
 from .training import TrainConfig, standard_normal_logpdf, train_flow
 
@@ -401,7 +402,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         correlation, fitted["copula_info_"] = self._release_copula(
             lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"])
         edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
-        fitted.update(self._train(lo, hi, edges, n_hat,
+        raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
+        fitted.update(self._train(lo, hi, edges, raked, n_hat,
                                   correlation, ledger, noise, fitted["schedule_"],
                                   int(init_seed), int(train_seed)))
         ledger.close()  # fail closed: the recomputed totals must be within the promise
@@ -573,7 +575,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return correlation, info
 
     def _train(self, lo: np.ndarray, hi: np.ndarray, edges: list[np.ndarray | None],
-               n_hat: float,
+               raked: dict[int, np.ndarray], n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
                schedule: Schedule, init_seed: int, train_seed: int) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
@@ -581,7 +583,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
         flow stays at its starting point (the copula) and nothing is spent on training.
         After training, the flow's marginals are calibrated to the released bins ``edges``
-        (post-processing; a None entry leaves its dimension alone).
+        (post-processing; a None entry leaves its dimension alone), and the categories and
+        modes of the ``raked`` dimensions get their released masses through
+        :class:`~skdpflow.raking.CategoryWeights` (post-processing too).
         """
         n_dims = len(edges)
         sample_rate = min(1.0, schedule.batch_size / n_hat)
@@ -589,7 +593,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if steps and self.epochs != AUTO:  # explicit passes over the histograms' n_hat
             steps = max(1, round(self.epochs / sample_rate))
         sigma = ledger.dpsgd_noise(sample_rate, steps) if steps else 0.0
-        flow = None
+        flow, weights = None, None
         if n_dims:
             device = _resolve_device(self.device)
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
@@ -617,6 +621,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 # a mode, a histogram bin) gets its released mass, the flow's shape
                 # inside a bin is kept.
                 flow.calibrate(CALIBRATION_SAMPLES, generator=generator, edges=edges)
+            if steps and raked:
+                with torch.no_grad():
+                    pool = flow.sample(CALIBRATION_SAMPLES, generator=generator).double()
+                weights = CategoryWeights.fit(pool.numpy(), list(raked), list(raked.values()))
         if steps:
             ledger.record(Release(
                 name="DP-SGD (Poisson-subsampled Gaussian)",
@@ -626,7 +634,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 budget_share=1.0 - sum(r.budget_share for r in ledger.releases),
                 details={"max_grad_norm": self.max_grad_norm, "clipping": self.clipping,
                          "sparsity": self.sparsity}))
-        return {"flow_": flow, "noise_multiplier_": sigma, "sample_rate_": sample_rate,
+        return {"flow_": flow, "category_weights_": weights,
+                "noise_multiplier_": sigma, "sample_rate_": sample_rate,
                 "steps_": steps, "n_rows_estimate_": n_hat}
 
     def _set_fitted(self, fitted: dict[str, Any], ledger: PrivacyLedger,
@@ -788,6 +797,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             for size in sizes:
                 yield decode(np.zeros((size, 0)))
             return
+        weights = getattr(self, "category_weights_", None)
+        if weights is not None:
+            yield from self._rejection_blocks(sizes, draw, decode, generator, weights, threads)
+            return
         if threads <= 1 or len(sizes) == 0:
             for size in sizes:
                 with torch.no_grad():
@@ -805,6 +818,47 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 z = torch.cat([f.result() for f in pending])
                 pending = submit(sizes[i + 1]) if i + 1 < len(sizes) else []
                 yield decode(z.double().numpy())
+
+    def _rejection_blocks(self, sizes: list[int], draw: Callable, decode: Callable,
+                          generator: torch.Generator, weights: CategoryWeights,
+                          threads: int) -> Iterator[pd.DataFrame]:
+        """Blocks of ``sizes`` rows of the weighted model: rows of the flow, each kept with
+        probability ``min(w, W) / W`` (exact rejection sampling).
+
+        Candidates and their uniforms are drawn in order from the one seeded generator, and
+        the flow runs on slices of whole row blocks, so the rows depend on the seed and the
+        sizes only, whatever the number of threads.
+        """
+        flow = self.flow_
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+        def candidates(size: int) -> np.ndarray:
+            base = draw(size)
+            uniforms = torch.rand(size, generator=generator, dtype=torch.float64).numpy()
+            if pool is None:
+                with torch.no_grad():
+                    y = flow.inverse(base)
+            else:
+                bounds = _slices(size, threads, FLOW_SLICE)
+                y = torch.cat([f.result() for f in
+                               [pool.submit(_inverse, flow, base[lo:hi]) for lo, hi in bounds]])
+            y = y.double().numpy()
+            return y[weights.keep(y, uniforms)]
+
+        try:
+            with torch_threads(1) if pool is not None else contextlib.nullcontext():
+                kept = np.zeros((0, flow.features))
+                for size in sizes:
+                    while len(kept) < size:
+                        want = size - len(kept)
+                        n = int(min(SAMPLE_CHUNK, want / max(weights.acceptance, 1e-3)
+                                    * 1.1 + 64))
+                        kept = np.concatenate([kept, candidates(n)])
+                    yield decode(kept[:size])
+                    kept = kept[size:]
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     # ---------------------------------------------------------------- score
     @_in_threads
@@ -833,6 +887,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                         torch.as_tensor(z, dtype=torch.float64)).numpy()
             finally:
                 self.flow_.float()
+        weights = getattr(self, "category_weights_", None)
+        if weights is not None:
+            cells = [np.searchsorted(e, lo[:, d], side="right") - 1
+                     for d, e in zip(weights.dims, weights.edges)]
+            cells = [np.clip(c, 0, len(e) - 2) for c, e in zip(cells, weights.edges)]
+            log_flow = log_flow + weights.log_weights_of_cells(cells) - weights.log_norm
         return log_flow - standard_normal_logpdf(z).sum(1) + cell_log_volume(lo, hi) + logjac
 
     def score(self, X: Any, y: Any = None) -> float:
@@ -854,6 +914,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         parameters, its nominal share of the budget and the epsilon it would cost alone.
         ``domain`` says, per column, whether its domain was declared public, estimated under
         DP, or read from the data (not covered). ``noise`` says where the noise came from.
+        ``post_processing`` lists what was fitted to the released outputs after training
+        (the marginal calibration, the category weights): no budget, no row read.
         """
         self._check_fitted()
         derived = list(self.domain_.data_derived)
@@ -870,8 +932,24 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                          f"({self.n_rows_estimate_:.1f})",
             "noise": NOISE_SOURCE if report["private"] else "none (epsilon = inf)",
             "guarantee_covers_everything": report["private"] and not derived,
+            "post_processing": self._post_processing(),
         })
         return report
+
+    def _post_processing(self) -> list[str]:
+        """What was read from the released outputs alone after training (no budget)."""
+        out = []
+        flow = self.flow_
+        if flow is not None and flow.calibrated:
+            moved = int((flow.calibration_from != flow.calibration_to).any(dim=0).sum())
+            out.append(f"marginal calibration of {moved} numerical dimension(s) to their "
+                       "released histograms")
+        weights = getattr(self, "category_weights_", None)
+        if weights is not None:
+            out.append(f"category weights on {len(weights.dims)} dimension(s) (categories, "
+                       f"modes) to their released masses; sampling keeps "
+                       f"{weights.acceptance:.0%} of the flow's rows")
+        return out
 
     # ------------------------------------------------------------ save/load
     def save(self, path: str | Path) -> None:
@@ -967,6 +1045,19 @@ def _precise_release_edges(encoder: TableEncoder, info: dict) -> list[np.ndarray
                          / max(n_hat, 1.0))
             precise = noise_tvd <= CALIBRATION_MAX_NOISE_TVD
             out.append(edges if precise and codec.mode_dim is None else None)
+    return out
+
+
+def _rakeable_dims(encoder: TableEncoder, info: dict) -> dict[int, np.ndarray]:
+    """The discrete dims (categories, modes) whose released masses are precise enough to
+    rake the flow to (``CALIBRATION_MAX_NOISE_TVD``), with their cells' edges."""
+    std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
+    out = {}
+    for j, dim in enumerate(encoder.dims):
+        noise_tvd = (0.5 * (len(dim.edges) - 1) * std * math.sqrt(2 / math.pi)
+                     / max(n_hat, 1.0))
+        if dim.discrete and noise_tvd <= CALIBRATION_MAX_NOISE_TVD:
+            out[j] = dim.edges.copy()
     return out
 
 
@@ -1114,6 +1205,8 @@ def _state(est: DPFlowSynthesizer) -> dict:
             "copula_info_": dict(est.copula_info_),
             "feature_names_in_": list(est.feature_names_in_),
             "schedule_": est.schedule_.to_dict(),
+            "category_weights_": (None if est.category_weights_ is None
+                                  else est.category_weights_.to_dict()),
         },
     }
 
@@ -1165,6 +1258,8 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.ledger_ = PrivacyLedger.from_state_dict(state["ledger"])
     fitted = dict(state["fitted"])
     fitted["schedule_"] = Schedule(**fitted["schedule_"])
+    if fitted["category_weights_"] is not None:
+        fitted["category_weights_"] = CategoryWeights.from_dict(fitted["category_weights_"])
     for key, value in fitted.items():
         setattr(est, key, value)
     est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)

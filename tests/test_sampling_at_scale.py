@@ -93,7 +93,9 @@ def test_fast_decode_equals_the_rdt_reverse(model, scale):
 
 
 def test_sample_gives_the_rows_of_the_old_code_path_with_any_threads(model, monkeypatch):
-    """Same seed, same frame: before the change, and with 1, 2 or 3 sampling threads."""
+    """Same seed, same frame: before the change, and with 1, 2 or 3 sampling threads (the
+    flow alone: the old code had no category weights)."""
+    monkeypatch.setattr(model, "category_weights_", None)
     monkeypatch.setattr(synthesizer_module, "SAMPLE_CHUNK", 2 * 8192)
     n = 3 * 2 * 8192 + 1000  # several blocks and a short one: the pipeline's every branch
     expected = _old_sample(model, n, 7, 2 * 8192)
@@ -103,6 +105,23 @@ def test_sample_gives_the_rows_of_the_old_code_path_with_any_threads(model, monk
                                       check_exact=True)
     model.set_params(n_jobs=1)
     assert not model.sample(n, random_state=8).equals(expected)  # the seed matters
+
+
+def test_weighted_sampling_gives_the_same_rows_with_any_threads(model, monkeypatch):
+    """Rejection sampling of the category weights: same seed, same frame, whatever n_jobs;
+    sample_to writes the rows sample returns."""
+    assert model.category_weights_ is not None
+    monkeypatch.setattr(synthesizer_module, "SAMPLE_CHUNK", 2 * 8192)
+    n = 3 * 2 * 8192 + 1000
+    model.set_params(n_jobs=1)
+    expected = model.sample(n, random_state=7)
+    assert len(expected) == n
+    for n_jobs in (2, 3):
+        model.set_params(n_jobs=n_jobs)
+        pd.testing.assert_frame_equal(model.sample(n, random_state=7), expected,
+                                      check_exact=True)
+    model.set_params(n_jobs=1)
+    assert not model.sample(n, random_state=8).equals(expected)
 
 
 def test_slices_are_whole_flow_blocks():

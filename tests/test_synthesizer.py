@@ -435,3 +435,27 @@ def test_samples_reproduce_the_released_histograms_of_numerical_columns():
     assert gaps["x.value", "calibrated"] < 0.01 and gaps["y.value", "calibrated"] < 0.01
     assert gaps["x.value", "flow"] > gaps["x.value", "calibrated"]
     np.testing.assert_array_equal(z[:, 2], raw.double().numpy()[:, 2])  # c left alone
+
+
+def test_sampled_categories_and_modes_have_their_released_masses(fitted):
+    """The category weights (post-processing): every raked category or mode comes out at its
+    released mass up to Monte Carlo error, in the rows ``sample`` returns."""
+    synth, _ = fitted
+    weights = synth.category_weights_
+    assert weights is not None and synth.steps_ > 0
+    names = [synth.encoder_.dims[d].name for d in weights.dims]
+    assert {"city", "flag"} <= set(names)
+    said = " ".join(synth.privacy_report()["post_processing"])
+    assert f"category weights on {len(weights.dims)} dimension(s)" in said
+    fake = synth.sample(40_000, random_state=3)
+    for name in ("city", "flag"):
+        codec = next(c for c in synth.encoder_.codecs if c.name == name)
+        released = np.diff(codec.mode_dim.edges)
+        levels = [*codec.col.categories] if name == "city" else [False, True]
+        if codec.col.nullable:
+            levels.append(None)
+        share = fake[name].astype(object).where(fake[name].notna(), None).value_counts(
+            normalize=True, dropna=False)
+        share.index = [None if pd.isna(k) else k for k in share.index]
+        sampled = share.reindex(levels[:len(released)], fill_value=0.0).to_numpy()
+        assert 0.5 * np.abs(sampled - released).sum() < 0.015, name

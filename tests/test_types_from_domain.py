@@ -23,7 +23,9 @@ NEIGHBOUR_DOMAIN = {
 }
 # Fitted numbers that are (post-processed) noisy releases: they may differ between
 # neighbours. Everything else in the model file must not.
-NOISY_FITTED = {"n_rows_estimate_", "sample_rate_", "steps_", "copula_info_"}
+# category_weights_: read from the trained flow and the released marginals (post-processing).
+NOISY_FITTED = {"n_rows_estimate_", "sample_rate_", "steps_", "copula_info_",
+                "category_weights_"}
 # The copula summary's entries that are public (the rest post-processes its release).
 PUBLIC_COPULA_INFO = {"dims", "pairs", "row_bound", "clip", "noise_std"}
 
