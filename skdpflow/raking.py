@@ -10,7 +10,7 @@ tilted by one weight per category of each raked dimension:
 
 with ``c_j(x)`` the cell (category) of ``x`` in dimension ``j``. The factors ``a_j`` come
 from iterative proportional fitting (raking) on rows drawn from the flow, so that ``q``'s
-1-way masses are the released ones; ``W`` caps the weights at their 99.9% quantile on
+1-way masses are the released ones; ``W`` caps the weights at their 99% quantile on
 those rows (a few rare combinations would otherwise make sampling slow). Everything is read
 from the trained flow and the released marginals: post-processing, no budget.
 
@@ -31,8 +31,10 @@ __all__ = ["CategoryWeights"]
 # Each factor stays within [1 / MAX_FACTOR, MAX_FACTOR]: a category the flow nearly never
 # draws is not chased by weights that would make sampling stall.
 MAX_FACTOR = 10.0
-# Weights are capped at this quantile of their values on the flow's rows.
-CAP_QUANTILE = 0.999
+# Weights are capped at this quantile of their values on the flow's rows. On
+# default_credit_card (10,000 rows, epsilon 1, 13 weighted dimensions) 0.99 kept 49% of the
+# rows against 33% at 0.999, with the worst 1-way gap 0.006 against 0.005.
+CAP_QUANTILE = 0.99
 # Raking stops when every raked dimension is within this TVD of its released masses.
 TOLERANCE = 1e-4
 MAX_ITERATIONS = 200
