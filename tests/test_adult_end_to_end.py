@@ -31,8 +31,10 @@ def adult_fit():
     holdout = rng.random(len(data)) < 0.3
     train, test = data[~holdout].reset_index(drop=True), data[holdout].reset_index(drop=True)
     # Default schedule: the privacy noise is secret (not seeded), so the thresholds below must
-    # hold for every draw. Over 6 benchmark seeds the AUROC was 0.857 (sd 0.013): 0.80 is
-    # more than 4 sd below.
+    # hold for every draw. On this split (70% of the bundled rows) 12 fits on 2026-12-02 gave
+    # AUROC 0.796-0.863 (mean 0.838, two draws each), and one CI fit 0.775: the spread is the
+    # fit's (the flow alone, without the category weights, gave the same figures). Real rows
+    # give about 0.93 and a constant guess 0.5, so 0.72 still asks for the signal.
     synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-5, random_state=0, verbose=False)
     synth.fit(train, domain=load_demo_domain())
     return synth, train, test
@@ -44,7 +46,7 @@ def test_adult_at_epsilon_one_keeps_marginals_and_signal(adult_fit):
     assert synth.epsilon_ <= 1.0
     assert mean_tvd(train, fake, 1) < 0.05
     assert mean_tvd(train, fake, 2) < 0.12
-    assert _auroc(fake, test) > 0.80  # real rows give about 0.93; a constant guess 0.5
+    assert _auroc(fake, test) > 0.72  # real rows give about 0.93; a constant guess 0.5
 
 
 def test_adult_scores_real_rows_above_shuffled_rows(adult_fit):
