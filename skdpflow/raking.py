@@ -71,18 +71,22 @@ class CategoryWeights:
         targets = [np.diff(e) for e in edges]
         log_factors = [np.zeros(len(t)) for t in targets]
         bound = np.log(MAX_FACTOR)
+        log_w = np.zeros(len(z))  # sum_j log a_j[c_j], kept up to date factor by factor
         for _ in range(MAX_ITERATIONS):
             worst = 0.0
             for j, (c, t) in enumerate(zip(codes, targets)):
-                w = _weights(codes, log_factors)
+                w = np.exp(log_w - log_w.max())
                 share = np.bincount(c, weights=w, minlength=len(t)) / w.sum()
                 worst = max(worst, 0.5 * float(np.abs(share - t).sum()))
                 ok = (share > 0) & (t > 0)
-                log_factors[j][ok] += np.log(t[ok]) - np.log(share[ok])
-                np.clip(log_factors[j], -bound, bound, out=log_factors[j])
+                step = np.zeros(len(t))
+                step[ok] = np.log(t[ok]) - np.log(share[ok])
+                new = np.clip(log_factors[j] + step, -bound, bound)
+                log_w += (new - log_factors[j])[c]
+                log_factors[j] = new
             if worst < TOLERANCE:
                 break
-        log_w = np.log(_weights(codes, log_factors, shift=False))
+        log_w = sum(f[c] for c, f in zip(codes, log_factors))  # afresh: no drift
         log_cap = float(np.quantile(log_w, CAP_QUANTILE))
         log_norm = float(np.log(np.mean(np.exp(np.minimum(log_w, log_cap)))))
         return cls(list(dims), [np.asarray(e, dtype=float) for e in edges], log_factors,
@@ -125,11 +129,3 @@ def _cells(z: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Cell index of each latent value (as the encoder's decode locates it)."""
     u = ndtr(z)
     return np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2)
-
-
-def _weights(codes: list[np.ndarray], log_factors: list[np.ndarray],
-             shift: bool = True) -> np.ndarray:
-    total = np.zeros(len(codes[0]))
-    for c, f in zip(codes, log_factors):
-        total += f[c]
-    return np.exp(total - total.max() if shift else total)

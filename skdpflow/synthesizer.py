@@ -616,15 +616,18 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
                            device=device)
             flow = flow.cpu().eval().requires_grad_(False)
-            if steps and CALIBRATION_KNOTS and any(e is not None for e in edges):
-                # Post-processing of the trained flow: each released bin (a category,
-                # a mode, a histogram bin) gets its released mass, the flow's shape
-                # inside a bin is kept.
-                flow.calibrate(CALIBRATION_SAMPLES, generator=generator, edges=edges)
-            if steps and raked:
+            calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
+            if steps and (calibrate or raked):
+                # Post-processing of the trained flow, on one draw of its rows: the bins of
+                # numerical columns get their released masses (the flow's shape inside a
+                # bin kept), then categories and modes get theirs through weights.
                 with torch.no_grad():
-                    pool = flow.sample(CALIBRATION_SAMPLES, generator=generator).double()
-                weights = CategoryWeights.fit(pool.numpy(), list(raked), list(raked.values()))
+                    pool = flow.sample(CALIBRATION_SAMPLES, generator=generator)
+                if calibrate:
+                    pool = flow.calibrate(edges=edges, rows=pool)
+                if raked:
+                    weights = CategoryWeights.fit(pool.double().numpy(), list(raked),
+                                                  list(raked.values()))
         if steps:
             ledger.record(Release(
                 name="DP-SGD (Poisson-subsampled Gaussian)",

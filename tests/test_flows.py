@@ -394,6 +394,16 @@ def test_calibration_of_a_near_atom_in_float32() -> None:
         assert torch.isfinite(flow.log_prob(after[:2000])).all()
 
 
+def test_calibrate_returns_the_rows_it_read_through_g() -> None:
+    flow = _small(2, calibration_knots=16)
+    _randomize(flow, scale=0.4)
+    rows = flow.sample(5_000, generator=torch.Generator().manual_seed(3))
+    out = flow.calibrate(rows=rows, edges=[[0.0, 0.4, 1.0], None])
+    with torch.no_grad():
+        again = flow.sample(5_000, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out, again.double(), atol=1e-9, rtol=0)
+
+
 def test_calibration_needs_knots() -> None:
     with pytest.raises(ValueError, match="calibration_knots=0"):
         _small(2).calibrate(100)

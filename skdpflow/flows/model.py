@@ -259,7 +259,7 @@ class SharedConditionerFlow(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, n_samples: int = 65_536, generator: torch.Generator | None = None,
-                  edges: list[Any] | None = None) -> None:
+                  edges: list[Any] | None = None, rows: Tensor | None = None) -> Tensor:
         """Set ``g`` so that each feature's bins get the wanted masses (post-processing).
 
         Draws ``n_samples`` rows from the flow as it is. For a feature with bin edges
@@ -280,6 +280,15 @@ class SharedConditionerFlow(nn.Module):
             every feature, ``calibration_knots - 2`` equal bins (a standard normal marginal
             at that resolution). Edges within 10 rows' mass of 0 or 1 are dropped: the rows
             cannot place them.
+        rows : Tensor or None, default=None
+            Rows already drawn from this flow without calibration (shape ``(n, features)``),
+            used instead of drawing ``n_samples`` new ones.
+
+        Returns
+        -------
+        Tensor
+            The rows read, mapped through the new ``g`` (float64): rows of the calibrated
+            flow, for further post-processing.
         """
         knots = self.config["calibration_knots"]
         if not knots:
@@ -293,7 +302,14 @@ class SharedConditionerFlow(nn.Module):
         checked = [None if edges is None or edges[j] is None else self._check_edges(edges[j], j)
                    for j in range(self.features)]
         self.calibration_from.fill_(math.nan)  # sample the uncalibrated flow
-        y = self.sample(n_samples, generator=generator).double().sort(dim=0).values.numpy()
+        if rows is None:
+            rows = self.sample(n_samples, generator=generator)
+        rows = rows.double()
+        n_samples = rows.shape[0]
+        if n_samples < knots:
+            raise ValueError(f"n_samples ({n_samples}) must be at least calibration_knots "
+                             f"({knots})")
+        y = rows.sort(dim=0).values.numpy()
         all_levels = (np.arange(n_samples) + 0.5) / n_samples
         knots_from = np.empty((knots, self.features))
         knots_to = np.empty((knots, self.features))
@@ -327,6 +343,7 @@ class SharedConditionerFlow(nn.Module):
             values += 1e-9 * (1.0 + np.abs(values).max(axis=0)) * ramp
         self.calibration_to.copy_(torch.from_numpy(knots_to))
         self.calibration_from.copy_(torch.from_numpy(knots_from))
+        return self._calibration(rows, inverse=False)[0]
 
     @staticmethod
     def _check_edges(edges: Any, j: int) -> np.ndarray:
