@@ -361,10 +361,6 @@ class TableEncoder:
     def n_dims(self) -> int:
         return len(self.dims)
 
-    def release_edges(self) -> list[np.ndarray]:
-        """Per dim, the released bins' edges in ``u``: cumulative released masses, 0 to 1."""
-        return [d.edges.copy() if d.discrete else d.cdf.copy() for d in self.dims]
-
     def cells(self, typed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cells ``[lo, hi]`` per row and dim, and log du/dx summed over point-valued dims."""
         n = len(typed)
@@ -429,7 +425,7 @@ class TableEncoder:
             name = codec.name
             if codec.col.type in ("categorical", "boolean"):
                 if codec.mode_dim is not None:
-                    codes = _locate(codec.mode_dim.edges, u[j])
+                    codes = locate_cells(codec.mode_dim.edges, u[j])
                     j += 1
                 else:
                     codes = np.zeros(n, dtype=np.int64)
@@ -437,7 +433,7 @@ class TableEncoder:
                 continue
             mode = np.zeros(n, dtype=np.int64)
             if codec.mode_dim is not None:
-                mode = _locate(codec.mode_dim.edges, u[j])
+                mode = locate_cells(codec.mode_dim.edges, u[j])
                 j += 1
             lo, hi = codec.col.numeric_bounds()
             values = np.full(n, (lo + hi) / 2)
@@ -537,7 +533,9 @@ def _interval(dim: _Dim | None, codes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return dim.edges[codes], dim.edges[codes + 1]
 
 
-def _locate(edges: np.ndarray, u: np.ndarray) -> np.ndarray:
+def locate_cells(edges: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Index of the cell ``[edges[k], edges[k + 1])`` holding each ``u`` (clipped to the
+    cells): how a discrete dim's latent value is decoded."""
     return np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2)
 
 
@@ -593,4 +591,5 @@ def cell_log_volume(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(width > 0, np.log(np.maximum(width, 1e-300)), 0.0).sum(1)
 
 
-__all__ += ["dequantize", "cell_log_volume", "histogram_spec", "bin_index", "typed_column"]
+__all__ += ["dequantize", "cell_log_volume", "histogram_spec", "bin_index", "typed_column",
+            "locate_cells"]

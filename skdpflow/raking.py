@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from .encoding import locate_cells
+
 __all__ = ["CategoryWeights"]
 
 # Each factor stays within [1 / MAX_FACTOR, MAX_FACTOR]: a category the flow nearly never
@@ -126,6 +128,5 @@ class CategoryWeights:
 
 
 def _cells(z: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Cell index of each latent value (as the encoder's decode locates it)."""
-    u = ndtr(z)
-    return np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2)
+    """Cell index of each latent value, as the encoder's decode locates it."""
+    return locate_cells(edges, ndtr(z))

@@ -47,6 +47,7 @@ from .encoding import (
     TypeLayer,
     cell_log_volume,
     dequantize,
+    locate_cells,
     typed_column,
 )
 from .flows.model import SharedConditionerFlow
@@ -800,7 +801,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             for size in sizes:
                 yield decode(np.zeros((size, 0)))
             return
-        weights = getattr(self, "category_weights_", None)
+        weights = self.category_weights_
         if weights is not None:
             yield from self._rejection_blocks(sizes, draw, decode, generator, weights, threads)
             return
@@ -812,9 +813,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             return
         with torch_threads(1), ThreadPoolExecutor(threads) as pool:
             def submit(size: int) -> list:
-                z = draw(size)  # in block order, on this thread: the same stream
-                bounds = _slices(size, threads, FLOW_SLICE)
-                return [pool.submit(_inverse, flow, z[lo:hi]) for lo, hi in bounds]
+                # Drawn in block order, on this thread: the same stream.
+                return _submit_inverse(pool, flow, draw(size), threads)
 
             pending = submit(sizes[0])
             for i in range(len(sizes)):
@@ -842,9 +842,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 with torch.no_grad():
                     y = flow.inverse(base)
             else:
-                bounds = _slices(size, threads, FLOW_SLICE)
-                y = torch.cat([f.result() for f in
-                               [pool.submit(_inverse, flow, base[lo:hi]) for lo, hi in bounds]])
+                y = torch.cat([f.result() for f in _submit_inverse(pool, flow, base, threads)])
             y = y.double().numpy()
             return y[weights.keep(y, uniforms)]
 
@@ -890,11 +888,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                         torch.as_tensor(z, dtype=torch.float64)).numpy()
             finally:
                 self.flow_.float()
-        weights = getattr(self, "category_weights_", None)
+        weights = self.category_weights_
         if weights is not None:
-            cells = [np.searchsorted(e, lo[:, d], side="right") - 1
-                     for d, e in zip(weights.dims, weights.edges)]
-            cells = [np.clip(c, 0, len(e) - 2) for c, e in zip(cells, weights.edges)]
+            cells = [locate_cells(e, lo[:, d]) for d, e in zip(weights.dims, weights.edges)]
             log_flow = log_flow + weights.log_weights_of_cells(cells) - weights.log_norm
         return log_flow - standard_normal_logpdf(z).sum(1) + cell_log_volume(lo, hi) + logjac
 
@@ -947,7 +943,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             moved = int((flow.calibration_from != flow.calibration_to).any(dim=0).sum())
             out.append(f"marginal calibration of {moved} numerical dimension(s) to their "
                        "released histograms")
-        weights = getattr(self, "category_weights_", None)
+        weights = self.category_weights_
         if weights is not None:
             out.append(f"category weights on {len(weights.dims)} dimension(s) (categories, "
                        f"modes) to their released masses; sampling keeps "
@@ -1019,49 +1015,49 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
 
 def _calibration_knots(edges: list[np.ndarray | None]) -> int:
-    """Knots of the marginal calibration: one per inner edge of the most binned dimension,
-    and room for the flow's shape (0 when ``CALIBRATION_KNOTS`` is 0)."""
+    """Knots of the marginal calibration: ``CALIBRATION_KNOTS``, or one per inner edge of
+    the most binned dimension when it has more (0 when ``CALIBRATION_KNOTS`` is 0)."""
     if not CALIBRATION_KNOTS:
         return 0
     most = max((len(e) - 2 for e in edges if e is not None), default=0)
     return max(CALIBRATION_KNOTS, most)
 
 
+def _release_is_precise(n_cells: int, info: dict) -> bool:
+    """Whether a dim's released masses are precise enough to post-process the flow to: the
+    expected TVD the noise alone puts on its ``n_cells`` cells, ``0.5 K sigma sqrt(2 / pi) /
+    n_hat``, is at most ``CALIBRATION_MAX_NOISE_TVD``. Public facts only: the noise std,
+    the noisy row count and the number of cells."""
+    std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
+    noise_tvd = 0.5 * n_cells * std * math.sqrt(2 / math.pi) / max(n_hat, 1.0)
+    return noise_tvd <= CALIBRATION_MAX_NOISE_TVD
+
+
 def _precise_release_edges(encoder: TableEncoder, info: dict) -> list[np.ndarray | None]:
     """Per dim, its released bins' edges where the flow is calibrated to them, else None.
 
     Only the value dims of numerical columns without modes (no missing values, no atoms),
-    and only where the release is precise (``CALIBRATION_MAX_NOISE_TVD``). Categories and
+    and only where the release is precise (:func:`_release_is_precise`). Categories and
     modes are left alone: ``score_samples`` reads a discrete cell (and a value dim's whole
     ``[0, 1]`` on a row in a mode) at its midpoint, and calibrated cells there would no
     longer be nearly uniform inside (the score of a 12-cell table summed to 1.16, not 1).
-    Public facts only: the noise std, the noisy row count and the number of bins.
     """
-    std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
     out: list[np.ndarray | None] = []
     for codec in encoder.codecs:
         if codec.mode_dim is not None:
             out.append(None)
         if codec.value_dim is not None:
-            edges = codec.value_dim.cdf.copy()
-            noise_tvd = (0.5 * (len(edges) - 1) * std * math.sqrt(2 / math.pi)
-                         / max(n_hat, 1.0))
-            precise = noise_tvd <= CALIBRATION_MAX_NOISE_TVD
-            out.append(edges if precise and codec.mode_dim is None else None)
+            edges = codec.value_dim.cdf
+            calibrated = codec.mode_dim is None and _release_is_precise(len(edges) - 1, info)
+            out.append(edges.copy() if calibrated else None)
     return out
 
 
 def _rakeable_dims(encoder: TableEncoder, info: dict) -> dict[int, np.ndarray]:
     """The discrete dims (categories, modes) whose released masses are precise enough to
-    rake the flow to (``CALIBRATION_MAX_NOISE_TVD``), with their cells' edges."""
-    std, n_hat = float(info.get("noise_std", 0.0)), float(info["n_rows_estimate"])
-    out = {}
-    for j, dim in enumerate(encoder.dims):
-        noise_tvd = (0.5 * (len(dim.edges) - 1) * std * math.sqrt(2 / math.pi)
-                     / max(n_hat, 1.0))
-        if dim.discrete and noise_tvd <= CALIBRATION_MAX_NOISE_TVD:
-            out[j] = dim.edges.copy()
-    return out
+    rake the flow to (:func:`_release_is_precise`), with their cells' edges."""
+    return {j: dim.edges.copy() for j, dim in enumerate(encoder.dims)
+            if dim.discrete and _release_is_precise(len(dim.edges) - 1, info)}
 
 
 def _check_count(value: Any, name: str) -> None:
@@ -1075,6 +1071,13 @@ def _slices(n: int, parts: int, unit: int) -> list[tuple[int, int]]:
     units = -(-n // unit)
     per = -(-units // parts)
     return [(lo, min(n, lo + per * unit)) for lo in range(0, n, per * unit)]
+
+
+def _submit_inverse(pool: ThreadPoolExecutor, flow: SharedConditionerFlow, z: torch.Tensor,
+                    threads: int) -> list:
+    """The flow's inverse of ``z`` in the pool, one future per slice of whole row blocks."""
+    return [pool.submit(_inverse, flow, z[lo:hi])
+            for lo, hi in _slices(len(z), threads, FLOW_SLICE)]
 
 
 def _inverse(flow: SharedConditionerFlow, z: torch.Tensor) -> torch.Tensor:

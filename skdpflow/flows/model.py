@@ -13,11 +13,11 @@ identity the model is then the Gaussian copula ``N(0, R)``; training learns what
 does not capture. The map holds no parameter, so DP-SGD's per-row clipping never sees it.
 
 After training, :meth:`SharedConditionerFlow.calibrate` can add a fixed, per-feature monotone
-map ``g`` on the data side (piecewise linear between quantile knots): ``x = g(y)`` with ``y``
-the flow's output. ``g`` is read from the flow's own samples, so it is post-processing of
-the trained model, and it makes each feature's marginal standard normal (up to Monte Carlo
-error). The log-density stays exact: ``log p(x) = log p_flow(g^{-1}(x)) + sum_j log
-(g_j^{-1})'(x_j)``.
+map ``g`` on the data side (piecewise linear in ``u = Phi(y)`` between knots): ``x = g(y)``
+with ``y`` the flow's output. ``g`` is read from the flow's own samples, so it is
+post-processing of the trained model, and it gives each feature's bins the wanted masses
+(up to Monte Carlo error). The log-density stays exact: ``log p(x) = log p_flow(g^{-1}(x)) +
+sum_j log (g_j^{-1})'(x_j)``.
 
 References
 ----------
@@ -293,9 +293,6 @@ class SharedConditionerFlow(nn.Module):
         knots = self.config["calibration_knots"]
         if not knots:
             raise ValueError("this flow was built with calibration_knots=0")
-        if n_samples < knots:
-            raise ValueError(f"n_samples ({n_samples}) must be at least calibration_knots "
-                             f"({knots})")
         if edges is not None and len(edges) != self.features:
             raise ValueError(f"edges must have one array per feature ({self.features}), got "
                              f"{len(edges)}")
@@ -379,20 +376,19 @@ class SharedConditionerFlow(nn.Module):
         if inverse:
             src, dst = dst, src
         same = (src == dst).all(dim=1, keepdim=True)  # features left as they are
-        ndtr = _ndtr
         zero = src.new_zeros(src.shape[0], 1)
         # Knots in u with (0, 0) and (1, 1) added, and the same on the upper tail 1 - u.
-        u_src = torch.cat((zero, ndtr(src), zero + 1), dim=1)
-        u_dst = torch.cat((zero, ndtr(dst), zero + 1), dim=1)
-        v_src = torch.cat((zero + 1, ndtr(-src), zero), dim=1)
-        v_dst = torch.cat((zero + 1, ndtr(-dst), zero), dim=1)
+        u_src = torch.cat((zero, _ndtr(src), zero + 1), dim=1)
+        u_dst = torch.cat((zero, _ndtr(dst), zero + 1), dim=1)
+        v_src = torch.cat((zero + 1, _ndtr(-src), zero), dim=1)
+        v_dst = torch.cat((zero + 1, _ndtr(-dst), zero), dim=1)
         k = torch.searchsorted(src, x).clamp(max=src.shape[1])  # segment k: [knot k-1, knot k]
         k0, k1 = k, k + 1  # in the padded tables
         slope = ((u_dst.gather(1, k1) - u_dst.gather(1, k0))
                  / (u_src.gather(1, k1) - u_src.gather(1, k0)))
         lower = x <= 0
-        u = ndtr(x)
-        v = ndtr(-x)
+        u = _ndtr(x)
+        v = _ndtr(-x)
         # Lower half from the segment's left end in u; upper half from its right end in 1 - u.
         u_out = u_dst.gather(1, k0) + slope * (u - u_src.gather(1, k0))
         v_out = v_dst.gather(1, k1) + slope * (v - v_src.gather(1, k1))
