@@ -265,6 +265,9 @@ def main() -> None:
     parser.add_argument("--mst", action="store_true",
                         help="add smartnoise MST runs (finite epsilons), where its "
                              "environment exists")
+    parser.add_argument("--skip-skdpflow", action="store_true",
+                        help="run only the reference methods asked for (--copula, --mst), "
+                             "e.g. MST in a second process beside the skdpflow grid")
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the curves table in docs/benchmarks.md")
     parser.add_argument("--table-only", action="store_true",
@@ -279,7 +282,7 @@ def main() -> None:
     mst = args.mst and not args.table_only and _mst_available()
     jobs = [] if args.table_only else [
         (name, eps, seed, "skdpflow") for name in args.datasets for eps in grid
-        for seed in args.seeds]
+        for seed in args.seeds if eps == COPULA or not args.skip_skdpflow]
     jobs += [(name, eps, seed, "mst") for name in args.datasets for eps in args.epsilons
              for seed in args.seeds if mst and math.isfinite(eps)]
     for name, eps, seed, method in jobs:
