@@ -126,6 +126,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     domain (bounds, categories) is not declared public is estimated under DP with a share
     of epsilon, and even the row count reaches the model only through noisy counts.
 
+    Every ``"auto"`` value below is set by :func:`skdpflow.schedule.auto_schedule` from public
+    facts only: the row count released first under DP (``n_hat``), the number of encoded
+    columns, epsilon and delta; ``schedule_`` holds what it chose. Explicit values
+    override it.
+
     Parameters
     ----------
     epsilon : float, default=1.0
@@ -143,11 +148,6 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     learning_rate : float or "auto", default="auto"
         Adam learning rate at the start; cosine decay to a tenth of it. ``"auto"``:
         ``1e-2``, lowered in proportion when DP-SGD's projected noise is high.
-
-    Every ``"auto"`` value is set by :func:`skdpflow.schedule.auto_schedule` from public
-    facts only: the row count released first under DP (``n_hat``), the number of encoded
-    columns, epsilon and delta; ``schedule_`` holds what it chose. Explicit values
-    override it.
     max_grad_norm : float, default=1.0
         Per-row gradient clipping bound ``C``.
     clipping : {"flat", "per_unit"}, default="flat"
@@ -339,9 +339,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             ) -> DPFlowSynthesizer:
         """Learn a differentially private model of the table ``X``.
 
-        The fit is a short sequence of stages: check the budget and fix its plan, resolve
-        the domain, release the marginals, encode, release the copula correlations, train,
-        close the ledger. Every stage that
+        The fit is a short sequence of stages: check the budget and fix its plan, release
+        the row count, resolve the domain, release the marginals, encode, release the copula
+        correlations, train, post-process (from released outputs only), close the ledger.
+        Every stage that
         reads rows is a mechanism of :mod:`skdpflow.privacy` recorded in one
         :class:`~skdpflow.privacy.ledger.PrivacyLedger`; its noise comes from a
         :class:`~skdpflow.privacy.randomness.SecureNoise` keyed with fresh OS entropy, never
