@@ -41,6 +41,7 @@ from ._validation import (
     validate_params,
 )
 from ._writers import TableWriter, rechunk, require_pyarrow, table_format
+from .distributed import Communicator, rank_seed
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import (
     TableEncoder,
@@ -378,40 +379,107 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             marginals) in ``<other>``; the message names the columns and gives the code to
             declare their categories. ``<other>`` itself is sampled only when its noisy count
             is significant.
+
+        See Also
+        --------
+        skdpflow.distributed.fit_sharded : The same fit on the union of shards held by
+            several processes (``torch.distributed``).
         """
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
-        data = _check_frame(X)
-        declared = self._declared_domain(data, domain)
-        ledger = self._open_ledger(data, declared)
+        return self._fit(X, domain, None)
+
+    @_in_threads
+    def _fit_sharded(self, shard: Any, domain: Any, comm: Communicator) -> DPFlowSynthesizer:
+        """:meth:`fit` on this rank's shard (:func:`skdpflow.distributed.fit_sharded`)."""
+        return self._fit(shard, domain, comm)
+
+    def _fit(self, X: Any, domain: Any, comm: Communicator | None) -> DPFlowSynthesizer:
+        """The stages of :meth:`fit`; ``comm``: a distributed fit, ``X`` this rank's shard.
+
+        Distributed, every release sums the ranks' exact statistics with the noise added
+        once (by rank 0); everything else is the same deterministic code on every rank.
+        """
+        if comm is None:
+            validate_params(type(self).__name__, self.get_params(),
+                            self._parameter_constraints)
+            data = _check_frame(X)
+            declared = self._declared_domain(data, domain)
+            n_rows = len(data)
+        else:
+            data, declared, n_rows = self._check_shards(X, domain, comm)
+        ledger = self._open_ledger(data, declared, n_rows)
         init_seed, train_seed = check_random_state(self.random_state).randint(0, 2**31 - 1, 2)
-        # The privacy noise: secret, fresh for every fit. A non-private run needs none.
-        noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
+        if comm is not None:  # rank 0's: the same initial flow and masks on every rank
+            seeds = comm.broadcast(torch.tensor([init_seed, train_seed]), 0, "the seeds")
+            init_seed, train_seed = (int(v) for v in seeds)
+        # The privacy noise: secret, fresh for every fit (each rank its own; rank 0 alone
+        # adds noise to the releases). A non-private run needs none.
+        noise = SecureNoise() if ledger.private else SeededNoise(
+            int(train_seed) if comm is None else rank_seed(train_seed, comm.rank))
         fitted: dict[str, Any] = {}
-        n_count = self._release_row_count(data, ledger, noise)
+        n_count = self._release_row_count(data, ledger, noise, comm)
         fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise,
                                                             self._domain_share(n_count))
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
-            typed, fitted["domain_"], ledger, noise, fitted["schedule_"])
+            typed, fitted["domain_"], ledger, noise, fitted["schedule_"], comm)
         _warn_other_share(fitted["domain_"], fitted["marginals_"], discovery)
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
         n_hat = fitted["marginals_info_"]["n_rows_estimate"]
         correlation, fitted["copula_info_"] = self._release_copula(
-            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"])
+            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm)
         edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
         raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
         fitted.update(self._train(lo, hi, edges, raked, n_hat,
                                   correlation, ledger, noise, fitted["schedule_"],
-                                  int(init_seed), int(train_seed)))
-        ledger.close()  # fail closed: the recomputed totals must be within the promise
+                                  int(init_seed), int(train_seed), comm))
+        if comm is None:
+            ledger.close()  # fail closed: the recomputed totals must be within the promise
+        else:  # and every rank got here: none failed after the last exchange
+            comm.agree(ledger.close, "closing the ledger")
         self._set_fitted(fitted, ledger, data)
         return self
 
     # ----------------------------------------------------------- fit stages
+    def _check_shards(self, X: Any, domain: Any, comm: Communicator
+                      ) -> tuple[pd.DataFrame, Domain, int]:
+        """Distributed: check every rank's shard, parameters and domain, together.
+
+        Every column must be declared (the DP domain estimation is not distributed); the
+        ranks must agree on the parameters (but ``random_state``, ``n_jobs`` and
+        ``verbose``), the columns and the domain. Returns the shard, the declared domain
+        and the global row count (exact, for the checks that read it; it reaches the model
+        only through the noisy count, as on one process).
+        """
+        def local() -> tuple[pd.DataFrame, Domain]:
+            validate_params(type(self).__name__, self.get_params(),
+                            self._parameter_constraints)
+            shard = _check_frame(X, min_rows=1)
+            declared = as_domain(domain) if domain is not None else Domain()
+            undeclared = [c for c in shard.columns if c not in declared.columns]
+            if undeclared:
+                raise ValueError(
+                    f"A distributed fit needs every column's domain declared; undeclared: "
+                    f"{undeclared}. Declare them in `domain` (`Domain.draft` or `skdpflow "
+                    "domain draft` drafts one to review): the DP estimation of undeclared "
+                    "domains, and privacy='domain_from_data', run on one process only.")
+            return shard, self._declared_domain(shard, declared)
+
+        shard, declared = comm.agree(local, "checking the parameters, domain and shard")
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("random_state", "n_jobs", "verbose")}
+        comm.same_everywhere(
+            repr((sorted(params.items()), list(shard.columns), declared.to_dict())),
+            "the parameters, the columns and the domain")
+        n_rows = int(comm.all_reduce_sum(np.array([len(shard)]), "the number of rows")[0])
+        if n_rows < 2:
+            raise ValueError(f"Found {n_rows} row(s) over all shards while a minimum of 2 "
+                             "is required.")
+        return shard, declared, n_rows
+
     def _declared_domain(self, data: pd.DataFrame, domain: Any) -> Domain:
         declared = as_domain(domain) if domain is not None else Domain()
         extra = [c for c in declared.columns if c not in data.columns]
@@ -434,15 +502,17 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             return self.domain_epsilon_fraction
         return domain_share(n_hat, self.epsilon)
 
-    def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
+    def _open_ledger(self, data: pd.DataFrame, declared: Domain, n_rows: int
+                     ) -> PrivacyLedger:
         """Check the budget and fix the ledger's plan from public facts only.
 
         Public here: epsilon, delta, the shares, the hyperparameters, and which columns
-        are declared (the schema). The row count is not used: the Rényi order is chosen
-        over a public range of table sizes, with the schedule each size would get.
+        are declared (the schema). The row count (``n_rows``, over all shards) is only
+        checked against delta: the Rényi order is chosen over a public range of table
+        sizes, with the schedule each size would get.
         """
         private = math.isfinite(self.epsilon)
-        if private and self.delta >= 1.0 / len(data):
+        if private and self.delta >= 1.0 / n_rows:
             raise ValueError(
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
                 "allows releasing a whole row.")
@@ -478,11 +548,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             "marginals_fraction", "copula_fraction", "histogram_bins")}
 
     def _release_row_count(self, data: pd.DataFrame, ledger: PrivacyLedger,
-                           noise: PrivacyNoise) -> float:
+                           noise: PrivacyNoise, comm: Communicator | None) -> float:
         """The row count, released first (discrete Gaussian), for the schedule."""
         z = ledger.share_noise(COUNT_SHARE)
         counts, release = release_histograms([np.zeros(len(data), dtype=np.int64)], [1], z,
-                                             noise, COUNT_SHARE)
+                                             noise, COUNT_SHARE, comm)
         release.name, release.reads = "row count (discrete Gaussian)", "the number of rows"
         ledger.record(release)
         return max(1.0, float(counts[0][0]))
@@ -547,7 +617,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                                    train_share=plan.train_share * left)
 
     def _release_marginals(self, typed: pd.DataFrame, domain: Domain, ledger: PrivacyLedger,
-                           noise: PrivacyNoise, schedule: Schedule) -> tuple[list, dict]:
+                           noise: PrivacyNoise, schedule: Schedule,
+                           comm: Communicator | None) -> tuple[list, dict]:
         """One noisy release of every 1-way histogram; it also estimates the row count."""
         specs = [histogram_spec(name, domain[name], schedule.histogram_bins)
                  for name in domain.columns]
@@ -558,19 +629,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             indices.append(bin_index(spec, values, is_null, col))
         hist_z = ledger.share_noise(schedule.marginals_share)
         marginals, info, release = release_marginals(specs, indices, hist_z, noise,
-                                                     schedule.marginals_share)
+                                                     schedule.marginals_share, comm)
         ledger.record(release)
         return marginals, info
 
     def _release_copula(self, lo: np.ndarray, hi: np.ndarray, n_hat: float, n_columns: int,
-                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule
-                        ) -> tuple[np.ndarray, dict]:
+                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
+                        comm: Communicator | None) -> tuple[np.ndarray, dict]:
         """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``."""
         if schedule.copula_share <= 0 or n_columns < 2:
             return np.eye(lo.shape[1]), {}
         z_c = ledger.share_noise(schedule.copula_share)
         correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
-                                                         schedule.copula_share)
+                                                         schedule.copula_share, comm)
         if release is not None:
             ledger.record(release)
         return correlation, info
@@ -578,7 +649,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def _train(self, lo: np.ndarray, hi: np.ndarray, edges: list[np.ndarray | None],
                raked: dict[int, np.ndarray], n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
-               schedule: Schedule, init_seed: int, train_seed: int) -> dict[str, Any]:
+               schedule: Schedule, init_seed: int, train_seed: int,
+               comm: Communicator | None) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
@@ -607,7 +679,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             config = TrainConfig(
                 steps, sample_rate, sigma, self.max_grad_norm, schedule.learning_rate,
                 ledger.private, expected_batch_size=sample_rate * n_hat,
-                clipping=self.clipping, sparsity=self.sparsity, verbose=bool(self.verbose),
+                clipping=self.clipping, sparsity=self.sparsity,
+                verbose=bool(self.verbose) and (comm is None or comm.rank == 0),
                 show_loss=self.verbose == "loss",
                 epsilon_after=lambda k: rdp_to_epsilon(
                     prior + Release("", "", 1.0, sigma, sample_rate, k).rdp(ledger.order),
@@ -615,7 +688,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(train_seed)
             if steps:
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
-                           device=device)
+                           device=device, comm=comm)
             flow = flow.cpu().eval().requires_grad_(False)
             calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
             if steps and (calibrate or raked):
