@@ -99,7 +99,8 @@ class Communicator:
             error = exc
         flags = torch.zeros(self.world_size, dtype=torch.float64)
         flags[self.rank] = float(error is not None)
-        failed = [int(r) for r in self._all_reduce(flags, what).nonzero().flatten()]
+        failed = [int(r) for r in
+                  self._all_reduce(flags, f"the outcome of {what}").nonzero().flatten()]
         if error is not None:
             raise error
         if failed:

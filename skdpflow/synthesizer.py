@@ -582,7 +582,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 f"{len(undeclared)} undeclared column(s) {undeclared[:5]}"
                 f"{'...' if len(undeclared) > 5 else ''} are read from the data, and the "
                 "differential-privacy guarantee does not cover them.",
-                DataDerivedDomainWarning, stacklevel=3)
+                DataDerivedDomainWarning, stacklevel=4)
         elif undeclared:
             z_d = ledger.share_noise(share)
             est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
@@ -1173,7 +1173,7 @@ def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) 
                 shares[name] = share
     if shares:
         warnings.warn(other_share_message(shares, threshold or 0.0), OtherShareWarning,
-                      stacklevel=3)
+                      stacklevel=4)
 
 
 def _resolve_device(device: str) -> torch.device:
