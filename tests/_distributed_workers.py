@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from conftest import MIXED_DOMAIN, make_mixed_frame
+from torch import nn
 
 RANKS = 2
 TIMEOUT_S = 30  # the default group's collective timeout in these tests
@@ -139,7 +138,7 @@ def session(rank: int, init_file: str, out: str) -> None:
     """Every case in turn on one 2-rank gloo group; the failure case last (it breaks it)."""
     import torch.distributed as dist
 
-    import skdpflow.synthesizer as synthesizer
+    from skdpflow import synthesizer
     from skdpflow.distributed import Communicator, fit_sharded
 
     torch.set_num_threads(1)
