@@ -196,6 +196,8 @@ def test_cli_shards_are_disjoint_and_cover(tmp_path, suffix, mixed_domain):
         assert (shard["row"] % 3 == rank).all()
     rows = pd.concat(shards)["row"].astype(int)
     assert sorted(rows) == list(range(101))
+    whole = _read_data(path, domain)  # one process: every row, in order
+    assert whole["row"].astype(int).tolist() == list(range(101))
 
 
 def test_cli_under_torchrun(tmp_path, mixed_domain):
