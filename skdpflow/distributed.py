@@ -107,15 +107,24 @@ class Communicator:
             raise DistributedError(f"rank(s) {failed} failed while {what}: see their error.")
         return result  # type: ignore[return-value]
 
-    def same_everywhere(self, text: str, what: str) -> None:
+    def same_everywhere(self, text: str, what: str,
+                        hint: str = "every rank must run the same estimator with the same "
+                                    "domain and columns") -> None:
         """Raise on every rank unless ``text`` is the same on all of them."""
         digest = torch.tensor(list(hashlib.sha256(text.encode()).digest()), dtype=torch.int64)
         reference = self.broadcast(digest, 0, what)
         differs = torch.tensor([float(not torch.equal(reference, digest))],
                                dtype=torch.float64)
         if float(self._all_reduce(differs, what)[0]) > 0:
-            raise DistributedError(f"the ranks do not agree on {what}: every rank must run "
-                                   "the same estimator with the same domain and columns.")
+            raise DistributedError(f"the ranks do not agree on {what}: {hint}.")
+
+    def all_gather_object(self, value: Any, what: str) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        self._call(lambda: dist.all_gather_object(out, value, group=self.group), what)
+        return out
 
     def barrier(self, what: str = "a barrier") -> None:
         self._all_reduce(torch.zeros(1), what)

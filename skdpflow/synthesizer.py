@@ -418,7 +418,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         fitted: dict[str, Any] = {}
         n_count = self._release_row_count(data, ledger, noise, comm)
         fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise,
-                                                            self._domain_share(n_count))
+                                                            self._domain_share(n_count), comm)
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
@@ -448,33 +448,51 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                       ) -> tuple[pd.DataFrame, Domain, int]:
         """Distributed: check every rank's shard, parameters and domain, together.
 
-        Every column must be declared (the DP domain estimation is not distributed); the
-        ranks must agree on the parameters (but ``random_state``, ``n_jobs`` and
-        ``verbose``), the columns and the domain. Returns the shard, the declared domain
-        and the global row count (exact, for the checks that read it; it reaches the model
-        only through the noisy count, as on one process).
+        The ranks must agree on the parameters (but ``random_state``, ``n_jobs`` and
+        ``verbose``), the columns, the domain and the dtypes of undeclared columns (their
+        kinds decide how they are estimated). ``privacy="domain_from_data"`` with
+        undeclared columns is refused. Returns the shard, the declared domain and the
+        global row count (exact, for the checks that read it; it reaches the model only
+        through the noisy count, as on one process).
         """
         def local() -> tuple[pd.DataFrame, Domain]:
             validate_params(type(self).__name__, self.get_params(),
                             self._parameter_constraints)
             shard = _check_frame(X, min_rows=1)
             declared = as_domain(domain) if domain is not None else Domain()
-            undeclared = [c for c in shard.columns if c not in declared.columns]
-            if undeclared:
+            extra = [c for c in declared.columns if c not in shard.columns]
+            if extra:
                 raise ValueError(
-                    f"A distributed fit needs every column's domain declared; undeclared: "
-                    f"{undeclared}. Declare them in `domain` (`Domain.draft` or `skdpflow "
-                    "domain draft` drafts one to review): the DP estimation of undeclared "
-                    "domains, and privacy='domain_from_data', run on one process only.")
-            return shard, self._declared_domain(shard, declared)
+                    f"The domain declares columns that are not in the data: {extra}.")
+            undeclared = [c for c in shard.columns if c not in declared.columns]
+            if undeclared and self.privacy == "domain_from_data":
+                raise ValueError(
+                    f"privacy='domain_from_data' reads the domain of undeclared columns "
+                    f"from the rows, which a distributed fit does not do; undeclared: "
+                    f"{undeclared}. Declare them in `domain`, or use privacy='strict' (DP "
+                    "estimates).")
+            return shard, declared
 
         shard, declared = comm.agree(local, "checking the parameters, domain and shard")
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("random_state", "n_jobs", "verbose")}
+        undeclared = [c for c in shard.columns if c not in declared.columns]
         comm.same_everywhere(
             repr((sorted(params.items()), list(shard.columns), declared.to_dict())),
             "the parameters, the columns and the domain")
-        n_rows = int(comm.all_reduce_sum(np.array([len(shard)]), "the number of rows")[0])
+        comm.same_everywhere(
+            repr([(c, str(shard[c].dtype)) for c in undeclared]),
+            f"the dtypes of the undeclared columns {undeclared}",
+            "they decide how a column is estimated; give them the same dtype on every rank "
+            "(a CSV read in shards infers them from each shard's rows), or declare them")
+        present = comm.all_reduce_sum(
+            np.array([len(shard)] + [int(shard[c].notna().sum()) for c in undeclared],
+                     dtype=np.int64), "the number of rows")
+        empty = [c for c, k in zip(undeclared, present[1:]) if k == 0]
+        if empty:  # an input error for the data holder, on every rank; nothing is released
+            raise InvalidDataError([f"column {c!r} is entirely missing: declare its domain "
+                                    "(with nullable=True) or drop it" for c in empty])
+        n_rows = int(present[0])
         if n_rows < 2:
             raise ValueError(f"Found {n_rows} row(s) over all shards while a minimum of 2 "
                              "is required.")
@@ -558,7 +576,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
-                        noise: PrivacyNoise, share: float) -> tuple[Domain, float | None]:
+                        noise: PrivacyNoise, share: float, comm: Communicator | None = None
+                        ) -> tuple[Domain, float | None]:
         """Declared columns as declared; the others estimated under DP (or read: opt-out).
 
         Also returns category discovery's threshold (None when nothing was discovered).
@@ -585,7 +604,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 DataDerivedDomainWarning, stacklevel=4)
         elif undeclared:
             z_d = ledger.share_noise(share)
-            est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
+            est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise,
+                                  comm=comm)
             if est.unreliable:  # fail closed: never a bound chosen by noise
                 raise DomainEstimateError(unreliable_bounds_message(
                     {c: est.columns[c] for c in est.unreliable}))

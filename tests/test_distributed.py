@@ -81,23 +81,31 @@ def test_noise_enters_once(ranks):
 
 
 # ------------------------------------------------------------------ a whole fit
-def test_fit_matches_single_process_accounting(ranks, monkeypatch):
-    """2 ranks end with the same model; the ledger, the released marginals and the row
-    estimate are those of one process fitting the whole table with the same noise."""
+@pytest.mark.parametrize("case", ["fit", "fit_estimated"])
+def test_fit_matches_single_process_accounting(ranks, monkeypatch, case):
+    """2 ranks end with the same model; the ledger, the domain (declared, or estimated under
+    DP), the released marginals and the row estimate are those of one process fitting the
+    whole table with the same noise."""
     from skdpflow import synthesizer
     from skdpflow.privacy.randomness import SeededNoise
 
     monkeypatch.setattr(synthesizer, "SecureNoise",
                         lambda: SeededNoise(workers.FIT_NOISE_SEED))
-    single = workers.fit_estimator().fit(make_mixed_frame(workers.FIT_ROWS),
-                                         domain=MIXED_DOMAIN)
-    fits = [r["fit"] for r in ranks]
+    if case == "fit":
+        est, domain = workers.fit_estimator(), MIXED_DOMAIN
+    else:
+        est, domain = workers.fit_estimator(workers.ESTIMATED_EPSILON), workers.partial_domain()
+    single = est.fit(make_mixed_frame(workers.FIT_ROWS), domain=domain)
+    assert len(single.domain_.estimated) == (0 if case == "fit" else len(workers.UNDECLARED))
+    fits = [r[case] for r in ranks]
     assert _same_state(fits[0]["flow"], fits[1]["flow"])
     for fit in fits:
+        assert fit["domain"] == single.domain_.to_dict()
+        assert fit["estimated"] == single.domain_.estimated
         assert fit["history"] == single.history_
         assert fit["epsilon"] == pytest.approx(single.epsilon_, rel=1e-12)
         assert fit["delta"] == pytest.approx(single.delta_, rel=1e-12)
-        assert fit["epsilon"] <= 1.0 + 1e-9
+        assert fit["epsilon"] <= est.epsilon + 1e-9
         assert fit["n_rows_estimate"] == single.n_rows_estimate_
         for mine, theirs in zip(fit["marginals"], single.marginals_, strict=True):
             np.testing.assert_allclose(mine, theirs.probs, rtol=1e-12, atol=1e-15)
@@ -156,16 +164,26 @@ def test_sums_and_agreement_on_one_rank(one_rank):
     assert issubclass(DistributedError, RuntimeError)
 
 
-def test_undeclared_columns_refused(one_rank, mixed_frame, mixed_domain):
-    """Fail closed, before anything is released: the error names the undeclared columns."""
+def test_domain_from_data_refused(one_rank, mixed_frame, mixed_domain):
+    """privacy='domain_from_data' would read undeclared domains exactly: refused, naming the
+    columns, before anything is released."""
     from skdpflow.distributed import fit_sharded
 
     del mixed_domain["city"], mixed_domain["when"]
-    for privacy in ("strict", "domain_from_data"):
-        est = workers.fit_estimator().set_params(privacy=privacy)
-        with pytest.raises(ValueError, match=r"undeclared: \['city', 'when'\]"):
-            fit_sharded(est, mixed_frame, domain=mixed_domain)
-        assert not hasattr(est, "ledger_")
+    est = workers.fit_estimator().set_params(privacy="domain_from_data")
+    with pytest.raises(ValueError, match=r"undeclared: \['city', 'when'\]"):
+        fit_sharded(est, mixed_frame, domain=mixed_domain)
+    assert not hasattr(est, "ledger_")
+
+
+def test_entirely_missing_is_checked_over_all_shards(one_rank, mixed_frame, mixed_domain):
+    from skdpflow import InvalidDataError
+    from skdpflow.distributed import fit_sharded
+
+    del mixed_domain["score"]
+    with pytest.raises(InvalidDataError, match="'score' is entirely missing"):
+        fit_sharded(workers.fit_estimator(), mixed_frame.assign(score=np.nan),
+                    domain=mixed_domain)
 
 
 def test_one_rank_fit_and_global_delta_check(one_rank, mixed_frame, mixed_domain):
