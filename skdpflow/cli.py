@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--distributed", action="store_true",
                      help="fit on several processes started by torchrun (implied when "
                           "torchrun's WORLD_SIZE is above 1): each rank reads the rows i with "
-                          "i %% WORLD_SIZE == RANK, every column must be declared in --domain, "
+                          "i %% WORLD_SIZE == RANK, "
                           "rank 0 writes the model (see docs/scale.md)")
     fit.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
                      help="distributed: how long a rank waits for the others at an exchange "

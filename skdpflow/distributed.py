@@ -173,12 +173,12 @@ def fit_sharded(estimator: Any, shard: Any, *, domain: Any, group: Any = None) -
     """Fit ``estimator`` on the union of the shards held by the ranks of a process group.
 
     Every rank calls it, with its own disjoint shard of the rows (each row in exactly one
-    shard), the same estimator parameters and the same declared ``domain``. Every column
-    must be declared: the DP estimation of undeclared domains is not distributed yet, and
-    undeclared columns are refused on every rank. Each release is computed from exact
-    local statistics summed across the ranks, with the noise added once (by rank 0); the
-    accounting is that of one process fitting the whole table. Every rank ends with the
-    same fitted estimator (save it from rank 0).
+    shard), the same estimator parameters and the same declared ``domain``. Undeclared
+    columns are estimated under DP as on one process (their dtypes must be the same on
+    every rank); ``privacy="domain_from_data"`` is refused. Each release is computed from
+    exact local statistics summed across the ranks, with the noise added once (by rank 0);
+    the accounting is that of one process fitting the whole table. Every rank ends with
+    the same fitted estimator (save it from rank 0).
 
     Parameters
     ----------
@@ -186,7 +186,8 @@ def fit_sharded(estimator: Any, shard: Any, *, domain: Any, group: Any = None) -
     shard : pandas DataFrame
         This rank's rows (at least one).
     domain : Domain, dict or path
-        The public domain of every column, identical on every rank.
+        The public domain, identical on every rank (columns it leaves out are estimated
+        under DP).
     group : ProcessGroup or None, default=None
         The ranks that hold the shards; None: the default group.
 
@@ -198,10 +199,10 @@ def fit_sharded(estimator: Any, shard: Any, *, domain: Any, group: Any = None) -
     ------
     DistributedError
         Another rank failed, stopped or did not answer within the process group's
-        ``timeout``; or the ranks disagree on the parameters, domain or columns. No model
-        is fitted.
+        ``timeout``; or the ranks disagree on the parameters, domain, columns or the
+        dtypes of undeclared columns. No model is fitted.
     ValueError
-        Undeclared columns (named), on every rank.
+        ``privacy="domain_from_data"`` with undeclared columns (named), on every rank.
     """
     return estimator._fit_sharded(shard, domain, Communicator(group))
 
