@@ -23,6 +23,9 @@ public domain of the full table (32 bins over the public bounds, declared catego
 second line on the plots, dashed-dotted. Note that the skdpflow line of the tables other
 than Adult estimates its domain under DP, MST's does not.
 
+A fit refused for bounds the noise would choose (``DomainEstimateError``: an estimated
+domain at a small epsilon) is recorded as refused, with no scores; the table says so.
+
 Each finished run is appended to ``<out>/runs.jsonl`` and skipped when the script is rerun,
 so an interrupted grid resumes. The plots show the mean over seeds with a min-max band,
 and the real-data ceiling (the real train rows scored the same way) as a dashed line.
@@ -81,6 +84,7 @@ def run_one(name: str, epsilon: float, seed: int, args: argparse.Namespace) -> d
     import torch
 
     from skdpflow import DPFlowSynthesizer, evaluate, load_demo_domain
+    from skdpflow.privacy.domain_estimation import DomainEstimateError
 
     torch.set_num_threads(int(os.environ.get("SKDPFLOW_THREADS", "2")))
     train, test, target = load(name, args.rows, args.test_rows)
@@ -88,15 +92,19 @@ def run_one(name: str, epsilon: float, seed: int, args: argparse.Namespace) -> d
     synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False,
                               **args.params)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # estimated domains warn about small tables
-        synth.fit(train, domain=domain)
-    fit_s = time.perf_counter() - start
+    row = {"dataset": name, "epsilon": epsilon, "seed": seed, "rows": len(train),
+           "rows_requested": args.rows, "domain": "declared" if domain else "estimated"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # estimated domains warn about small tables
+            synth.fit(train, domain=domain)
+    except DomainEstimateError:
+        # Fail closed: bounds the noise would choose are refused. No rows, no scores.
+        return {**row, "fit_s": round(time.perf_counter() - start, 1), "refused": True,
+                **{m: math.nan for m in METRICS}, **{f"{m}_real": math.nan for m in METRICS}}
+    row["fit_s"] = round(time.perf_counter() - start, 1)
     fake = synth.sample(len(train), random_state=seed)
     scores = evaluate(train, fake, test=test, target=target, domain=domain).to_frame()
-    row = {"dataset": name, "epsilon": epsilon, "seed": seed, "rows": len(train),
-           "rows_requested": args.rows,
-           "fit_s": round(fit_s, 1), "domain": "declared" if domain else "estimated"}
     for metric in METRICS:
         row[metric] = float(scores.loc[metric, "synthetic"])
         row[f"{metric}_real"] = float(scores.loc[metric, "real_data"])
@@ -211,13 +219,18 @@ def table(runs: pd.DataFrame) -> str:
     runs = runs.assign(method=_method(runs))
     for (name, method, eps), group in runs.groupby(["dataset", "method", "epsilon"],
                                                    sort=False):
-        cells = [f"{group[m].mean():.3f}" + (f" ({group[m].std():.3f})" if len(group) > 1
-                                              else "") for m in METRICS]
+        refused = int(group["refused"].fillna(False).sum()) if "refused" in group else 0
+        fitted = group.dropna(subset=list(METRICS))
+        cells = [f"{fitted[m].mean():.3f}" + (f" ({fitted[m].std():.3f})" if len(fitted) > 1
+                                               else "") for m in METRICS]
+        if not len(fitted):
+            cells = ["refused: declare the domain"] + [""] * (len(METRICS) - 1)
         label = ("GaussianCopula (not private)" if eps == COPULA
                  else "inf" if math.isinf(eps) else f"{eps:g}")
         if method == "mst":
             label = f"smartnoise MST {label}"
-        lines.append(f"| {name} | {label} | {len(group)} | "
+        seeds = f"{len(fitted)}" + (f" ({refused} refused)" if refused else "")
+        lines.append(f"| {name} | {label} | {seeds} | "
                      + " | ".join(cells) + " |")
     for name, group in runs.groupby("dataset", sort=False):
         real = [f"{group[f'{m}_real'].mean():.3f}" for m in METRICS]

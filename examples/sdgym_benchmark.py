@@ -1,7 +1,7 @@
 """skdpflow in the SDGym harness, fully offline, beside SDGym's own baselines.
 
 Needs SDGym's environment (SDGym 0.15.1 does not import with SDV 2.0; see
-docs/integrations.md):
+docs/sdgym.md):
 
     python -m venv /work/venvs/sdgym && . /work/venvs/sdgym/bin/activate
     pip install torch==2.13.0 && pip install sdv==1.38.5 rdt==1.22.0 sdgym==0.15.1

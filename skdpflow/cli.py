@@ -10,6 +10,7 @@ done, and then atomically, never over an input, never over a file without ``--fo
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -71,7 +72,9 @@ def _one_line(exc: Exception) -> str:
     """The package's message on one line; an unexpected error says what it is."""
     if isinstance(exc, InvalidDataError):
         return "The data cannot be used: " + "; ".join(exc.problems) + "."
-    if isinstance(exc, (ValueError, TypeError, OSError)):
+    from .distributed import DistributedError
+
+    if isinstance(exc, (ValueError, TypeError, OSError, DistributedError)):
         text = str(exc) or type(exc).__name__
     else:  # a bug, not a user error: name it, point at --debug
         text = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
@@ -88,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error")
     sub = p.add_subparsers(dest="command")
 
-    fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV file", parents=[common])
-    fit.add_argument("data", type=Path, help="CSV file (may be .gz)")
+    fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV or Parquet file",
+                         parents=[common])
+    fit.add_argument("data", type=Path, help="CSV file (may be .gz) or Parquet file")
     fit.add_argument("-o", "--output", type=Path, required=True,
                      help="model file to write (never the input; replaced only with --force)")
     fit.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -99,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
                           "their kind inferred by pandas from the rows (declare them to keep "
                           "the schema public)")
     _add_hyperparameters(fit)
+    fit.add_argument("--distributed", action="store_true",
+                     help="fit on several processes started by torchrun (implied when "
+                          "torchrun's WORLD_SIZE is above 1): each rank reads the rows i with "
+                          "i %% WORLD_SIZE == RANK, "
+                          "rank 0 writes the model (see docs/scale.md)")
+    fit.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
+                     help="distributed: how long a rank waits for the others at an exchange "
+                          "before the fit fails (default: 1800)")
     fit.set_defaults(func=_fit)
 
     sample = sub.add_parser("sample", help="sample rows from a fitted model", parents=[common])
@@ -245,11 +257,13 @@ def _synthesizer(args: argparse.Namespace):
 
 def _fit(args: argparse.Namespace) -> int:
     synth = _synthesizer(args)
+    if args.distributed or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return _fit_distributed(args, synth)
     inputs = [args.data] + ([args.domain] if args.domain is not None else [])
     check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
     check_input_path(args.data, "data file")
     domain = as_domain(args.domain) if args.domain is not None else Domain()
-    data = _read_csv(args.data, domain)
+    data = _read_data(args.data, domain)
     synth.fit(data, domain=domain)
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
@@ -257,7 +271,78 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
+def _fit_distributed(args: argparse.Namespace, synth: Any) -> int:
+    """``fit`` on every rank of a torchrun job: a disjoint share of the rows each, rank 0
+    writes the model and prints (:func:`skdpflow.distributed.fit_sharded`)."""
+    from .distributed import Communicator, fit_sharded, init_from_environment
+
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}.")
+    init_from_environment(args.timeout, synth.device)
+    try:
+        comm = Communicator()
+        if comm.rank != 0:
+            synth.set_params(verbose=False)
+
+        def read() -> tuple[Domain, pd.DataFrame]:
+            if comm.rank == 0:
+                inputs = [args.data] + ([args.domain] if args.domain is not None else [])
+                check_output_path(args.output, inputs=inputs, overwrite=args.force,
+                                  option="-o")
+            check_input_path(args.data, "data file")
+            domain = as_domain(args.domain) if args.domain is not None else Domain()
+            return domain, _read_data(args.data, domain, (comm.rank, comm.world_size))
+
+        domain, shard = comm.agree(read, "reading the data")
+        fit_sharded(synth, shard, domain=domain)
+        comm.agree(lambda: synth.save(args.output) if comm.rank == 0 else None,
+                   "writing the model")
+        if comm.rank == 0:
+            print(_format_report(synth.privacy_report()))
+            print(f"model written to {args.output} (fitted on {comm.world_size} processes)")
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def _read_data(path: Path, domain: Domain, shard: tuple[int, int] | None = None
+               ) -> pd.DataFrame:
+    """A CSV or Parquet file (by its suffix); ``shard=(rank, ranks)``: only its rows ``i``
+    with ``i % ranks == rank``."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path, shard)
+    return _read_csv(path, domain, shard)
+
+
+def _read_parquet(path: Path, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    """A Parquet file's columns as stored (their types are the file's); ``shard``: every
+    ``ranks``-th row from ``rank``, read batch by batch."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        handle = pq.ParquetFile(path)
+        if shard is None:
+            return handle.read().to_pandas()
+        rank, ranks = shard
+        parts, start = [], 0
+        for batch in handle.iter_batches():
+            first = (rank - start) % ranks
+            parts.append(batch.take(pa.array(np.arange(first, batch.num_rows, ranks))))
+            start += batch.num_rows
+        return pa.Table.from_batches(parts, schema=handle.schema_arrow).to_pandas()
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow).") \
+            from None
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path} is not a readable Parquet file ({_first_line(exc)}).") \
+            from None
+
+
+def _read_csv(path: Path, domain: Domain, shard: tuple[int, int] | None = None
+              ) -> pd.DataFrame:
     """Read a CSV file: declared columns by their domain type, never by pandas inference.
 
     Declared columns are read as text (only an empty field is missing) and converted by
@@ -270,14 +355,16 @@ def _read_csv(path: Path, domain: Domain) -> pd.DataFrame:
         Listing every declared column with cells its type cannot read (counted, not quoted).
     """
     _check_header(path)
-    text = _read_text_csv(path)
+    skip = None if shard is None else (
+        lambda i: i > 0 and (i - 1) % shard[1] != shard[0])  # line 0: the header
+    text = _read_text_csv(path, skip)
     undeclared = [c for c in text.columns if c not in domain.columns]
     columns = _parse_declared(text, domain, [c for c in text.columns if c in domain.columns])
     if undeclared:
         print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number or "
               "category) is inferred from the rows; declare them in --domain to keep the "
               "schema public", file=sys.stderr)
-        inferred = pd.read_csv(path, usecols=undeclared)
+        inferred = pd.read_csv(path, usecols=undeclared, skiprows=skip)
         columns.update({name: inferred[name] for name in undeclared})
     return pd.DataFrame({name: columns[name] for name in text.columns})
 
@@ -297,10 +384,11 @@ def _check_header(path: Path) -> None:
         raise InvalidDataError([problem])
 
 
-def _read_text_csv(path: Path) -> pd.DataFrame:
+def _read_text_csv(path: Path, skiprows: Any = None) -> pd.DataFrame:
     """Every cell as text (an empty field is missing), with errors naming the file."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                           skiprows=skiprows)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
 

@@ -23,6 +23,7 @@ the other bins). The encoder still gives it a cell of width ``1e-9``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -129,15 +130,17 @@ def release_marginals(
     noise_multiplier: float,
     noise: PrivacyNoise,
     budget_share: float = 0.0,
+    comm: Any = None,
 ) -> tuple[list[ColumnMarginal], dict, Release]:
     """Release all histograms (:func:`~skdpflow.privacy.histograms.release_histograms`) and
     post-process them into marginals.
 
     Returns the marginals, a summary (histograms, bins, sensitivity, noise std, the noisy
-    row count) and the ledger's record of the release.
+    row count) and the ledger's record of the release. ``comm``: a distributed fit
+    (:class:`~skdpflow.distributed.Communicator`), the counts summed over the shards.
     """
     noisy, release = release_histograms(indices, [spec.size for spec in specs],
-                                        noise_multiplier, noise, budget_share)
+                                        noise_multiplier, noise, budget_share, comm)
     n_hat = estimate_row_count(noisy)
     std = float(release.details["noise_std"])
     out = [ColumnMarginal(spec, _post_process(counts, n_hat, std, spec.other), counts)

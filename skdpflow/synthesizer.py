@@ -41,6 +41,7 @@ from ._validation import (
     validate_params,
 )
 from ._writers import TableWriter, rechunk, require_pyarrow, table_format
+from .distributed import Communicator, rank_seed
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
 from .encoding import (
     TableEncoder,
@@ -126,6 +127,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     domain (bounds, categories) is not declared public is estimated under DP with a share
     of epsilon, and even the row count reaches the model only through noisy counts.
 
+    Every ``"auto"`` value below is set by :func:`skdpflow.schedule.auto_schedule` from public
+    facts only: the row count released first under DP (``n_hat``), the number of encoded
+    columns, epsilon and delta; ``schedule_`` holds what it chose. Explicit values
+    override it.
+
     Parameters
     ----------
     epsilon : float, default=1.0
@@ -143,11 +149,6 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     learning_rate : float or "auto", default="auto"
         Adam learning rate at the start; cosine decay to a tenth of it. ``"auto"``:
         ``1e-2``, lowered in proportion when DP-SGD's projected noise is high.
-
-    Every ``"auto"`` value is set by :func:`skdpflow.schedule.auto_schedule` from public
-    facts only: the row count released first under DP (``n_hat``), the number of encoded
-    columns, epsilon and delta; ``schedule_`` holds what it chose. Explicit values
-    override it.
     max_grad_norm : float, default=1.0
         Per-row gradient clipping bound ``C``.
     clipping : {"flat", "per_unit"}, default="flat"
@@ -339,9 +340,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             ) -> DPFlowSynthesizer:
         """Learn a differentially private model of the table ``X``.
 
-        The fit is a short sequence of stages: check the budget and fix its plan, resolve
-        the domain, release the marginals, encode, release the copula correlations, train,
-        close the ledger. Every stage that
+        The fit is a short sequence of stages: check the budget and fix its plan, release
+        the row count, resolve the domain, release the marginals, encode, release the copula
+        correlations, train, post-process (from released outputs only), close the ledger.
+        Every stage that
         reads rows is a mechanism of :mod:`skdpflow.privacy` recorded in one
         :class:`~skdpflow.privacy.ledger.PrivacyLedger`; its noise comes from a
         :class:`~skdpflow.privacy.randomness.SecureNoise` keyed with fresh OS entropy, never
@@ -378,40 +380,125 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             marginals) in ``<other>``; the message names the columns and gives the code to
             declare their categories. ``<other>`` itself is sampled only when its noisy count
             is significant.
+
+        See Also
+        --------
+        skdpflow.distributed.fit_sharded : The same fit on the union of shards held by
+            several processes (``torch.distributed``).
         """
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
-        data = _check_frame(X)
-        declared = self._declared_domain(data, domain)
-        ledger = self._open_ledger(data, declared)
+        return self._fit(X, domain, None)
+
+    @_in_threads
+    def _fit_sharded(self, shard: Any, domain: Any, comm: Communicator) -> DPFlowSynthesizer:
+        """:meth:`fit` on this rank's shard (:func:`skdpflow.distributed.fit_sharded`)."""
+        return self._fit(shard, domain, comm)
+
+    def _fit(self, X: Any, domain: Any, comm: Communicator | None) -> DPFlowSynthesizer:
+        """The stages of :meth:`fit`; ``comm``: a distributed fit, ``X`` this rank's shard.
+
+        Distributed, every release sums the ranks' exact statistics with the noise added
+        once (by rank 0); everything else is the same deterministic code on every rank.
+        """
+        if comm is None:
+            validate_params(type(self).__name__, self.get_params(),
+                            self._parameter_constraints)
+            data = _check_frame(X)
+            declared = self._declared_domain(data, domain)
+            n_rows = len(data)
+        else:
+            data, declared, n_rows = self._check_shards(X, domain, comm)
+        ledger = self._open_ledger(data, declared, n_rows)
         init_seed, train_seed = check_random_state(self.random_state).randint(0, 2**31 - 1, 2)
-        # The privacy noise: secret, fresh for every fit. A non-private run needs none.
-        noise = SecureNoise() if ledger.private else SeededNoise(int(train_seed))
+        if comm is not None:  # rank 0's: the same initial flow and masks on every rank
+            seeds = comm.broadcast(torch.tensor([init_seed, train_seed]), 0, "the seeds")
+            init_seed, train_seed = (int(v) for v in seeds)
+        # The privacy noise: secret, fresh for every fit (each rank its own; rank 0 alone
+        # adds noise to the releases). A non-private run needs none.
+        noise = SecureNoise() if ledger.private else SeededNoise(
+            int(train_seed) if comm is None else rank_seed(train_seed, comm.rank))
         fitted: dict[str, Any] = {}
-        n_count = self._release_row_count(data, ledger, noise)
+        n_count = self._release_row_count(data, ledger, noise, comm)
         fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise,
-                                                            self._domain_share(n_count))
+                                                            self._domain_share(n_count), comm)
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
         typed = fitted["type_layer_"].transform(data)
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
-            typed, fitted["domain_"], ledger, noise, fitted["schedule_"])
+            typed, fitted["domain_"], ledger, noise, fitted["schedule_"], comm)
         _warn_other_share(fitted["domain_"], fitted["marginals_"], discovery)
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         lo, hi, _ = fitted["encoder_"].cells(typed)
         del typed
         n_hat = fitted["marginals_info_"]["n_rows_estimate"]
         correlation, fitted["copula_info_"] = self._release_copula(
-            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"])
+            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm)
         edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
         raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
         fitted.update(self._train(lo, hi, edges, raked, n_hat,
                                   correlation, ledger, noise, fitted["schedule_"],
-                                  int(init_seed), int(train_seed)))
-        ledger.close()  # fail closed: the recomputed totals must be within the promise
+                                  int(init_seed), int(train_seed), comm))
+        if comm is None:
+            ledger.close()  # fail closed: the recomputed totals must be within the promise
+        else:  # and every rank got here: none failed after the last exchange
+            comm.agree(ledger.close, "closing the ledger")
         self._set_fitted(fitted, ledger, data)
         return self
 
     # ----------------------------------------------------------- fit stages
+    def _check_shards(self, X: Any, domain: Any, comm: Communicator
+                      ) -> tuple[pd.DataFrame, Domain, int]:
+        """Distributed: check every rank's shard, parameters and domain, together.
+
+        The ranks must agree on the parameters (but ``random_state``, ``n_jobs`` and
+        ``verbose``), the columns, the domain and the dtypes of undeclared columns (their
+        kinds decide how they are estimated). ``privacy="domain_from_data"`` with
+        undeclared columns is refused. Returns the shard, the declared domain and the
+        global row count (exact, for the checks that read it; it reaches the model only
+        through the noisy count, as on one process).
+        """
+        def local() -> tuple[pd.DataFrame, Domain]:
+            validate_params(type(self).__name__, self.get_params(),
+                            self._parameter_constraints)
+            shard = _check_frame(X, min_rows=1)
+            declared = as_domain(domain) if domain is not None else Domain()
+            extra = [c for c in declared.columns if c not in shard.columns]
+            if extra:
+                raise ValueError(
+                    f"The domain declares columns that are not in the data: {extra}.")
+            undeclared = [c for c in shard.columns if c not in declared.columns]
+            if undeclared and self.privacy == "domain_from_data":
+                raise ValueError(
+                    f"privacy='domain_from_data' reads the domain of undeclared columns "
+                    f"from the rows, which a distributed fit does not do; undeclared: "
+                    f"{undeclared}. Declare them in `domain`, or use privacy='strict' (DP "
+                    "estimates).")
+            return shard, declared
+
+        shard, declared = comm.agree(local, "checking the parameters, domain and shard")
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("random_state", "n_jobs", "verbose")}
+        undeclared = [c for c in shard.columns if c not in declared.columns]
+        comm.same_everywhere(
+            repr((sorted(params.items()), list(shard.columns), declared.to_dict())),
+            "the parameters, the columns and the domain")
+        comm.same_everywhere(
+            repr([(c, str(shard[c].dtype)) for c in undeclared]),
+            f"the dtypes of the undeclared columns {undeclared}",
+            "they decide how a column is estimated; give them the same dtype on every rank "
+            "(a CSV read in shards infers them from each shard's rows), or declare them")
+        present = comm.all_reduce_sum(
+            np.array([len(shard)] + [int(shard[c].notna().sum()) for c in undeclared],
+                     dtype=np.int64), "the number of rows")
+        empty = [c for c, k in zip(undeclared, present[1:]) if k == 0]
+        if empty:  # an input error for the data holder, on every rank; nothing is released
+            raise InvalidDataError([f"column {c!r} is entirely missing: declare its domain "
+                                    "(with nullable=True) or drop it" for c in empty])
+        n_rows = int(present[0])
+        if n_rows < 2:
+            raise ValueError(f"Found {n_rows} row(s) over all shards while a minimum of 2 "
+                             "is required.")
+        return shard, declared, n_rows
+
     def _declared_domain(self, data: pd.DataFrame, domain: Any) -> Domain:
         declared = as_domain(domain) if domain is not None else Domain()
         extra = [c for c in declared.columns if c not in data.columns]
@@ -434,15 +521,17 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             return self.domain_epsilon_fraction
         return domain_share(n_hat, self.epsilon)
 
-    def _open_ledger(self, data: pd.DataFrame, declared: Domain) -> PrivacyLedger:
+    def _open_ledger(self, data: pd.DataFrame, declared: Domain, n_rows: int
+                     ) -> PrivacyLedger:
         """Check the budget and fix the ledger's plan from public facts only.
 
         Public here: epsilon, delta, the shares, the hyperparameters, and which columns
-        are declared (the schema). The row count is not used: the Rényi order is chosen
-        over a public range of table sizes, with the schedule each size would get.
+        are declared (the schema). The row count (``n_rows``, over all shards) is only
+        checked against delta: the Rényi order is chosen over a public range of table
+        sizes, with the schedule each size would get.
         """
         private = math.isfinite(self.epsilon)
-        if private and self.delta >= 1.0 / len(data):
+        if private and self.delta >= 1.0 / n_rows:
             raise ValueError(
                 f"The 'delta' parameter ({self.delta}) must be below 1 / n_rows: a larger delta "
                 "allows releasing a whole row.")
@@ -478,17 +567,18 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             "marginals_fraction", "copula_fraction", "histogram_bins")}
 
     def _release_row_count(self, data: pd.DataFrame, ledger: PrivacyLedger,
-                           noise: PrivacyNoise) -> float:
+                           noise: PrivacyNoise, comm: Communicator | None) -> float:
         """The row count, released first (discrete Gaussian), for the schedule."""
         z = ledger.share_noise(COUNT_SHARE)
         counts, release = release_histograms([np.zeros(len(data), dtype=np.int64)], [1], z,
-                                             noise, COUNT_SHARE)
+                                             noise, COUNT_SHARE, comm)
         release.name, release.reads = "row count (discrete Gaussian)", "the number of rows"
         ledger.record(release)
         return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
-                        noise: PrivacyNoise, share: float) -> tuple[Domain, float | None]:
+                        noise: PrivacyNoise, share: float, comm: Communicator | None = None
+                        ) -> tuple[Domain, float | None]:
         """Declared columns as declared; the others estimated under DP (or read: opt-out).
 
         Also returns category discovery's threshold (None when nothing was discovered).
@@ -512,10 +602,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 f"{len(undeclared)} undeclared column(s) {undeclared[:5]}"
                 f"{'...' if len(undeclared) > 5 else ''} are read from the data, and the "
                 "differential-privacy guarantee does not cover them.",
-                DataDerivedDomainWarning, stacklevel=3)
+                DataDerivedDomainWarning, stacklevel=4)
         elif undeclared:
             z_d = ledger.share_noise(share)
-            est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise)
+            est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise,
+                                  comm=comm)
             if est.unreliable:  # fail closed: never a bound chosen by noise
                 raise DomainEstimateError(unreliable_bounds_message(
                     {c: est.columns[c] for c in est.unreliable}))
@@ -547,7 +638,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                                    train_share=plan.train_share * left)
 
     def _release_marginals(self, typed: pd.DataFrame, domain: Domain, ledger: PrivacyLedger,
-                           noise: PrivacyNoise, schedule: Schedule) -> tuple[list, dict]:
+                           noise: PrivacyNoise, schedule: Schedule,
+                           comm: Communicator | None) -> tuple[list, dict]:
         """One noisy release of every 1-way histogram; it also estimates the row count."""
         specs = [histogram_spec(name, domain[name], schedule.histogram_bins)
                  for name in domain.columns]
@@ -558,19 +650,19 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             indices.append(bin_index(spec, values, is_null, col))
         hist_z = ledger.share_noise(schedule.marginals_share)
         marginals, info, release = release_marginals(specs, indices, hist_z, noise,
-                                                     schedule.marginals_share)
+                                                     schedule.marginals_share, comm)
         ledger.record(release)
         return marginals, info
 
     def _release_copula(self, lo: np.ndarray, hi: np.ndarray, n_hat: float, n_columns: int,
-                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule
-                        ) -> tuple[np.ndarray, dict]:
+                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
+                        comm: Communicator | None) -> tuple[np.ndarray, dict]:
         """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``."""
         if schedule.copula_share <= 0 or n_columns < 2:
             return np.eye(lo.shape[1]), {}
         z_c = ledger.share_noise(schedule.copula_share)
         correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
-                                                         schedule.copula_share)
+                                                         schedule.copula_share, comm)
         if release is not None:
             ledger.record(release)
         return correlation, info
@@ -578,7 +670,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def _train(self, lo: np.ndarray, hi: np.ndarray, edges: list[np.ndarray | None],
                raked: dict[int, np.ndarray], n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
-               schedule: Schedule, init_seed: int, train_seed: int) -> dict[str, Any]:
+               schedule: Schedule, init_seed: int, train_seed: int,
+               comm: Communicator | None) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
@@ -607,7 +700,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             config = TrainConfig(
                 steps, sample_rate, sigma, self.max_grad_norm, schedule.learning_rate,
                 ledger.private, expected_batch_size=sample_rate * n_hat,
-                clipping=self.clipping, sparsity=self.sparsity, verbose=bool(self.verbose),
+                clipping=self.clipping, sparsity=self.sparsity,
+                verbose=bool(self.verbose) and (comm is None or comm.rank == 0),
                 show_loss=self.verbose == "loss",
                 epsilon_after=lambda k: rdp_to_epsilon(
                     prior + Release("", "", 1.0, sigma, sample_rate, k).rdp(ledger.order),
@@ -615,7 +709,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(train_seed)
             if steps:
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
-                           device=device)
+                           device=device, comm=comm)
             flow = flow.cpu().eval().requires_grad_(False)
             calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
             if steps and (calibrate or raked):
@@ -1100,7 +1194,7 @@ def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) 
                 shares[name] = share
     if shares:
         warnings.warn(other_share_message(shares, threshold or 0.0), OtherShareWarning,
-                      stacklevel=3)
+                      stacklevel=4)
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from .distributed import rank_seed
 from .encoding import dequantize
 from .flows.model import SharedConditionerFlow
 from .privacy.dpsgd import DPSGDStep, poisson_batches
@@ -46,6 +48,7 @@ def train_flow(
     generator: torch.Generator,
     noise: PrivacyNoise,
     device: torch.device,
+    comm: Any = None,
 ) -> None:
     """Train ``flow`` on cells ``[lo, hi]`` (rows x dims) in place.
 
@@ -57,22 +60,40 @@ def train_flow(
     ``noise`` draws what the privacy proof needs (Poisson masks, gradient noise): a
     :class:`~skdpflow.privacy.randomness.SecureNoise` in every private fit. ``generator``
     (seeded by ``random_state``) draws the rest: dequantisation and sparsification masks.
+
+    ``comm`` (:class:`~skdpflow.distributed.Communicator`): a distributed run, where
+    ``lo`` and ``hi`` are this rank's shard. Each rank draws its rows of the global Poisson
+    sample from its own ``noise`` (rows join independently, so the union is the global
+    sample) and the DP step sums the clipped gradients over the ranks (noise added once).
+    ``config.expected_batch_size`` must then be the global ``q n_hat``. ``generator``,
+    seeded alike on every rank, draws only the sparsification masks (the same on every
+    rank); dequantisation draws from a generator of the rank's own, seeded from
+    ``generator``'s seed and the rank. Every rank takes every step, with an empty batch
+    too, so the parameters stay identical.
     """
     n = len(lo)
+    if comm is not None and not config.expected_batch_size:
+        raise ValueError("a distributed run needs the global expected_batch_size.")
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
     hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
     optimizer = Adam(list(flow.parameters()))
     expected = config.expected_batch_size or config.sample_rate * n
-    dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
-                        noise_multiplier=config.noise_multiplier,
-                        expected_batch_size=expected, generator=generator, noise=noise,
-                        clipping=config.clipping, sparsity=config.sparsity) \
-        if config.private else None
+    dp_step = None
+    if config.private:
+        dp_step = DPSGDStep(flow, max_grad_norm=config.max_grad_norm,
+                            noise_multiplier=config.noise_multiplier,
+                            expected_batch_size=expected, generator=generator, noise=noise,
+                            clipping=config.clipping, sparsity=config.sparsity, comm=comm)
+    elif comm is not None:  # not private: the plain sum over the ranks, no clipping
+        dp_step = DPSGDStep(flow, max_grad_norm=math.inf, noise_multiplier=0.0,
+                            expected_batch_size=expected, noise=noise, comm=comm)
+    dequantizer = generator if comm is None else torch.Generator().manual_seed(
+        rank_seed(generator.initial_seed(), comm.rank))
     bar = _progress(config)
     refresh = max(1, config.steps // 50)
     for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, noise)):
         idx = idx.to(device)
-        z = dequantize(lo_t[idx], hi_t[idx], generator)
+        z = dequantize(lo_t[idx], hi_t[idx], dequantizer)
         optimizer.zero_grad()
         if dp_step is None:
             loss = -flow(z).mean() if len(z) else None

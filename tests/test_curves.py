@@ -58,3 +58,19 @@ def test_mst_runs_get_their_own_rows_and_line(curves, tmp_path):
     assert lines[2] == "| toy | 1 | 2 | 0.600 (0.141) | 0.400 (0.000) | 0.600 (0.000) |"
     (path,) = curves.plot(runs, tmp_path)
     assert path.stat().st_size > 10_000
+
+
+def test_refused_fits_are_counted_not_scored(curves, tmp_path):
+    nan = math.nan
+    refused = {"dataset": "toy", "epsilon": 0.1, "rows": 100, "rows_requested": 100,
+               "domain": "estimated", "refused": True,
+               **{m: nan for m in ("auroc_hgb", "auroc_hgb_real", "tvd_2way",
+                                   "tvd_2way_real", "quality", "quality_real")}}
+    runs = pd.concat([_runs(), pd.DataFrame([{**refused, "seed": 0}, {**refused, "seed": 1}])],
+                     ignore_index=True)
+    lines = curves.table(runs).splitlines()
+    assert "| toy | 0.1 | 0 (2 refused) | refused: declare the domain |  |  |" in lines
+    # the other epsilons and the real-data row are unchanged by the refused runs
+    assert "| toy | 1 | 2 | 0.600 (0.141) | 0.400 (0.000) | 0.600 (0.000) |" in lines
+    assert lines[-1] == "| toy | real data | | 0.900 | 0.050 | 0.950 |"
+    assert len(curves.plot(runs, tmp_path)) == 1

@@ -13,9 +13,10 @@ How the blocks are run:
   ``NORMALIZE_WHITESPACE``.
 - A block that cannot run (pseudo-code) is preceded in the markdown, on the line before its
   fence, by ``<!-- not-run: reason -->``; the reason is required.
-- docs/integrations.md is left to tests/test_integrations_docs.py, which runs each of its
-  snippets (they need SDV / SDGym versions that exclude each other) and checks what the page
-  says; here it is only checked that every block of that page is one of those snippets.
+- The integration pages (docs/scikit-learn.md, docs/sdv.md, docs/sdgym.md) are left to
+  tests/test_integrations_docs.py, which runs each of their snippets (they need SDV / SDGym
+  versions that exclude each other) and checks what the pages say; here it is only checked
+  that every block of those pages is one of those snippets.
 
 Speed: the pages fit on the full UCI Adult table (32,561 rows, 6 epochs). The ``fast``
 fixture makes ``skdpflow.load_demo()`` return its first 2,000 rows and makes every
@@ -32,19 +33,15 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _docs import ROOT, nav_pages
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.*?)\s*-->$")
 SNIPPET = re.compile(r"^<!--\s*snippet:\s*\w+\s*-->$")
-COVERED_ELSEWHERE = {"integrations.md"}  # tests/test_integrations_docs.py
+COVERED_ELSEWHERE = {"scikit-learn.md", "sdv.md", "sdgym.md"}  # test_integrations_docs.py
 
 
 def _pages() -> list[Path]:
-    import yaml
-
-    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
-    pages = [ROOT / "docs" / next(iter(entry.values())) for entry in config["nav"]]
-    return [*pages, ROOT / "README.md"]
+    return [*nav_pages(), ROOT / "README.md"]
 
 
 def _blocks(page: Path) -> list[tuple[int, str, str | None, str]]:

@@ -1,4 +1,5 @@
-"""docs/integrations.md: every snippet runs, and does what the page says."""
+"""The integration pages (scikit-learn, SDV, SDGym): every snippet runs, and does what its
+page says."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# Each snippet and the page that holds it.
+PAGES = {"sklearn": "scikit-learn.md", "sdv": "sdv.md", "sdv1": "sdv.md", "sdgym": "sdgym.md"}
 SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\s*```python\n(.*?)```", re.DOTALL)
 
 
+def _page_snippets(page: str) -> dict[str, str]:
+    return dict(SNIPPET.findall((DOCS / page).read_text()))
+
+
 def _snippets() -> dict[str, str]:
-    return dict(SNIPPET.findall(PAGE.read_text()))
+    return {name: code for page in sorted(set(PAGES.values()))
+            for name, code in _page_snippets(page).items()}
 
 
 def _sdv_major() -> int:
@@ -29,12 +37,13 @@ def _run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     namespace: dict = {"__name__": f"snippet_{name}"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exec(compile(_snippets()[name], f"{PAGE.name}:{name}", "exec"), namespace)  # noqa: S102
+        exec(compile(_snippets()[name], f"{PAGES[name]}:{name}", "exec"), namespace)  # noqa: S102
     return namespace
 
 
-def test_the_page_has_the_snippets_this_file_runs():
-    assert set(_snippets()) == {"sklearn", "sdv", "sdv1", "sdgym"}
+def test_each_page_has_the_snippets_this_file_runs():
+    for page in set(PAGES.values()):
+        assert set(_page_snippets(page)) == {n for n, p in PAGES.items() if p == page}, page
 
 
 @pytest.mark.slow  # a DP fit on 25,000 Adult rows, as a data holder would run it
@@ -80,7 +89,7 @@ def _sdgym_importable() -> bool:
 
 @pytest.mark.skipif(not _sdgym_importable(),
                     reason="sdgym does not import here (SDGym 0.15.1 needs SDV 1.x): run in "
-                           "the SDGym environment, see docs/integrations.md")
+                           "the SDGym environment, see docs/sdgym.md")
 @pytest.mark.slow  # about 2 minutes: SDGym fits, samples and scores 3 synthesizers
 def test_sdgym_snippet_runs_the_benchmark_offline(tmp_path, monkeypatch):
     ns = _run("sdgym", tmp_path, monkeypatch)

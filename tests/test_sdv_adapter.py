@@ -1,7 +1,7 @@
 """The SDV adapter: SDV's API (2.x dicts, 1.x DataFrames), domain from metadata, privacy.
 
 Runs against whichever SDV is installed: 2.x in the main environment, 1.38 in the SDGym
-environment (docs/integrations.md); the version-specific I/O is checked in both.
+environment (docs/sdgym.md); the version-specific I/O is checked in both.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ def release_correlation(
     noise: PrivacyNoise,
     n_hat: float,
     budget_share: float = 0.0,
+    comm: Any = None,
 ) -> tuple[np.ndarray, dict[str, Any], Release | None]:
     """Noisy latent correlation matrix, a summary, and the ledger's record of the release.
 
@@ -123,6 +124,10 @@ def release_correlation(
         The noisy row count (already released); divides the sums.
     budget_share : float
         Nominal share of epsilon, for the report.
+    comm : Communicator or None
+        Distributed fit: ``lo`` and ``hi`` are this rank's shard; the sums are added up
+        over the ranks with the noise added once, by rank 0
+        (:func:`skdpflow.distributed.noisy_sum`).
 
     Returns
     -------
@@ -143,7 +148,13 @@ def release_correlation(
     sensitivity = bound / math.sqrt(2.0)
     std = noise_multiplier * sensitivity
     exact = second_moments(lo, hi)
-    noisy = exact + noise.normal(exact.shape, std).numpy()
+    if comm is None:
+        noisy = exact + noise.normal(exact.shape, std).numpy()
+    else:
+        from ..distributed import noisy_sum
+
+        noisy = noisy_sum(exact, lambda s: s + noise.normal(s.shape, std).numpy(), comm,
+                          "copula second moments")
     del exact
     correlation, post = shrunk_correlation(noisy, std, n_hat, d)
     pairs = d * (d - 1) // 2

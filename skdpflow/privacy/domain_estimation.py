@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
+from ..distributed import noisy_sum
 from ..domain import (
     INT64_LIMIT,
     NS_PER_DAY,
@@ -242,6 +243,7 @@ def estimate_domain(
     selection_delta: float,
     noise: PrivacyNoise,
     false_alarm: float = BOUNDS_FALSE_ALARM,
+    comm: Any = None,
 ) -> DomainEstimate:
     """Estimate the domain of ``columns`` of ``data`` with one Gaussian mechanism.
 
@@ -266,6 +268,12 @@ def estimate_domain(
         The caller's secret source (discrete Gaussian noise on every count).
     false_alarm : float
         Chance per column that noise alone widens a bound.
+    comm : Communicator or None
+        A distributed fit (:mod:`skdpflow.distributed`): ``data`` is this rank's shard,
+        with the same dtypes on every rank. Each column's counts are summed over the ranks
+        with the noise added once, by rank 0; a categorical column's counted values are
+        first gathered from every rank (their union is the key set a single process would
+        count: the values that occur).
     """
     kinds = {name: column_kind(data[name]) for name in columns}
     read = [name for name in columns if kinds[name] != "boolean"]
@@ -281,7 +289,7 @@ def estimate_domain(
             info[name] = {"mechanism": "none (boolean dtype)"}
         elif kind == "categorical":
             tau = category_threshold(std, selection_delta, n_categorical)
-            keys = _released_keys(series, std, tau, noise)
+            keys = _released_keys(series, std, tau, noise, comm)
             out[name] = ColumnDomain("categorical", categories=keys + [OTHER],
                                      nullable=True, other=OTHER)
             info[name] = {"mechanism": "thresholded noisy value counts",
@@ -290,7 +298,7 @@ def estimate_domain(
             grid = datetime_grid() if kind == "datetime" else numeric_grid()
             values = _as_float(series)
             lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, noise,
-                                          zero_bucket=kind != "datetime")
+                                          zero_bucket=kind != "datetime", comm=comm)
             if kind == "datetime":  # the dtype's zone is schema: public
                 zone = timezone_name(series.dtype)
                 out[name] = ColumnDomain("datetime", min=_iso(lo, zone), max=_iso(hi, zone),
@@ -325,7 +333,8 @@ def _as_float(series: pd.Series) -> np.ndarray:
 
 
 def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm: float,
-                  noise: PrivacyNoise, zero_bucket: bool) -> tuple[float, float, bool]:
+                  noise: PrivacyNoise, zero_bucket: bool, comm: Any = None
+                  ) -> tuple[float, float, bool]:
     """Bounds from the noisy bucket counts, and whether any count cleared its threshold.
 
     For each window size ``W`` in :data:`GROUP_SIZES`, the noisy counts are summed over
@@ -341,8 +350,9 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     """
     n_buckets = len(grid) - 1
     idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
-    counts = noise.discrete_gaussian(np.bincount(idx, minlength=n_buckets), std
-                                     ).astype(float)
+    counts = noisy_sum(np.bincount(idx, minlength=n_buckets).astype(np.int64),
+                       lambda c: noise.discrete_gaussian(c, std), comm, "bucket counts"
+                       ).astype(float)
     sizes = GROUP_SIZES if std > 0 else (1,)
     n_tests = sum(n_buckets - w + 1 for w in sizes)
     cumsum = np.concatenate([[0.0], np.cumsum(counts)])
@@ -370,7 +380,7 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
 
 
 def _released_keys(series: pd.Series, std: float, tau: float,
-                   noise: PrivacyNoise) -> list[str]:
+                   noise: PrivacyNoise, comm: Any = None) -> list[str]:
     """The canonical strings whose noisy count reaches ``tau``.
 
     Values are counted by :func:`~skdpflow.domain.canonical` string and the strings are
@@ -379,8 +389,14 @@ def _released_keys(series: pd.Series, std: float, tau: float,
     """
     counts = series.dropna().astype(object).map(canonical).value_counts(sort=False)
     keys = sorted(counts.index)
-    noisy = noise.discrete_gaussian(
-        counts.loc[keys].to_numpy(dtype=np.int64) if keys else np.zeros(0, np.int64), std)
+    if comm is not None:  # the values that occur on some rank, in the same order on all
+        keys = sorted(set().union(*comm.all_gather_object(keys, "a column's values")))
+        if not keys:
+            return []
+        counts = counts.reindex(keys, fill_value=0)
+    noisy = noisy_sum(
+        counts.loc[keys].to_numpy(dtype=np.int64) if keys else np.zeros(0, np.int64),
+        lambda c: noise.discrete_gaussian(c, std), comm, "value counts")
     return [k for k, c in zip(keys, noisy) if c >= tau and k != OTHER]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -143,6 +144,14 @@ class DPSGDStep:
         (:mod:`.kernels`) or by torch, chosen once, here, for the parameters' device
         (:func:`.backends.select_backend`). ``"auto"`` takes Triton on CUDA when it is
         installed, torch otherwise; both give the same results to float tolerance.
+    comm : Communicator or None, default=None
+        Distributed DP-SGD (:mod:`skdpflow.distributed`): this rank's batch is its part of
+        the global Poisson batch; the clipped sums of all ranks are summed by one
+        all-reduce of every gradient in one float64 buffer, into which rank 0 alone has
+        added the noise, so the noise enters the global sum once. ``expected_batch_size``
+        is then the global one, ``generator`` must be seeded alike on every rank (same
+        sparsification masks), and every rank must call :meth:`step` at every step, an
+        empty batch included.
 
     Attributes
     ----------
@@ -174,6 +183,7 @@ class DPSGDStep:
         clipping: Clipping = "flat",
         sparsity: float = 0.0,
         backend: str = "auto",
+        comm: Any = None,
     ) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm!r}.")
@@ -201,6 +211,7 @@ class DPSGDStep:
         self.clipping = clipping
         self.sparsity = float(sparsity)
         self.backend = backend
+        self.comm = comm
         self.layers_ = linear_layers(module)
         self._names = {layer: name for name, layer in module.named_modules()}
         self._param_names = {id(p): n for n, p in module.named_parameters()}
@@ -319,8 +330,8 @@ class DPSGDStep:
             coef, norms, fraction = self._flat_coefficients(records, losses)
         else:
             coef, norms, fraction = self._unit_coefficients(records, masks, losses)
-        # Split on purpose: a distributed run would all-reduce the clipped sums here,
-        # between (a) and (b), so that noise is added once to the global sum.
+        # Split on purpose: a distributed run (comm) all-reduces the clipped sums between
+        # (a) and (b), with the noise added once to the global sum.
         summed = self._clipped_sums(records, coef)
         self._noise_and_normalise(summed, masks)
         return {"norms": norms.detach(), "clipped_fraction": fraction,
@@ -437,11 +448,31 @@ class DPSGDStep:
         if masks is not None:
             for layer, unit_keep in zip(self.layers_, masks, strict=True):
                 keep.update(parameter_masks(layer, unit_keep))
+        if self.comm is not None:
+            summed = self._all_reduce_noisy(summed, std)
         for p, grad in summed.items():
-            if std > 0:
+            if std > 0 and self.comm is None:
                 # float64 noise from the secret source, added, then rounded to the dtype.
                 noise = self.noise.normal(tuple(p.shape), std, device=p.device)
                 grad = noise.add_(grad).to(p.dtype)
             if p in keep:
                 grad = torch.where(keep[p], grad, torch.zeros_like(grad))
             p.grad = (grad / self.expected_batch_size).detach().contiguous()
+
+    def _all_reduce_noisy(self, summed: dict[nn.Parameter, Tensor], std: float
+                          ) -> dict[nn.Parameter, Tensor]:
+        """(a') the global clipped sums plus the noise, added once (by rank 0).
+
+        One float64 buffer holds every parameter's sum; rank 0 adds ``N(0, (sigma C)^2)``
+        (float64, from its secret source) to its own before the all-reduce; the global
+        sum is then rounded to each parameter's dtype, as on one process.
+        """
+        flat = torch.cat([g.reshape(-1).to(torch.float64) for g in summed.values()])
+        if std > 0 and self.comm.rank == 0:
+            flat.add_(self.noise.normal((flat.numel(),), std, device=flat.device))
+        flat = self.comm.all_reduce_sum(flat, "the clipped gradient sums")
+        out, start = {}, 0
+        for p, grad in summed.items():
+            out[p] = flat[start:start + grad.numel()].view(grad.shape).to(p.dtype)
+            start += grad.numel()
+        return out

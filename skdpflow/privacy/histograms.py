@@ -10,11 +10,15 @@ the Gaussian mechanism: the ledger records one full-batch release ``(z, 1.0, 1)`
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .ledger import Release
 from .randomness import PrivacyNoise
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 __all__ = ["release_histograms"]
 
@@ -25,6 +29,7 @@ def release_histograms(
     noise_multiplier: float,
     noise: PrivacyNoise,
     budget_share: float = 0.0,
+    comm: Communicator | None = None,
 ) -> tuple[list[np.ndarray], Release]:
     """Noisy counts of every histogram, and the ledger's record of the release.
 
@@ -41,12 +46,26 @@ def release_histograms(
         The caller's secret source.
     budget_share : float
         Nominal share of epsilon, for the report.
+    comm : Communicator or None
+        Distributed fit: ``indices`` are this rank's shard; the counts are summed over the
+        ranks with the noise added once, by rank 0 (:func:`skdpflow.distributed.noisy_sum`).
     """
     m = len(indices)
     sensitivity = math.sqrt(m)
     std = noise_multiplier * sensitivity
-    noisy = [noise.discrete_gaussian(np.bincount(idx, minlength=size), std).astype(float)
-             for idx, size in zip(indices, sizes, strict=True)]
+    counts = [np.bincount(idx, minlength=size) for idx, size in zip(indices, sizes,
+                                                                    strict=True)]
+    if comm is None:
+        noisy = [noise.discrete_gaussian(c, std).astype(float) for c in counts]
+    else:
+        from ..distributed import noisy_sum
+
+        # The same draws as on one process (histogram by histogram), one all-reduce.
+        cuts = np.cumsum(sizes)[:-1]
+        flat = noisy_sum(np.concatenate(counts).astype(np.int64), lambda c: np.concatenate(
+            [noise.discrete_gaussian(part, std) for part in np.split(c, cuts)]), comm,
+            "bin counts")
+        noisy = [part.astype(float) for part in np.split(flat, cuts)]
     release = Release(
         name="1-way histograms (discrete Gaussian)",
         reads=f"bin counts of {m} columns, {int(sum(sizes))} bins",
