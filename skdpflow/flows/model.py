@@ -393,10 +393,25 @@ class SharedConditionerFlow(nn.Module):
         ``(1, 1)``; the upper side is computed on ``1 - u = Phi(-x)`` so that both tails keep
         their precision. In float64 whatever the input's dtype.
         """
+        moved = (self.calibration_from != self.calibration_to).any(dim=0)
+        if not bool(moved.all()):  # only the calibrated features: the others pass as they are
+            idx = moved.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                return x, x.new_zeros(x.shape[0])
+            out, ladj = self._calibrate_features(
+                x.index_select(1, idx), self.calibration_from.index_select(1, idx),
+                self.calibration_to.index_select(1, idx), inverse)
+            return x.index_copy(1, idx, out), ladj
+        return self._calibrate_features(x, self.calibration_from, self.calibration_to, inverse)
+
+    @staticmethod
+    def _calibrate_features(x: Tensor, knots_from: Tensor, knots_to: Tensor, inverse: bool
+                            ) -> tuple[Tensor, Tensor]:
+        """:meth:`_calibration` of the features whose knots ``(K, D)`` are given."""
         dtype = x.dtype
         x = x.double().T.contiguous()  # (D, B)
-        src = self.calibration_from.double().T.contiguous()  # (D, K), in y
-        dst = self.calibration_to.double().T.contiguous()
+        src = knots_from.double().T.contiguous()  # (D, K), in y
+        dst = knots_to.double().T.contiguous()
         if inverse:
             src, dst = dst, src
         same = (src == dst).all(dim=1, keepdim=True)  # features left as they are
