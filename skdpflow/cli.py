@@ -30,12 +30,14 @@ from ._validation import (
     validate_params,
 )
 from .domain import Domain, as_domain
-from .streaming import (  # noqa: F401 - _read_data: tests and torchrun workers read with it
+from .streaming import (  # noqa: F401 - _read_data: tests read with it
+    PARQUET_SUFFIXES,
     _check_header,
     _first_line,
     _parse_declared,
     _read_data,
     _read_text_csv,
+    path_source,
 )
 
 __all__ = ["main"]
@@ -95,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV or Parquet file",
                          parents=[common])
-    fit.add_argument("data", type=Path, help="CSV file (may be .gz) or Parquet file")
+    fit.add_argument("data", type=Path, help="CSV file (may be .gz), Parquet file, or folder of "
+                     "Parquet files; read in chunks (bounded memory)")
     fit.add_argument("-o", "--output", type=Path, required=True,
                      help="model file to write (never the input; replaced only with --force)")
     fit.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -263,10 +266,8 @@ def _fit(args: argparse.Namespace) -> int:
         return _fit_distributed(args, synth)
     inputs = [args.data] + ([args.domain] if args.domain is not None else [])
     check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
-    check_input_path(args.data, "data file")
     domain = as_domain(args.domain) if args.domain is not None else Domain()
-    data = _read_data(args.data, domain)
-    synth.fit(data, domain=domain)
+    synth.fit(_data_source(args.data, domain), domain=domain)  # read in chunks
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
     print(f"model written to {args.output}")
@@ -291,9 +292,9 @@ def _fit_distributed(args: argparse.Namespace, synth: Any) -> int:
                 inputs = [args.data] + ([args.domain] if args.domain is not None else [])
                 check_output_path(args.output, inputs=inputs, overwrite=args.force,
                                   option="-o")
-            check_input_path(args.data, "data file")
             domain = as_domain(args.domain) if args.domain is not None else Domain()
-            return domain, _read_data(args.data, domain, (comm.rank, comm.world_size))
+            return domain, _data_source(args.data, domain, (comm.rank, comm.world_size),
+                                        warn=comm.rank == 0)
 
         domain, shard = comm.agree(read, "reading the data")
         fit_sharded(synth, shard, domain=domain)
@@ -307,6 +308,24 @@ def _fit_distributed(args: argparse.Namespace, synth: Any) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def _data_source(path: Path, domain: Domain, shard: tuple[int, int] | None = None,
+                 warn: bool = True) -> Any:
+    """The data file (CSV, Parquet file or folder of Parquet files) as a source read in
+    chunks; warns on stderr when a CSV file has undeclared columns (their kind is inferred
+    from the rows)."""
+    if not path.is_dir():
+        check_input_path(path, "data file")
+    source = path_source(path, domain, shard)
+    if warn and not path.is_dir() and path.suffix.lower() not in PARQUET_SUFFIXES:
+        header = pd.read_csv(path, nrows=0).columns
+        undeclared = [c for c in header if c not in domain.columns]
+        if undeclared:
+            print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number "
+                  "or category) is inferred from the rows; declare them in --domain to keep "
+                  "the schema public", file=sys.stderr)
+    return source
 
 
 def _domain_draft(args: argparse.Namespace) -> int:

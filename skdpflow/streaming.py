@@ -199,6 +199,8 @@ def as_source(X: Any, domain: Any, shard: tuple[int, int] | None = None
     ``pd.read_csv(..., chunksize=...)`` reader) is refused: the fit reads the table several
     times.
     """
+    if isinstance(X, TableSource):
+        return X
     if isinstance(X, (str, os.PathLike)):
         from .domain import as_domain
 
