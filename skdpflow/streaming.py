@@ -43,6 +43,8 @@ READABLE = {"numerical": "numbers", "datetime": "datetimes",
 # The file-backed pages of the cells a process may keep mapped (counted in its resident
 # memory) before they are handed back to the page cache.
 RESIDENT_PAGES = 16_384  # 64 MiB of 4 KiB pages
+# Pages a read fault may map at once (Linux's fault-around, 64 KiB by default).
+FAULT_AROUND = 16
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 ONE_SHOT = ("{what} is a one-shot iterator, but the fit reads the table several times (one "
@@ -248,7 +250,9 @@ def _parquet_chunks(path: Path, shard: tuple[int, int] | None) -> Iterator[pd.Da
         raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow).") \
             from None
     try:
-        batches = ds.dataset(path, format="parquet").to_batches(batch_size=CHUNK_ROWS)
+        # One batch read ahead, one thread: arrow's defaults keep 16 batches in memory.
+        batches = ds.dataset(path, format="parquet").to_batches(
+            batch_size=CHUNK_ROWS, batch_readahead=1, fragment_readahead=1, use_threads=False)
         start = 0
         for batch in batches:
             if shard is not None:
@@ -353,7 +357,9 @@ class DiskCells:
         if self.array is None:
             return (np.zeros((len(idx), self.n_dims), np.float32),) * 2
         block = self.array[idx]  # sorted: one sweep through the file
-        self._touch(2 * len(idx))
+        # Each row read may map up to FAULT_AROUND pages (the kernel maps the cached pages
+        # around a fault, 64 KiB by default).
+        self._touch(FAULT_AROUND * len(idx))
         return np.ascontiguousarray(block[:, 0]), np.ascontiguousarray(block[:, 1])
 
     def _touch(self, pages: int) -> None:
