@@ -8,8 +8,8 @@ Usage (from the repository root)::
 For each size N, writes N rows of Adult's shape to a Parquet file in chunks of 100,000
 (the bundled demo rows resampled, their integer columns jittered within the public domain:
 never N rows in memory), then fits ``DPFlowSynthesizer(epsilon=1, epochs=1)`` on the path
-(delta ``min(1e-5, 0.1 / N)``) with the declared domain (``load_demo_domain()``) in a process of its own, niced, with one
-torch thread. That process samples its memory every 0.1 s from ``/proc/self/status``
+(delta ``min(1e-5, 0.1 / N)``) with the declared domain (``load_demo_domain()``) in a
+process of its own, niced, with one torch thread. That process samples its memory every 0.1 s from ``/proc/self/status``
 (``VmRSS``, its anonymous and file-backed parts, and the kernel's high-water mark
 ``VmHWM``) and reports the peak of each, the resident memory before the fit (imports), the
 fit's time, the time of the passes over the data (everything before DP-SGD), and the time

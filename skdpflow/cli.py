@@ -267,7 +267,11 @@ def _fit(args: argparse.Namespace) -> int:
     inputs = [args.data] + ([args.domain] if args.domain is not None else [])
     check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
     domain = as_domain(args.domain) if args.domain is not None else Domain()
-    synth.fit(_data_source(args.data, domain), domain=domain)  # read in chunks
+    if synth.privacy == "domain_from_data":  # the opt-out reads the whole table in memory
+        data = _read_data(check_input_path(args.data, "data file"), domain)
+    else:
+        data = _data_source(args.data, domain)  # read in chunks
+    synth.fit(data, domain=domain)
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
     print(f"model written to {args.output}")

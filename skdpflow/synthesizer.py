@@ -353,8 +353,14 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : pandas DataFrame (or 2-D array, read as numerical columns ``x0, x1, ...``)
-            The private table, one row per individual. It is not modified.
+        X : pandas DataFrame (a 2-D array: numerical columns ``x0, x1, ...``), path or callable
+            The private table, one row per individual. It is not modified. A table larger
+            than memory: a path to a CSV file, a Parquet file or a folder of Parquet files,
+            or a zero-argument callable returning a fresh iterable of DataFrame chunks (a
+            list of DataFrames works too). The fit reads it once per stage (a one-shot
+            iterator is refused), sums each release's exact statistic over the chunks
+            with the noise added once, and keeps the encoded cells in a temporary file
+            on disk, removed after the fit (docs/scale.md).
         y : ignored
         domain : Domain, dict, path to a JSON/YAML file, SDV Metadata, or None
             Public facts per column (bounds, integer-ness, categories, nullability, an
@@ -561,8 +567,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 f"{undeclared}. Declare them in `domain`, or use privacy='strict' (DP "
                 "estimates).")
         if n_rows < 2:
-            raise ValueError(f"Found {n_rows} row(s) in {source.name} while a minimum of 2 is "
-                             "required.")
+            raise ValueError(f"Found {n_rows} sample(s) in {source.name} while a minimum of 2 "
+                             "is required.")
         return schema, declared, n_rows
 
     def _encode_chunks(self, source: TableSource, n_local: int, type_layer: TypeLayer,

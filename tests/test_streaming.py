@@ -249,7 +249,7 @@ def test_bad_sources_give_clear_errors(tmp_path):
     with pytest.raises(TypeError, match="one-shot iterator"):
         est.fit(_chunks(frame)(), domain=MIXED_DOMAIN)
     with pytest.raises(ValueError, match="holds no rows"):
-        est.fit(lambda: [], domain=MIXED_DOMAIN)
+        est.fit(list, domain=MIXED_DOMAIN)
     with pytest.raises(ValueError, match="holds no rows"):
         est.fit(lambda: [frame.iloc[:0]], domain=MIXED_DOMAIN)
     renamed = frame.iloc[30:].rename(columns={"age": "AGE"})
