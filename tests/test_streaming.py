@@ -304,3 +304,25 @@ def test_parquet_dataset_folder_and_cli(seeded, tmp_path, capsys):
     assert main(["fit", str(folder), "--domain", str(domain_file), "--epochs", "1",
                  "--quiet", "-o", str(model)]) == 0
     assert DPFlowSynthesizer.load(model).history_ == reference.history_
+
+
+def test_sharded_fit_from_a_path(seeded, tmp_path):
+    """``fit_sharded`` on a path, in a group of one process: the rows ``i % 1 == 0`` read in
+    chunks, the releases of the in-memory fit."""
+    import torch.distributed as dist
+
+    from skdpflow.distributed import fit_sharded
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    frame = make_mixed_frame(ROWS)
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path, row_group_size=CHUNK)
+    reference = _estimator().fit(frame, domain=MIXED_DOMAIN)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        streamed = fit_sharded(_estimator(), path, domain=MIXED_DOMAIN)
+    finally:
+        dist.destroy_process_group()
+    _assert_same_releases(streamed, reference)
