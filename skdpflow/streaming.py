@@ -43,8 +43,6 @@ READABLE = {"numerical": "numbers", "datetime": "datetimes",
 # The file-backed pages of the cells a process may keep mapped (counted in its resident
 # memory) before they are handed back to the page cache.
 RESIDENT_PAGES = 16_384  # 64 MiB of 4 KiB pages
-# Pages a read fault may map at once (Linux's fault-around, 64 KiB by default).
-FAULT_AROUND = 16
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 ONE_SHOT = ("{what} is a one-shot iterator, but the fit reads the table several times (one "
@@ -304,10 +302,11 @@ class DiskCells:
     The file (``rows x 2 x dims`` float32, an ``.npy``) lies in a folder of its own made by
     :func:`tempfile.mkdtemp` (mode 0700, under ``TMPDIR``); :meth:`close` removes it (use
     it as a context manager). Rows are appended in order, chunk by chunk, and gathered by
-    sorted row index. The file's pages a process has touched count in its resident memory
-    until handed back: every ``RESIDENT_PAGES`` pages touched, they are (``madvise``
-    ``MADV_DONTNEED``: the data stay in the file and the page cache), so the resident memory
-    stays bounded whatever the number of rows.
+    sorted row index. The mapped pages a process has written count in its resident memory
+    until handed back: every ``RESIDENT_PAGES`` pages written, they are (``madvise``
+    ``MADV_DONTNEED``: the data stay in the file and the page cache); rows are gathered
+    with reads of the file, which map nothing. So the resident memory stays bounded
+    whatever the number of rows.
 
     Parameters
     ----------
@@ -319,14 +318,17 @@ class DiskCells:
     def __init__(self, n_rows: int, n_dims: int, directory: str | None = None) -> None:
         self.folder = tempfile.mkdtemp(prefix="skdpflow-cells-", dir=directory)
         self.n_rows, self.n_dims, self.filled = int(n_rows), int(n_dims), 0
-        self._row_bytes = 8 * self.n_dims
+        self._row_bytes = 8 * self.n_dims  # lo and hi, float32
         self._touched = 0
+        self._path = os.path.join(self.folder, "cells.npy")
+        self._fd: int | None = None
         self.array: np.memmap | None = None
         try:
             if self.n_rows and self.n_dims:
                 self.array = np.lib.format.open_memmap(
-                    os.path.join(self.folder, "cells.npy"), mode="w+", dtype=np.float32,
+                    self._path, mode="w+", dtype=np.float32,
                     shape=(self.n_rows, 2, self.n_dims))
+                self._header = int(self.array.offset)
         except BaseException:
             self.close()
             raise
@@ -353,13 +355,27 @@ class DiskCells:
         self.filled += k
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The cells of rows ``idx`` (sorted int64), as two contiguous float32 arrays."""
-        if self.array is None:
-            return (np.zeros((len(idx), self.n_dims), np.float32),) * 2
-        block = self.array[idx]  # sorted: one sweep through the file
-        # Each row read may map up to FAULT_AROUND pages (the kernel maps the cached pages
-        # around a fault, 64 KiB by default).
-        self._touch(FAULT_AROUND * len(idx))
+        """The cells of rows ``idx`` (sorted int64), as two contiguous float32 arrays.
+
+        Read from the file (``os.preadv``, one call per run of consecutive rows, in file
+        order), not through the mapping: a read fault on a mapped file maps the whole
+        page-cache folio around it (up to megabytes on recent kernels), so a batch of
+        rows spread over the file would map most of it into the process.
+        """
+        block = np.empty((len(idx), 2, self.n_dims), dtype=np.float32)
+        if self.array is not None and len(idx):
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            starts = np.flatnonzero(np.diff(idx, prepend=idx[0] - 2) != 1)
+            ends = np.append(starts[1:], len(idx))
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                view = memoryview(block[a:b]).cast("B")
+                offset, done = self._header + int(idx[a]) * self._row_bytes, 0
+                while done < len(view):
+                    got = os.preadv(self._fd, [view[done:]], offset + done)
+                    if got <= 0:
+                        raise OSError(f"could not read the cells file {self._path}.")
+                    done += got
         return np.ascontiguousarray(block[:, 0]), np.ascontiguousarray(block[:, 1])
 
     def _touch(self, pages: int) -> None:
@@ -377,6 +393,9 @@ class DiskCells:
 
     def close(self) -> None:
         """Unmap and remove the file and its folder (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.array = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
