@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -90,10 +90,10 @@ class TableSource:
             if self.columns is None:
                 self.columns = names
             elif names != self.columns:
-                raise InvalidDataError([
+                raise InvalidDataError([(
                     f"{self.name}: chunk {k} has the columns {_names(names)} but the first "
                     f"chunk had {_names(self.columns)}: every chunk needs the same columns "
-                    "in the same order"])
+                    "in the same order")])
             if len(chunk) == 0:
                 continue
             total += len(chunk)
@@ -101,9 +101,9 @@ class TableSource:
                 chunk = _cast(chunk, self.dtypes, f"{self.name}: chunk {k}")
             yield chunk
         if expect_rows is not None and total != expect_rows:
-            raise InvalidDataError([
+            raise InvalidDataError([(
                 f"{self.name} gave a different number of rows than in its first pass: the "
-                "source must give the same rows each time it is read"])
+                "source must give the same rows each time it is read")])
 
     def scan(self, declared: Iterable[str], check: Callable[[pd.DataFrame], Any]
              ) -> tuple[pd.DataFrame, int, np.ndarray]:
@@ -184,8 +184,9 @@ def _cast(chunk: pd.DataFrame, dtypes: dict[str, Any], where: str) -> pd.DataFra
     if not changed:
         return chunk
     if any(_common_dtype([chunk[n].dtype, d]) != d for n, d in changed.items()):
-        raise InvalidDataError([f"{where}: the dtypes of {sorted(changed)} changed since the "
-                                "first pass: the source must give the same chunks each time"])
+        raise InvalidDataError([(f"{where}: the dtypes of {sorted(changed)} changed since "
+                                 "the first pass: the source must give the same chunks "
+                                 "each time")])
     return chunk.astype(changed)
 
 
@@ -336,7 +337,7 @@ class DiskCells:
     def __len__(self) -> int:
         return self.n_rows
 
-    def __enter__(self) -> DiskCells:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
