@@ -29,17 +29,21 @@ from ._validation import (
     parameter_summaries,
     validate_params,
 )
-from .domain import ColumnDomain, Domain, as_domain
+from .domain import Domain, as_domain
+from .streaming import (  # noqa: F401 - _read_data: tests read with it
+    PARQUET_SUFFIXES,
+    _check_header,
+    _first_line,
+    _parse_declared,
+    _read_data,
+    _read_text_csv,
+    path_source,
+)
 
 __all__ = ["main"]
 
-# Text a declared boolean column may hold (case-insensitive); anything else is an error.
-BOOLEAN_TEXT = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 # A value that starts with an ISO date: `domain draft` reads such text columns as datetimes.
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]|$)")
-# What a declared column's cells must be, by type (for error messages).
-READABLE = {"numerical": "numbers", "datetime": "datetimes",
-            "boolean": "booleans (true/false, yes/no or 1/0)"}
 
 
 # Exit statuses: a command-line argument that cannot be used; bad data or files; Ctrl-C.
@@ -93,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a DP synthesizer on a CSV or Parquet file",
                          parents=[common])
-    fit.add_argument("data", type=Path, help="CSV file (may be .gz) or Parquet file")
+    fit.add_argument("data", type=Path, help="CSV file (may be .gz), Parquet file, or folder of "
+                     "Parquet files; read in chunks (bounded memory)")
     fit.add_argument("-o", "--output", type=Path, required=True,
                      help="model file to write (never the input; replaced only with --force)")
     fit.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -261,9 +266,11 @@ def _fit(args: argparse.Namespace) -> int:
         return _fit_distributed(args, synth)
     inputs = [args.data] + ([args.domain] if args.domain is not None else [])
     check_output_path(args.output, inputs=inputs, overwrite=args.force, option="-o")
-    check_input_path(args.data, "data file")
     domain = as_domain(args.domain) if args.domain is not None else Domain()
-    data = _read_data(args.data, domain)
+    if synth.privacy == "domain_from_data":  # the opt-out reads the whole table in memory
+        data = _read_data(check_input_path(args.data, "data file"), domain)
+    else:
+        data = _data_source(args.data, domain)  # read in chunks
     synth.fit(data, domain=domain)
     synth.save(args.output)
     print(_format_report(synth.privacy_report()))
@@ -289,9 +296,9 @@ def _fit_distributed(args: argparse.Namespace, synth: Any) -> int:
                 inputs = [args.data] + ([args.domain] if args.domain is not None else [])
                 check_output_path(args.output, inputs=inputs, overwrite=args.force,
                                   option="-o")
-            check_input_path(args.data, "data file")
             domain = as_domain(args.domain) if args.domain is not None else Domain()
-            return domain, _read_data(args.data, domain, (comm.rank, comm.world_size))
+            return domain, _data_source(args.data, domain, (comm.rank, comm.world_size),
+                                        warn=comm.rank == 0)
 
         domain, shard = comm.agree(read, "reading the data")
         fit_sharded(synth, shard, domain=domain)
@@ -307,130 +314,22 @@ def _fit_distributed(args: argparse.Namespace, synth: Any) -> int:
     return 0
 
 
-def _read_data(path: Path, domain: Domain, shard: tuple[int, int] | None = None
-               ) -> pd.DataFrame:
-    """A CSV or Parquet file (by its suffix); ``shard=(rank, ranks)``: only its rows ``i``
-    with ``i % ranks == rank``."""
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(path, shard)
-    return _read_csv(path, domain, shard)
-
-
-def _read_parquet(path: Path, shard: tuple[int, int] | None = None) -> pd.DataFrame:
-    """A Parquet file's columns as stored (their types are the file's); ``shard``: every
-    ``ranks``-th row from ``rank``, read batch by batch."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        handle = pq.ParquetFile(path)
-        if shard is None:
-            return handle.read().to_pandas()
-        rank, ranks = shard
-        parts, start = [], 0
-        for batch in handle.iter_batches():
-            first = (rank - start) % ranks
-            parts.append(batch.take(pa.array(np.arange(first, batch.num_rows, ranks))))
-            start += batch.num_rows
-        return pa.Table.from_batches(parts, schema=handle.schema_arrow).to_pandas()
-    except ImportError:
-        raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow).") \
-            from None
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{path} is not a readable Parquet file ({_first_line(exc)}).") \
-            from None
-
-
-def _read_csv(path: Path, domain: Domain, shard: tuple[int, int] | None = None
-              ) -> pd.DataFrame:
-    """Read a CSV file: declared columns by their domain type, never by pandas inference.
-
-    Declared columns are read as text (only an empty field is missing) and converted by
-    :func:`_parse_column`. Undeclared columns keep pandas inference, column by column, and a
-    warning on stderr names them: their kind (number or category) then depends on the rows.
-
-    Raises
-    ------
-    InvalidDataError
-        Listing every declared column with cells its type cannot read (counted, not quoted).
-    """
-    _check_header(path)
-    skip = None if shard is None else (
-        lambda i: i > 0 and (i - 1) % shard[1] != shard[0])  # line 0: the header
-    text = _read_text_csv(path, skip)
-    undeclared = [c for c in text.columns if c not in domain.columns]
-    columns = _parse_declared(text, domain, [c for c in text.columns if c in domain.columns])
-    if undeclared:
-        print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number or "
-              "category) is inferred from the rows; declare them in --domain to keep the "
-              "schema public", file=sys.stderr)
-        inferred = pd.read_csv(path, usecols=undeclared, skiprows=skip)
-        columns.update({name: inferred[name] for name in undeclared})
-    return pd.DataFrame({name: columns[name] for name in text.columns})
-
-
-def _check_header(path: Path) -> None:
-    """Refuse repeated column names (pandas would rename them ``a.1`` silently)."""
-    from ._validation import duplicate_names
-
-    try:
-        header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
-    repeated = duplicate_names(header)
-    if repeated:
-        problem = f"{path}: column name(s) {repeated} given more than once: each column " \
-                  "needs its own name"
-        raise InvalidDataError([problem])
-
-
-def _read_text_csv(path: Path, skiprows: Any = None) -> pd.DataFrame:
-    """Every cell as text (an empty field is missing), with errors naming the file."""
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                           skiprows=skiprows)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable CSV file ({_first_line(exc)}).") from None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "empty"
-
-
-def _parse_declared(text: pd.DataFrame, domain: Domain, names: list[str], where: str = ""
-                    ) -> dict[str, pd.Series]:
-    """The declared columns ``names`` of a text frame, each read by its domain type.
-
-    Raises
-    ------
-    InvalidDataError
-        Listing every column with cells its type cannot read (counted, never quoted).
-    """
-    columns, problems = {}, []
-    for name in names:
-        columns[name], bad = _parse_column(text[name], domain[name])
-        if bad:
-            problems.append(f"{where}column {name!r}: {bad} cell(s) are not "
-                            f"{READABLE[domain[name].type]}")
-    if problems:
-        raise InvalidDataError(problems)
-    return columns
-
-
-def _parse_column(text: pd.Series, col: ColumnDomain) -> tuple[pd.Series, int]:
-    """A text column in its declared type, and the number of non-empty cells it cannot read.
-
-    Categories stay text: they match the declared categories by canonical string.
-    """
-    if col.type == "numerical":
-        values = pd.to_numeric(text.str.strip(), errors="coerce")
-    elif col.type == "datetime":
-        values = pd.to_datetime(text, errors="coerce", format="mixed")
-    elif col.type == "boolean":
-        values = text.str.strip().str.lower().map(BOOLEAN_TEXT).astype(object)
-    else:
-        return text, 0
-    return values, int((values.isna() & text.notna()).sum())
+def _data_source(path: Path, domain: Domain, shard: tuple[int, int] | None = None,
+                 warn: bool = True) -> Any:
+    """The data file (CSV, Parquet file or folder of Parquet files) as a source read in
+    chunks; warns on stderr when a CSV file has undeclared columns (their kind is inferred
+    from the rows)."""
+    if not path.is_dir():
+        check_input_path(path, "data file")
+    source = path_source(path, domain, shard)
+    if warn and not path.is_dir() and path.suffix.lower() not in PARQUET_SUFFIXES:
+        header = pd.read_csv(path, nrows=0).columns
+        undeclared = [c for c in header if c not in domain.columns]
+        if undeclared:
+            print(f"skdpflow: warning: undeclared column(s) {undeclared}: their kind (number "
+                  "or category) is inferred from the rows; declare them in --domain to keep "
+                  "the schema public", file=sys.stderr)
+    return source
 
 
 def _domain_draft(args: argparse.Namespace) -> int:

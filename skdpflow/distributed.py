@@ -183,8 +183,11 @@ def fit_sharded(estimator: Any, shard: Any, *, domain: Any, group: Any = None) -
     Parameters
     ----------
     estimator : DPFlowSynthesizer
-    shard : pandas DataFrame
-        This rank's rows (at least one).
+    shard : pandas DataFrame, callable or path
+        This rank's rows (at least one): a DataFrame, or a zero-argument callable
+        returning a fresh iterable of this rank's DataFrame chunks; or a path to a CSV or
+        Parquet file (or folder) that every rank passes, of which each reads the rows
+        ``i % world_size == rank``, in chunks (docs/scale.md).
     domain : Domain, dict or path
         The public domain, identical on every rank (columns it leaves out are estimated
         under DP).

@@ -131,6 +131,7 @@ def release_marginals(
     noise: PrivacyNoise,
     budget_share: float = 0.0,
     comm: Any = None,
+    counts: list[np.ndarray] | None = None,
 ) -> tuple[list[ColumnMarginal], dict, Release]:
     """Release all histograms (:func:`~skdpflow.privacy.histograms.release_histograms`) and
     post-process them into marginals.
@@ -138,9 +139,11 @@ def release_marginals(
     Returns the marginals, a summary (histograms, bins, sensitivity, noise std, the noisy
     row count) and the ledger's record of the release. ``comm``: a distributed fit
     (:class:`~skdpflow.distributed.Communicator`), the counts summed over the shards.
+    ``counts``: the exact bin counts, already accumulated over chunks (``indices`` is then
+    ignored).
     """
     noisy, release = release_histograms(indices, [spec.size for spec in specs],
-                                        noise_multiplier, noise, budget_share, comm)
+                                        noise_multiplier, noise, budget_share, comm, counts)
     n_hat = estimate_row_count(noisy)
     std = float(release.details["noise_std"])
     out = [ColumnMarginal(spec, _post_process(counts, n_hat, std, spec.other), counts)

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
@@ -54,11 +54,12 @@ from .encoding import (
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.copula import release_correlation
+from .privacy.copula import release_correlation, release_moments, second_moments
 from .privacy.domain_estimation import (
     OTHER,
     OTHER_WARN_SHARE,
     SELECTION_DELTA_SHARE,
+    DomainCounts,
     DomainEstimateError,
     OtherShareWarning,
     estimate_domain,
@@ -70,6 +71,7 @@ from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
 from .raking import CategoryWeights
 from .schedule import AUTO, COUNT_SHARE, Schedule, auto_schedule, domain_share
+from .streaming import DiskCells, TableSource, as_source
 from .training import TrainConfig, standard_normal_logpdf, train_flow
 
 # What the report says of the noise (see skdpflow/privacy/randomness.py).
@@ -351,8 +353,14 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : pandas DataFrame (or 2-D array, read as numerical columns ``x0, x1, ...``)
-            The private table, one row per individual. It is not modified.
+        X : pandas DataFrame (a 2-D array: numerical columns ``x0, x1, ...``), path or callable
+            The private table, one row per individual. It is not modified. A table larger
+            than memory: a path to a CSV file, a Parquet file or a folder of Parquet files,
+            or a zero-argument callable returning a fresh iterable of DataFrame chunks (a
+            list of DataFrames works too). The fit reads it once per stage (a one-shot
+            iterator is refused), sums each release's exact statistic over the chunks
+            with the noise added once, and keeps the encoded cells in a temporary file
+            on disk, removed after the fit (docs/scale.md).
         y : ignored
         domain : Domain, dict, path to a JSON/YAML file, SDV Metadata, or None
             Public facts per column (bounds, integer-ness, categories, nullability, an
@@ -399,14 +407,27 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Distributed, every release sums the ranks' exact statistics with the noise added
         once (by rank 0); everything else is the same deterministic code on every rank.
         """
+        source: TableSource | None = None
         if comm is None:
             validate_params(type(self).__name__, self.get_params(),
                             self._parameter_constraints)
-            data = _check_frame(X)
-            declared = self._declared_domain(data, domain)
-            n_rows = len(data)
+            source = as_source(X, domain)
+            if source is None:
+                data = _check_frame(X)
+                declared = self._declared_domain(data, domain)
+                n_rows = n_local = len(data)
+            else:
+                data, declared, n_rows = self._scan(source, domain)
+                n_local = n_rows
         else:
-            data, declared, n_rows = self._check_shards(X, domain, comm)
+            data, declared, n_rows, n_local, source = self._check_shards(X, domain, comm)
+        return self._fit_stages(data, declared, n_rows, n_local, source, comm)
+
+    def _fit_stages(self, data: pd.DataFrame, declared: Domain, n_rows: int, n_local: int,
+                    source: TableSource | None, comm: Communicator | None
+                    ) -> DPFlowSynthesizer:
+        """The stages after the input checks. ``data``: the table, or for a ``source`` read
+        in chunks its schema (no rows); ``n_local``: the rows of this rank (or of all)."""
         ledger = self._open_ledger(data, declared, n_rows)
         init_seed, train_seed = check_random_state(self.random_state).randint(0, 2**31 - 1, 2)
         if comm is not None:  # rank 0's: the same initial flow and masks on every rank
@@ -417,26 +438,44 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         noise = SecureNoise() if ledger.private else SeededNoise(
             int(train_seed) if comm is None else rank_seed(train_seed, comm.rank))
         fitted: dict[str, Any] = {}
-        n_count = self._release_row_count(data, ledger, noise, comm)
-        fitted["domain_"], discovery = self._resolve_domain(data, declared, ledger, noise,
-                                                            self._domain_share(n_count), comm)
+        n_count = self._release_row_count(n_local, ledger, noise, comm)
+        fitted["domain_"], discovery = self._resolve_domain(
+            data, declared, ledger, noise, self._domain_share(n_count), comm,
+            source=source, n_local=n_local)
         fitted["schedule_"] = self._schedule(n_count, fitted["domain_"], ledger)
         fitted["type_layer_"] = TypeLayer(fitted["domain_"])  # dtypes from the domain alone
-        typed = fitted["type_layer_"].transform(data)
+        if source is None:
+            typed = fitted["type_layer_"].transform(data)
+            typed_chunks: Any = [typed]
+        else:  # one pass over the chunks
+            typed_chunks = (fitted["type_layer_"].transform(chunk)
+                            for chunk in source.chunks(n_local))
         fitted["marginals_"], fitted["marginals_info_"] = self._release_marginals(
-            typed, fitted["domain_"], ledger, noise, fitted["schedule_"], comm)
+            typed_chunks, fitted["domain_"], ledger, noise, fitted["schedule_"], comm)
         _warn_other_share(fitted["domain_"], fitted["marginals_"], discovery)
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
-        lo, hi, _ = fitted["encoder_"].cells(typed)
-        del typed
         n_hat = fitted["marginals_info_"]["n_rows_estimate"]
-        correlation, fitted["copula_info_"] = self._release_copula(
-            lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm)
-        edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
-        raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
-        fitted.update(self._train(lo, hi, edges, raked, n_hat,
-                                  correlation, ledger, noise, fitted["schedule_"],
-                                  int(init_seed), int(train_seed), comm))
+        cells = moments = None
+        if source is None:
+            lo, hi, _ = fitted["encoder_"].cells(typed)
+            del typed
+        else:  # the cells to a file on disk, the copula's sums over the chunks
+            lo = hi = None
+            cells, moments = self._encode_chunks(
+                source, n_local, fitted["type_layer_"], fitted["encoder_"],
+                fitted["schedule_"].copula_share > 0 and data.shape[1] >= 2)
+        try:
+            correlation, fitted["copula_info_"] = self._release_copula(
+                lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm,
+                moments=moments, n_dims=fitted["encoder_"].n_dims)
+            edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
+            raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
+            fitted.update(self._train(lo, hi, edges, raked, n_hat,
+                                      correlation, ledger, noise, fitted["schedule_"],
+                                      int(init_seed), int(train_seed), comm, cells=cells))
+        finally:  # the file of cells goes, whatever happened
+            if cells is not None:
+                cells.close()
         if comm is None:
             ledger.close()  # fail closed: the recomputed totals must be within the promise
         else:  # and every rank got here: none failed after the last exchange
@@ -446,25 +485,36 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     # ----------------------------------------------------------- fit stages
     def _check_shards(self, X: Any, domain: Any, comm: Communicator
-                      ) -> tuple[pd.DataFrame, Domain, int]:
+                      ) -> tuple[pd.DataFrame, Domain, int, int, TableSource | None]:
         """Distributed: check every rank's shard, parameters and domain, together.
 
         The ranks must agree on the parameters (but ``random_state``, ``n_jobs`` and
         ``verbose``), the columns, the domain and the dtypes of undeclared columns (their
         kinds decide how they are estimated). ``privacy="domain_from_data"`` with
-        undeclared columns is refused. Returns the shard, the declared domain and the
-        global row count (exact, for the checks that read it; it reaches the model only
-        through the noisy count, as on one process).
+        undeclared columns is refused. Returns the shard (for a shard read in chunks, its
+        schema), the declared domain, the global row count (exact, for the checks that read
+        it; it reaches the model only through the noisy count, as on one process), this
+        rank's row count and the source of a shard read in chunks (None for a DataFrame; a
+        path is read in shards, rows ``i % ranks == rank``).
         """
-        def local() -> tuple[pd.DataFrame, Domain]:
+        def local() -> tuple[pd.DataFrame, Domain, TableSource | None, np.ndarray]:
             validate_params(type(self).__name__, self.get_params(),
                             self._parameter_constraints)
-            shard = _check_frame(X, min_rows=1)
-            declared = as_domain(domain) if domain is not None else Domain()
-            extra = [c for c in declared.columns if c not in shard.columns]
-            if extra:
-                raise ValueError(
-                    f"The domain declares columns that are not in the data: {extra}.")
+            declared = _as_declared(domain)
+            source = as_source(X, declared, (comm.rank, comm.world_size))
+            if source is None:
+                shard = _check_frame(X, min_rows=1)
+                extra = [c for c in declared.columns if c not in shard.columns]
+                if extra:
+                    raise ValueError(
+                        f"The domain declares columns that are not in the data: {extra}.")
+                undeclared = [c for c in shard.columns if c not in declared.columns]
+                counts = np.array([len(shard)] + [int(shard[c].notna().sum())
+                                                  for c in undeclared], dtype=np.int64)
+            else:
+                shard, n_local, present = source.scan(
+                    declared.columns, functools.partial(_check_frame, min_rows=0))
+                counts = np.concatenate([[n_local], present]).astype(np.int64)
             undeclared = [c for c in shard.columns if c not in declared.columns]
             if undeclared and self.privacy == "domain_from_data":
                 raise ValueError(
@@ -472,9 +522,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                     f"from the rows, which a distributed fit does not do; undeclared: "
                     f"{undeclared}. Declare them in `domain`, or use privacy='strict' (DP "
                     "estimates).")
-            return shard, declared
+            return shard, declared, source, counts
 
-        shard, declared = comm.agree(local, "checking the parameters, domain and shard")
+        shard, declared, source, counts = comm.agree(
+            local, "checking the parameters, domain and shard")
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("random_state", "n_jobs", "verbose")}
         undeclared = [c for c in shard.columns if c not in declared.columns]
@@ -486,9 +537,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             f"the dtypes of the undeclared columns {undeclared}",
             "they decide how a column is estimated; give them the same dtype on every rank "
             "(a CSV read in shards infers them from each shard's rows), or declare them")
-        present = comm.all_reduce_sum(
-            np.array([len(shard)] + [int(shard[c].notna().sum()) for c in undeclared],
-                     dtype=np.int64), "the number of rows")
+        present = comm.all_reduce_sum(counts, "the number of rows")
         empty = [c for c, k in zip(undeclared, present[1:]) if k == 0]
         if empty:  # an input error for the data holder, on every rank; nothing is released
             raise InvalidDataError([f"column {c!r} is entirely missing: declare its domain "
@@ -497,7 +546,50 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if n_rows < 2:
             raise ValueError(f"Found {n_rows} row(s) over all shards while a minimum of 2 "
                              "is required.")
-        return shard, declared, n_rows
+        return shard, declared, n_rows, int(counts[0]), source
+
+    def _scan(self, source: TableSource, domain: Any) -> tuple[pd.DataFrame, Domain, int]:
+        """One process, a table read in chunks: :meth:`_declared_domain`'s checks over one
+        pass (every chunk checked as a DataFrame would be). Returns the schema (no rows),
+        the declared domain and the row count."""
+        declared = _as_declared(domain)
+        schema, n_rows, present = source.scan(declared.columns,
+                                              functools.partial(_check_frame, min_rows=0))
+        undeclared = [c for c in schema.columns if c not in declared.columns]
+        empty = [c for c, k in zip(undeclared, present) if k == 0]
+        if empty:  # an input error for the data holder; nothing is released
+            raise InvalidDataError([f"column {c!r} is entirely missing: declare its domain "
+                                    "(with nullable=True) or drop it" for c in empty])
+        if undeclared and self.privacy == "domain_from_data":
+            raise ValueError(
+                f"privacy='domain_from_data' reads the domain of undeclared columns from the "
+                f"rows, which a fit on a table read in chunks does not do; undeclared: "
+                f"{undeclared}. Declare them in `domain`, or use privacy='strict' (DP "
+                "estimates).")
+        if n_rows < 2:
+            raise ValueError(f"Found {n_rows} sample(s) in {source.name} while a minimum of 2 "
+                             "is required.")
+        return schema, declared, n_rows
+
+    def _encode_chunks(self, source: TableSource, n_local: int, type_layer: TypeLayer,
+                       encoder: TableEncoder, copula: bool
+                       ) -> tuple[DiskCells, np.ndarray | None]:
+        """One pass: every chunk's cells appended to a file on disk (float32), and with
+        ``copula`` the copula's exact statistic summed over the chunks (from the float64
+        cells, as an in-memory fit computes it). The file is removed on any failure."""
+        cells = DiskCells(n_local, encoder.n_dims)
+        try:
+            moments = None
+            for chunk in source.chunks(n_local):
+                lo, hi, _ = encoder.cells(type_layer.transform(chunk))
+                cells.append(lo, hi)
+                if copula and encoder.n_dims >= 2:
+                    part = second_moments(lo, hi)
+                    moments = part if moments is None else moments + part
+            return cells, moments
+        except BaseException:
+            cells.close()
+            raise
 
     def _declared_domain(self, data: pd.DataFrame, domain: Any) -> Domain:
         declared = as_domain(domain) if domain is not None else Domain()
@@ -566,22 +658,24 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             "batch_size", "epochs", "learning_rate", "hidden_size", "n_bins",
             "marginals_fraction", "copula_fraction", "histogram_bins")}
 
-    def _release_row_count(self, data: pd.DataFrame, ledger: PrivacyLedger,
+    def _release_row_count(self, n_local: int, ledger: PrivacyLedger,
                            noise: PrivacyNoise, comm: Communicator | None) -> float:
         """The row count, released first (discrete Gaussian), for the schedule."""
         z = ledger.share_noise(COUNT_SHARE)
-        counts, release = release_histograms([np.zeros(len(data), dtype=np.int64)], [1], z,
-                                             noise, COUNT_SHARE, comm)
+        counts, release = release_histograms([], [1], z, noise, COUNT_SHARE, comm,
+                                             counts=[np.array([n_local], dtype=np.int64)])
         release.name, release.reads = "row count (discrete Gaussian)", "the number of rows"
         ledger.record(release)
         return max(1.0, float(counts[0][0]))
 
     def _resolve_domain(self, data: pd.DataFrame, declared: Domain, ledger: PrivacyLedger,
-                        noise: PrivacyNoise, share: float, comm: Communicator | None = None
+                        noise: PrivacyNoise, share: float, comm: Communicator | None = None,
+                        source: TableSource | None = None, n_local: int = 0
                         ) -> tuple[Domain, float | None]:
         """Declared columns as declared; the others estimated under DP (or read: opt-out).
 
         Also returns category discovery's threshold (None when nothing was discovered).
+        ``source``: a table read in chunks (``data`` its schema), counted in one pass.
 
         Raises
         ------
@@ -605,8 +699,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 DataDerivedDomainWarning, stacklevel=4)
         elif undeclared:
             z_d = ledger.share_noise(share)
+            counts = None
+            if source is not None:
+                counts = DomainCounts(data, undeclared)
+                for chunk in source.chunks(n_local):
+                    counts.add(chunk)
             est = estimate_domain(data, undeclared, z_d, ledger.selection_delta, noise,
-                                  comm=comm)
+                                  comm=comm, counts=counts)
             if est.unreliable:  # fail closed: never a bound chosen by noise
                 raise DomainEstimateError(unreliable_bounds_message(
                     {c: est.columns[c] for c in est.unreliable}))
@@ -637,32 +736,50 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                                    copula_share=plan.copula_share * left,
                                    train_share=plan.train_share * left)
 
-    def _release_marginals(self, typed: pd.DataFrame, domain: Domain, ledger: PrivacyLedger,
-                           noise: PrivacyNoise, schedule: Schedule,
+    def _release_marginals(self, typed_chunks: Iterable[pd.DataFrame], domain: Domain,
+                           ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
                            comm: Communicator | None) -> tuple[list, dict]:
-        """One noisy release of every 1-way histogram; it also estimates the row count."""
+        """One noisy release of every 1-way histogram; it also estimates the row count.
+
+        ``typed_chunks``: the typed table in one or more chunks; the exact bin counts are
+        summed over them, the noise added once to the totals.
+        """
         specs = [histogram_spec(name, domain[name], schedule.histogram_bins)
                  for name in domain.columns]
-        indices = []
-        for spec in specs:
-            col = domain[spec.name]
-            values, is_null = typed_column(typed, spec.name, col)
-            indices.append(bin_index(spec, values, is_null, col))
+        counts = [np.zeros(spec.size, dtype=np.int64) for spec in specs]
+        for typed in typed_chunks:
+            for spec, total in zip(specs, counts):
+                col = domain[spec.name]
+                values, is_null = typed_column(typed, spec.name, col)
+                total += np.bincount(bin_index(spec, values, is_null, col),
+                                     minlength=spec.size)
         hist_z = ledger.share_noise(schedule.marginals_share)
-        marginals, info, release = release_marginals(specs, indices, hist_z, noise,
-                                                     schedule.marginals_share, comm)
+        marginals, info, release = release_marginals(specs, [], hist_z, noise,
+                                                     schedule.marginals_share, comm,
+                                                     counts=counts)
         ledger.record(release)
         return marginals, info
 
-    def _release_copula(self, lo: np.ndarray, hi: np.ndarray, n_hat: float, n_columns: int,
-                        ledger: PrivacyLedger, noise: PrivacyNoise, schedule: Schedule,
-                        comm: Communicator | None) -> tuple[np.ndarray, dict]:
-        """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``."""
+    def _release_copula(self, lo: np.ndarray | None, hi: np.ndarray | None, n_hat: float,
+                        n_columns: int, ledger: PrivacyLedger, noise: PrivacyNoise,
+                        schedule: Schedule, comm: Communicator | None, *,
+                        moments: np.ndarray | None = None, n_dims: int = 0
+                        ) -> tuple[np.ndarray, dict]:
+        """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``.
+
+        ``moments`` (with ``lo`` and ``hi`` None): the exact statistic, summed over chunks.
+        """
         if schedule.copula_share <= 0 or n_columns < 2:
-            return np.eye(lo.shape[1]), {}
+            return np.eye(n_dims), {}
         z_c = ledger.share_noise(schedule.copula_share)
-        correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
+        if lo is None:
+            if n_dims < 2:
+                return np.eye(n_dims), {"dims": n_dims, "pairs": 0}
+            correlation, info, release = release_moments(moments, n_dims, z_c, noise, n_hat,
                                                          schedule.copula_share, comm)
+        else:
+            correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
+                                                             schedule.copula_share, comm)
         if release is not None:
             ledger.record(release)
         return correlation, info
@@ -671,8 +788,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                raked: dict[int, np.ndarray], n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
                schedule: Schedule, init_seed: int, train_seed: int,
-               comm: Communicator | None) -> dict[str, Any]:
+               comm: Communicator | None, cells: DiskCells | None = None) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
+
+        ``cells``: the cells of a table read in chunks, on disk (``lo``, ``hi`` None).
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
         flow stays at its starting point (the copula) and nothing is spent on training.
@@ -709,7 +828,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(train_seed)
             if steps:
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
-                           device=device, comm=comm)
+                           device=device, comm=comm, cells=cells)
             flow = flow.cpu().eval().requires_grad_(False)
             calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
             if steps and (calibrate or raked):
@@ -1195,6 +1314,10 @@ def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) 
     if shares:
         warnings.warn(other_share_message(shares, threshold or 0.0), OtherShareWarning,
                       stacklevel=4)
+
+
+def _as_declared(domain: Any) -> Domain:
+    return as_domain(domain) if domain is not None else Domain()
 
 
 def _resolve_device(device: str) -> torch.device:

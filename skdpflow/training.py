@@ -13,7 +13,7 @@ import torch
 from .distributed import rank_seed
 from .encoding import dequantize
 from .flows.model import SharedConditionerFlow
-from .privacy.dpsgd import DPSGDStep, poisson_batches
+from .privacy.dpsgd import DPSGDStep, poisson_batches, poisson_skip_batches
 from .privacy.randomness import PrivacyNoise
 
 __all__ = ["Adam", "TrainConfig", "cosine_learning_rate", "train_flow"]
@@ -49,6 +49,7 @@ def train_flow(
     noise: PrivacyNoise,
     device: torch.device,
     comm: Any = None,
+    cells: Any = None,
 ) -> None:
     """Train ``flow`` on cells ``[lo, hi]`` (rows x dims) in place.
 
@@ -70,12 +71,30 @@ def train_flow(
     rank); dequantisation draws from a generator of the rank's own, seeded from
     ``generator``'s seed and the rank. Every rank takes every step, with an empty batch
     too, so the parameters stay identical.
+
+    ``cells`` (:class:`~skdpflow.streaming.DiskCells`, instead of ``lo`` and ``hi``): the
+    cells of a table read in chunks, on disk. The batches are then drawn by row index with
+    geometric skips (:func:`~skdpflow.privacy.dpsgd.poisson_skip_batches`: the same law as
+    the masks, O(q n) per step) and gathered from the file.
     """
-    n = len(lo)
     if comm is not None and not config.expected_batch_size:
         raise ValueError("a distributed run needs the global expected_batch_size.")
-    lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
-    hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
+    if cells is None:
+        n = len(lo)
+        lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
+        hi_t = torch.as_tensor(hi, dtype=torch.float32, device=device)
+        batches = poisson_batches(n, config.sample_rate, config.steps, noise)
+
+        def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = idx.to(device)
+            return lo_t[idx], hi_t[idx]
+    else:
+        n = len(cells)
+        batches = poisson_skip_batches(n, config.sample_rate, config.steps, noise)
+
+        def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lo_b, hi_b = cells.rows(idx.numpy())
+            return torch.from_numpy(lo_b).to(device), torch.from_numpy(hi_b).to(device)
     optimizer = Adam(list(flow.parameters()))
     expected = config.expected_batch_size or config.sample_rate * n
     dp_step = None
@@ -91,9 +110,8 @@ def train_flow(
         rank_seed(generator.initial_seed(), comm.rank))
     bar = _progress(config)
     refresh = max(1, config.steps // 50)
-    for step, idx in enumerate(poisson_batches(n, config.sample_rate, config.steps, noise)):
-        idx = idx.to(device)
-        z = dequantize(lo_t[idx], hi_t[idx], dequantizer)
+    for step, idx in enumerate(batches):
+        z = dequantize(*gather(idx), dequantizer)
         optimizer.zero_grad()
         if dp_step is None:
             loss = -flow(z).mean() if len(z) else None

@@ -122,7 +122,8 @@ def test_delta_must_be_below_one_over_n(mixed_frame, mixed_domain):
     (pd.DataFrame({"a": [[1], [2], [3]]}), InvalidDataError, "unsupported values"),
     (pd.DataFrame({"a": [1 + 2j, 3j]}), InvalidDataError, "complex"),
     (pd.DataFrame({"a": [1.0, np.inf, 2.0]}), InvalidDataError, "infinite"),
-    ("not a frame", TypeError, "DataFrame"),
+    (42, TypeError, "DataFrame"),
+    ("not a frame", FileNotFoundError, "data file not a frame does not exist"),  # a path
     (np.arange(5.0), ValueError, "2D"),
 ])
 def test_bad_data_raises_a_clear_error(bad, error, match):

@@ -58,7 +58,7 @@ from .ledger import Release
 from .randomness import PrivacyNoise
 
 __all__ = ["CLIP", "MIN_EIGENVALUE", "VARIANCE_FLOOR", "clipped_scores",
-           "release_correlation", "second_moments", "shrunk_correlation"]
+           "release_correlation", "release_moments", "second_moments", "shrunk_correlation"]
 
 # Each midpoint score is clipped to [-CLIP, CLIP] (public).
 CLIP = 3.0
@@ -144,10 +144,24 @@ def release_correlation(
     d = lo.shape[1]
     if d < 2:
         return np.eye(d), {"dims": d, "pairs": 0}, None
+    return release_moments(second_moments(lo, hi), d, noise_multiplier, noise, n_hat,
+                           budget_share, comm)
+
+
+def release_moments(
+    exact: np.ndarray,
+    d: int,
+    noise_multiplier: float,
+    noise: PrivacyNoise,
+    n_hat: float,
+    budget_share: float = 0.0,
+    comm: Any = None,
+) -> tuple[np.ndarray, dict[str, Any], Release]:
+    """:func:`release_correlation` from the exact statistic :func:`second_moments` (``d >= 2``
+    dims), for a table whose rows were summed chunk by chunk."""
     bound = float(d)
     sensitivity = bound / math.sqrt(2.0)
     std = noise_multiplier * sensitivity
-    exact = second_moments(lo, hi)
     if comm is None:
         noisy = exact + noise.normal(exact.shape, std).numpy()
     else:

@@ -86,6 +86,7 @@ __all__ = [
     "OTHER_WARN_SHARE",
     "OtherShareWarning",
     "SELECTION_DELTA_SHARE",
+    "DomainCounts",
     "DomainEstimate",
     "bounds_threshold",
     "category_threshold",
@@ -236,6 +237,41 @@ class DomainEstimate:
         return [c for c, i in self.info.items() if i.get("reliable") is False]
 
 
+class DomainCounts:
+    """The exact counts the estimate reads, accumulated chunk by chunk (:meth:`add`).
+
+    Per read column: the bucket counts over the public grid (numerical, datetime) or the
+    count of each canonical value (categorical). Kinds, integer-ness, nullability and time
+    zones come from the dtypes of ``schema`` (rows are not read for them). Counting a table
+    in chunks gives the counts of the whole table, so the estimate is the same.
+    """
+
+    def __init__(self, schema: pd.DataFrame, columns: list[str]) -> None:
+        self.columns = list(columns)
+        self.kinds = {name: column_kind(schema[name]) for name in columns}
+        self.dtypes = {name: schema[name].dtype for name in columns}
+        self.buckets: dict[str, np.ndarray] = {}
+        self.values: dict[str, pd.Series] = {}
+        for name, kind in self.kinds.items():
+            if kind in ("numerical", "datetime"):
+                grid = datetime_grid() if kind == "datetime" else numeric_grid()
+                self.buckets[name] = np.zeros(len(grid) - 1, dtype=np.int64)
+            elif kind == "categorical":
+                self.values[name] = pd.Series(dtype=np.int64)
+
+    def add(self, data: pd.DataFrame) -> None:
+        """Count the rows of ``data`` (a chunk, with the schema's columns)."""
+        for name, counts in self.buckets.items():
+            grid = datetime_grid() if self.kinds[name] == "datetime" else numeric_grid()
+            idx = np.clip(np.searchsorted(grid, _as_float(data[name]), side="right") - 1, 0,
+                          len(counts) - 1)
+            counts += np.bincount(idx, minlength=len(counts))
+        for name, counts in self.values.items():
+            found = data[name].dropna().astype(object).map(canonical).value_counts(sort=False)
+            self.values[name] = (found if counts.empty else counts.add(found, fill_value=0)
+                                 ).astype(np.int64)
+
+
 def estimate_domain(
     data: pd.DataFrame,
     columns: list[str],
@@ -244,6 +280,7 @@ def estimate_domain(
     noise: PrivacyNoise,
     false_alarm: float = BOUNDS_FALSE_ALARM,
     comm: Any = None,
+    counts: DomainCounts | None = None,
 ) -> DomainEstimate:
     """Estimate the domain of ``columns`` of ``data`` with one Gaussian mechanism.
 
@@ -256,7 +293,8 @@ def estimate_domain(
 
     Parameters
     ----------
-    data : DataFrame holding the private rows.
+    data : DataFrame holding the private rows (or, with ``counts``, their schema: the
+        columns and dtypes).
     columns : the columns to estimate (their dtypes decide their kind).
     noise_multiplier : float
         Noise standard deviation divided by the sensitivity; 0 reads exact counts (only for
@@ -274,37 +312,42 @@ def estimate_domain(
         with the noise added once, by rank 0; a categorical column's counted values are
         first gathered from every rank (their union is the key set a single process would
         count: the values that occur).
+    counts : DomainCounts or None
+        The exact counts, already accumulated (a table read in chunks); None: counted here
+        from ``data``.
     """
-    kinds = {name: column_kind(data[name]) for name in columns}
+    if counts is None:
+        counts = DomainCounts(data, columns)
+        counts.add(data)
+    kinds = counts.kinds
     read = [name for name in columns if kinds[name] != "boolean"]
     n_categorical = sum(kinds[name] == "categorical" for name in read)
     sensitivity = math.sqrt(len(read))
     std = noise_multiplier * sensitivity
     out, info = {}, {}
     for name in columns:
-        series, kind = data[name], kinds[name]
-        nullable = _dtype_nullable(series.dtype)
+        dtype, kind = counts.dtypes[name], kinds[name]
+        nullable = _dtype_nullable(dtype)
         if kind == "boolean":
             out[name] = ColumnDomain("boolean", nullable=nullable)
             info[name] = {"mechanism": "none (boolean dtype)"}
         elif kind == "categorical":
             tau = category_threshold(std, selection_delta, n_categorical)
-            keys = _released_keys(series, std, tau, noise, comm)
+            keys = _released_keys(counts.values[name], std, tau, noise, comm)
             out[name] = ColumnDomain("categorical", categories=keys + [OTHER],
                                      nullable=True, other=OTHER)
             info[name] = {"mechanism": "thresholded noisy value counts",
                           "threshold": tau, "released": len(keys)}
         else:
             grid = datetime_grid() if kind == "datetime" else numeric_grid()
-            values = _as_float(series)
-            lo, hi, clear = _noisy_bounds(values, grid, std, false_alarm, noise,
+            lo, hi, clear = _noisy_bounds(counts.buckets[name], grid, std, false_alarm, noise,
                                           zero_bucket=kind != "datetime", comm=comm)
             if kind == "datetime":  # the dtype's zone is schema: public
-                zone = timezone_name(series.dtype)
+                zone = timezone_name(dtype)
                 out[name] = ColumnDomain("datetime", min=_iso(lo, zone), max=_iso(hi, zone),
                                          nullable=True, timezone=zone)
             else:
-                integer = pd.api.types.is_integer_dtype(series.dtype)
+                integer = pd.api.types.is_integer_dtype(dtype)
                 if integer:  # rounded outward, within int64 (the grid reaches 2^64)
                     lo, hi = (min(max(v, -(INT64_LIMIT - 1)), INT64_LIMIT - 1)
                               for v in (math.floor(lo), math.ceil(hi)))
@@ -332,10 +375,11 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
 
 
-def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm: float,
+def _noisy_bounds(exact: np.ndarray, grid: np.ndarray, std: float, false_alarm: float,
                   noise: PrivacyNoise, zero_bucket: bool, comm: Any = None
                   ) -> tuple[float, float, bool]:
-    """Bounds from the noisy bucket counts, and whether any count cleared its threshold.
+    """Bounds from the noisy bucket counts (``exact``: the counts before noise), and whether
+    any count cleared its threshold.
 
     For each window size ``W`` in :data:`GROUP_SIZES`, the noisy counts are summed over
     every run of ``W`` adjacent buckets (post-processing: free; the sum's noise is
@@ -349,10 +393,8 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     by noise, which the synthesizer refuses (:class:`DomainEstimateError`).
     """
     n_buckets = len(grid) - 1
-    idx = np.clip(np.searchsorted(grid, values, side="right") - 1, 0, n_buckets - 1)
-    counts = noisy_sum(np.bincount(idx, minlength=n_buckets).astype(np.int64),
-                       lambda c: noise.discrete_gaussian(c, std), comm, "bucket counts"
-                       ).astype(float)
+    counts = noisy_sum(exact.astype(np.int64), lambda c: noise.discrete_gaussian(c, std),
+                       comm, "bucket counts").astype(float)
     sizes = GROUP_SIZES if std > 0 else (1,)
     n_tests = sum(n_buckets - w + 1 for w in sizes)
     cumsum = np.concatenate([[0.0], np.cumsum(counts)])
@@ -379,15 +421,15 @@ def _noisy_bounds(values: np.ndarray, grid: np.ndarray, std: float, false_alarm:
     return lo, hi, clear
 
 
-def _released_keys(series: pd.Series, std: float, tau: float,
+def _released_keys(counts: pd.Series, std: float, tau: float,
                    noise: PrivacyNoise, comm: Any = None) -> list[str]:
-    """The canonical strings whose noisy count reaches ``tau``.
+    """The canonical strings whose noisy count reaches ``tau`` (``counts``: each canonical
+    string's exact count, :class:`DomainCounts`).
 
     Values are counted by :func:`~skdpflow.domain.canonical` string and the strings are
     released, so ``1``, ``1.0``, ``True`` and ``"1"`` never depend on which one a row holds
     (Python's ``1 == 1.0 == True`` would otherwise let the first row pick the type).
     """
-    counts = series.dropna().astype(object).map(canonical).value_counts(sort=False)
     keys = sorted(counts.index)
     if comm is not None:  # the values that occur on some rank, in the same order on all
         keys = sorted(set().union(*comm.all_gather_object(keys, "a column's values")))

@@ -30,6 +30,7 @@ def release_histograms(
     noise: PrivacyNoise,
     budget_share: float = 0.0,
     comm: Communicator | None = None,
+    counts: list[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], Release]:
     """Noisy counts of every histogram, and the ledger's record of the release.
 
@@ -49,12 +50,16 @@ def release_histograms(
     comm : Communicator or None
         Distributed fit: ``indices`` are this rank's shard; the counts are summed over the
         ranks with the noise added once, by rank 0 (:func:`skdpflow.distributed.noisy_sum`).
+    counts : list of int arrays or None
+        The exact counts, already accumulated (a table read in chunks; ``indices`` is then
+        ignored); None: counted here from ``indices``.
     """
-    m = len(indices)
+    if counts is None:
+        counts = [np.bincount(idx, minlength=size) for idx, size in zip(indices, sizes,
+                                                                        strict=True)]
+    m = len(counts)
     sensitivity = math.sqrt(m)
     std = noise_multiplier * sensitivity
-    counts = [np.bincount(idx, minlength=size) for idx, size in zip(indices, sizes,
-                                                                    strict=True)]
     if comm is None:
         noisy = [noise.discrete_gaussian(c, std).astype(float) for c in counts]
     else:

@@ -31,6 +31,9 @@ Samplers
   clipped gradient sum and rounded to the parameter's dtype. On CUDA the noise is drawn on
   the CPU and copied to the device.
 * **Poisson masks**: row ``i`` joins a batch iff a 53-bit uniform is below the sampling rate.
+* **Poisson batches by skips** (streamed fits): the gaps between the rows of a batch are
+  independent Geometric(rate) draws (numpy's sampler on the same secret bit generator), which
+  is the law of the gaps between the successes of independent Bernoulli(rate) trials.
 
 :class:`SeededNoise` has the same interface with a seeded, *insecure* generator, for tests and
 research only: its discrete Gaussian rounds through floating point. No estimator uses it.
@@ -64,6 +67,9 @@ class PrivacyNoise(Protocol):
     def poisson_mask(self, n: int, rate: float) -> Tensor:
         """``n`` independent Bernoulli(rate) draws (bool, CPU)."""
 
+    def geometric(self, n: int, rate: float) -> np.ndarray:
+        """``n`` independent Geometric(rate) draws on ``{1, 2, ...}`` (int64)."""
+
     def discrete_gaussian(self, counts: np.ndarray, std: float) -> np.ndarray:
         """Integer ``counts`` plus independent discrete Gaussian noise of scale ``std``."""
 
@@ -92,6 +98,13 @@ class _GeneratorNoise:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must lie in [0, 1], got {rate!r}.")
         return torch.from_numpy(self._rng.random(n) < rate)
+
+    def geometric(self, n: int, rate: float) -> np.ndarray:
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"rate must lie in (0, 1], got {rate!r}.")
+        if rate == 1.0:
+            return np.ones(n, dtype=np.int64)
+        return self._rng.geometric(rate, size=n).astype(np.int64, copy=False)
 
 
 class SecureNoise(_GeneratorNoise):
