@@ -624,8 +624,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             {c: declared.columns[c] if c in declared.columns else estimated[c]
              for c in data.columns},
             data_derived=tuple(derived),
-            estimated=tuple(c for c in undeclared if c not in derived),
-            constraints=declared.constraints)  # public: never checked against the rows
+            estimated=tuple(c for c in undeclared if c not in derived))
+        # Public rules, already checked against these columns' declared domains when
+        # declared; never checked against the rows.
+        domain.constraints = list(declared.constraints)
         return domain, threshold
 
     def _schedule(self, n_count: float, domain: Domain, ledger: PrivacyLedger) -> Schedule:
