@@ -402,3 +402,13 @@ def test_missing_values_are_left_alone():
     fixed = Enforcer(domain, [rule])(rows)
     assert fixed["a"].tolist()[0] == "x" and fixed["b"].isna().tolist() == [True, False, False]
     assert fixed["b"].tolist()[1:] == ["q", "q"]
+
+
+def test_evaluate_reports_the_declared_rules_by_default(fitted):
+    from skdpflow import evaluate
+
+    real = _frame(300, seed=5)
+    result = evaluate(real, fitted.sample(300, random_state=0), model=fitted)
+    assert list(result.consistency.index) == [repr(r) for r in RULES]
+    assert (result.consistency["synthetic"] == 1.0).all()
+    assert (result.consistency["real"] < 1.0).any()
