@@ -63,7 +63,7 @@ def run_declared(epsilon: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame,
     without and with the repair (paired: the same latent rows), and the fit time."""
     import torch
 
-    from skdpflow import DPFlowSynthesizer, Domain, evaluate, load_demo_domain, load_demo_rules
+    from skdpflow import Domain, DPFlowSynthesizer, evaluate, load_demo_domain, load_demo_rules
     from skdpflow.enforcement import Enforcer, released_mass
 
     torch.set_num_threads(int(os.environ.get("SKDPFLOW_THREADS", "1")))

@@ -188,7 +188,7 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
             A column without a public domain, or rules that conflict. Nothing is added.
         """
         if not isinstance(constraints, (list, tuple)):
-            raise ValueError(f"constraints must be a list of SDV constraints, got "
+            raise TypeError(f"constraints must be a list of SDV constraints, got "
                              f"{type(constraints).__name__}.")
         declared = self._declared_domain()
         rules = [rule for c in constraints for rule in sdv_rules(c, declared)]

@@ -43,7 +43,6 @@ from ._validation import (
 from ._writers import TableWriter, rechunk, require_pyarrow, table_format
 from .distributed import Communicator, rank_seed
 from .domain import DataDerivedDomainWarning, Domain, as_domain, column_kind
-from .enforcement import Enforcer, released_mass
 from .encoding import (
     TableEncoder,
     TypeLayer,
@@ -52,6 +51,7 @@ from .encoding import (
     locate_cells,
     typed_column,
 )
+from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError

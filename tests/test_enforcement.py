@@ -15,8 +15,8 @@ import torch
 from conftest import MIXED_DOMAIN, make_mixed_frame
 
 from skdpflow import (
-    DPFlowSynthesizer,
     Domain,
+    DPFlowSynthesizer,
     FixedCombinations,
     FunctionOf,
     Implication,
@@ -29,7 +29,7 @@ from skdpflow import (
 from skdpflow.domain import canonical, public_dtype
 from skdpflow.enforcement import Enforcer, released_mass
 
-FAST = dict(epochs=1, batch_size=64, n_stages=3, hidden_size=16, verbose=False)
+FAST = {"epochs": 1, "batch_size": 64, "n_stages": 3, "hidden_size": 16, "verbose": False}
 
 # The mixed frame with columns that rules link: a band of the age, an end after `when`, a
 # tier that only some cities have.
@@ -265,7 +265,7 @@ def _same(a, b, path):
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b), path
     else:
-        assert a == b or (a != a and b != b), path
+        assert a == b or (pd.isna(a) and pd.isna(b)), path
 
 
 # ------------------------------------------------ each repair against its slow twin
