@@ -10,6 +10,7 @@ from ._validation import InvalidDataError, NotFittedError
 from .constraints import FixedCombinations, FunctionOf, Implication, Inequality, Rule, ValueRange
 from .datasets import load_demo, load_demo_domain, load_demo_rules
 from .domain import ColumnDomain, DataDerivedDomainWarning, Domain
+from .enforcement import RuleConflictError
 from .evaluation import EvaluationResult, evaluate
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.domain_estimation import (
@@ -40,6 +41,7 @@ __all__ = [
     "OutputPathError",
     "PrivacyBudgetError",
     "Rule",
+    "RuleConflictError",
     "ValueRange",
     "evaluate",
     "load_demo",

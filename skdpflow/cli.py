@@ -348,7 +348,8 @@ def _domain_draft(args: argparse.Namespace) -> int:
     drafted.save(args.output)
     print(f"draft domain of {len(drafted)} column(s) written to {args.output}. It is read "
           "from the data and NOT private: review and edit it (see its header) before "
-          "declaring it with --domain.")
+          "declaring it with --domain. Public rules between columns (optional, enforced on "
+          "every sample) go in a 'constraints' list beside the columns: see its header.")
     return 0
 
 

@@ -186,28 +186,75 @@ class ColumnDomain:
 
 @dataclass
 class Domain:
-    """Public domain of a table: one :class:`ColumnDomain` per column, in column order."""
+    """Public domain of a table: one :class:`ColumnDomain` per column, in column order.
+
+    Parameters
+    ----------
+    columns : dict of {str: ColumnDomain}
+    data_derived, estimated : tuple of str
+        Set by ``fit``: the columns read from the data, or estimated under DP.
+    constraints : list of Rule (or their dict forms), optional
+        Public rules between the declared columns (:mod:`skdpflow.constraints`), enforced
+        on every sampled row (:mod:`skdpflow.enforcement`). Declaring one asserts it is
+        public, like the rest of the domain: it costs no budget and is never fitted on or
+        checked against the private rows. Each is checked against the columns here
+        (:meth:`~skdpflow.constraints.Rule.validate`), and rules that cannot all hold
+        together are refused (:func:`~skdpflow.enforcement.check_rules`), when declared.
+
+    Raises
+    ------
+    ValueError
+        A bad rule (naming its position), a rule naming an undeclared column or a value
+        outside its column's domain, or rules that conflict.
+    """
 
     columns: dict[str, ColumnDomain] = field(default_factory=dict)
     data_derived: tuple[str, ...] = ()  # read from the data: not covered by the guarantee
     estimated: tuple[str, ...] = ()  # estimated by a DP mechanism (accounted)
+    constraints: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.constraints:
+            from .enforcement import declared_rules
+
+            self.constraints = declared_rules(self, self.constraints)
+        else:
+            self.constraints = []
 
     @classmethod
-    def from_dict(cls, spec: dict[str, dict[str, Any]]) -> Domain:
-        """Build from ``{column: {"type": ..., ...}}`` (the JSON form)."""
+    def from_dict(cls, spec: dict[str, Any]) -> Domain:
+        """Build from the dict form: ``{column: {"type": ..., ...}}``, or, with rules,
+        ``{"columns": {column: {...}}, "constraints": [rule, ...]}``.
+
+        The two forms cannot be confused: a column entry's ``"type"`` is a string, where
+        the ``"columns"`` mapping of the second form holds dicts only (a column may be
+        called ``"columns"`` or ``"constraints"`` in either form).
+        """
         if isinstance(spec, Domain):
             return spec
         if not isinstance(spec, dict):
             raise TypeError(f"A domain must be a Domain or a dict, got {type(spec).__name__}.")
+        rules: Any = []
+        if _is_nested(spec):
+            rules = spec.get("constraints") or []
+            if not isinstance(rules, list):
+                raise ValueError(f"The domain's 'constraints' must be a list of rules, got "
+                                 f"{type(rules).__name__}.")
+            spec = spec["columns"]
         columns = {}
         for name, col in spec.items():
             if not isinstance(col, dict) or "type" not in col:
                 raise ValueError(f"Domain entry for {name!r} must be a dict with a 'type' key.")
             columns[name] = _column(name, col)
-        return cls(columns)
+        return cls(columns, constraints=rules)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: col.to_dict() for name, col in self.columns.items()}
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form: ``{column: {...}}`` without rules (as before rules existed),
+        ``{"columns": {column: {...}}, "constraints": [rule dict, ...]}`` with them."""
+        columns = {name: col.to_dict() for name, col in self.columns.items()}
+        if not self.constraints:
+            return columns
+        return {"columns": columns, "constraints": [r.to_dict() for r in self.constraints]}
 
     @classmethod
     def load(cls, path: str | Path) -> Domain:
@@ -543,6 +590,14 @@ def _from_sdv_column(col: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _is_nested(spec: dict) -> bool:
+    """The form with rules: only the keys "columns" and "constraints", and "columns" a
+    mapping of column entries (a column *called* "columns" has a string "type")."""
+    columns = spec.get("columns")
+    return (isinstance(columns, dict) and set(spec) <= {"columns", "constraints"}
+            and not isinstance(columns.get("type"), str))
+
+
 def _is_sdv_single_table(spec: dict) -> bool:
     columns = spec.get("columns")
     return isinstance(columns, dict) and bool(columns) and all(
@@ -603,6 +658,9 @@ def draft_header(columns: tuple[str, ...] | list[str]) -> list[str]:
         "fact in it is PUBLIC. Review and edit it first: widen bounds to values known",
         "without the data, add categories that may occur, and remove any category or",
         "bound that only the data could tell (a rare value names the row that holds it).",
+        "Optional public rules between columns (enforced on every sample, free of budget):",
+        "nest the mapping below as {columns: <mapping>, constraints: [rule, ...]}; the",
+        "rule kinds are in skdpflow.constraints, the format in docs/domain.md.",
         "",
     ]
 

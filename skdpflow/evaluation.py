@@ -186,6 +186,7 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
         Public rules between columns (:mod:`skdpflow.constraints`): the share of real and
         of synthetic rows keeping each joins the scores. Rules whose columns the domain
         declares are checked against it (:meth:`~skdpflow.constraints.Rule.validate`).
+        Default: the rules the domain declares (``domain.constraints``, or the model's).
 
     Returns
     -------
@@ -217,12 +218,16 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, *, test: pd.DataFrame 
                          "test= as well.")
     from .constraints import as_rules
 
-    rules = as_rules(rules)
-    _check_tables(real, synthetic, test, target, rules)
     if isinstance(model, (str, Path)):
         from .synthesizer import DPFlowSynthesizer
 
         model = DPFlowSynthesizer.load(model)
+    if rules is None:  # the declared rules, if any
+        declared_domain = domain if domain is not None else getattr(model, "domain_", None)
+        if declared_domain is not None:
+            rules = list(as_domain(declared_domain).constraints)
+    rules = as_rules(rules)
+    _check_tables(real, synthetic, test, target, rules)
     privacy = model.privacy_report() if model is not None else None
     if domain is None and model is not None:
         domain = model.domain_

@@ -15,7 +15,10 @@ What it changes in SDV's pipeline, and why (privacy):
   are the public domain; values outside them are clipped, as skdpflow does, instead of
   SDV's validation error (which would quote the private values). In SDV 1.x, where the
   metadata has no ranges, pass ``domain=`` (a :class:`~skdpflow.Domain`, dict or path).
-- Constraints and custom transformers would be fitted on the private rows: refused.
+- SDV constraints that mean a public rule (``Inequality``, ``Range``, ``OneHotEncoding``)
+  become skdpflow rules (:mod:`skdpflow._sdv_constraints`), enforced on every sampled row
+  and never fitted on the rows; those SDV fits on the rows (``FixedCombinations``,
+  ``FixedIncrements``, programmable constraints) and custom transformers are refused.
 - SDV logs the private table's row count during ``fit``, and its validation errors quote
   private values: SDV's loggers are silenced while fitting, and the errors are re-raised
   naming the column and the problem only (:mod:`skdpflow._sdv_redaction`).
@@ -31,6 +34,7 @@ import pandas as pd
 import sdv
 from sdv.single_table.base import BaseSingleTableSynthesizer
 
+from ._sdv_constraints import sdv_rules
 from ._sdv_redaction import sdv_logs_silenced, value_free_errors
 from ._validation import check_parameter_names, validate_params
 from .domain import Domain, as_domain
@@ -99,6 +103,8 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
             setattr(self, name, params.get(name, default))
         self._model = None
         self._sample_rng = np.random.RandomState()
+        self._rules: list = []  # from add_constraints
+        self._added_constraints: list = []
 
     def get_parameters(self) -> dict:
         """SDV's ``get_parameters``, with every :class:`~skdpflow.DPFlowSynthesizer`
@@ -136,7 +142,8 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
                 raise ValueError(f"domain= declares columns that are not modelled columns of "
                                  f"the metadata: {unknown}.")
             columns.update(extra)
-        return Domain(columns)
+        rules = list(as_domain(self.domain).constraints) if self.domain is not None else []
+        return Domain(columns, constraints=rules + list(getattr(self, "_rules", [])))
 
     # --------------------------------------------------------- validation
     def validate(self, data: Any) -> None:
@@ -162,11 +169,40 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
         _raise_value_free(_structure_errors(structure, self._table_name, table), columns)
         _raise_value_free(self._validate(table), columns)
 
-    def add_constraints(self, constraints: Any) -> None:
-        """Refused: SDV constraints are fitted on the private rows, outside the guarantee."""
-        raise NotImplementedError(
-            "DPFlowSDVSynthesizer does not take SDV constraints: they are fitted on the "
-            "private rows, which the differential-privacy guarantee would not cover.")
+    def add_constraints(self, constraints: list) -> None:
+        """Declare SDV constraints that mean a public rule; refuse those SDV fits on rows.
+
+        ``Inequality`` and ``Range`` become :class:`~skdpflow.constraints.Inequality` rules,
+        ``OneHotEncoding`` a :class:`~skdpflow.constraints.FixedCombinations` of the one-hot
+        patterns. Like rules in ``domain=``, they are public, cost no budget, are never
+        fitted on or checked against the rows, and every sampled row keeps them. Their
+        columns need a public domain (metadata ranges or ``domain=``).
+
+        Raises
+        ------
+        NotImplementedError
+            SDV's ``FixedCombinations`` (it reads the combinations from the rows),
+            ``FixedIncrements``, programmable and other constraints, with the message saying
+            how to declare the equivalent skdpflow rule. Nothing is added then.
+        ValueError
+            A column without a public domain, or rules that conflict. Nothing is added.
+        """
+        if not isinstance(constraints, (list, tuple)):
+            raise TypeError(f"constraints must be a list of SDV constraints, got "
+                             f"{type(constraints).__name__}.")
+        declared = self._declared_domain()
+        rules = [rule for c in constraints for rule in sdv_rules(c, declared)]
+        # validated (columns, values, conflicts) with the rules already declared
+        Domain(declared.columns, constraints=list(declared.constraints) + rules)
+        self._rules = list(self._rules) + rules
+        self._added_constraints = list(self._added_constraints) + list(constraints)
+
+    def get_constraints(self, filepath: Any = None) -> list:
+        """The SDV constraints given to :meth:`add_constraints` (as given)."""
+        if filepath is not None:
+            raise NotImplementedError("get_constraints(filepath=...) is not supported; "
+                                      "declare rules in a domain file instead.")
+        return list(self._added_constraints)
 
     def update_transformers(self, column_name_to_transformer: dict, *args: Any) -> None:
         """Refused: skdpflow encodes columns itself; RDT transformers would learn from rows."""
@@ -233,7 +269,8 @@ class DPFlowSDVSynthesizer(BaseSingleTableSynthesizer):
         model = DPFlowSynthesizer(**self._estimator_params())
         declared = self._declared_domain()
         model.fit(processed_data, domain=Domain(
-            {c: d for c, d in declared.columns.items() if c in processed_data.columns}))
+            {c: d for c, d in declared.columns.items() if c in processed_data.columns},
+            constraints=declared.constraints))
         self._model = model
         dtypes = getattr(self, "_table_dtypes", None) or processed_data.dtypes.to_dict()
         skeleton = _skeleton(self._columns(), model.domain_, dtypes)

@@ -51,6 +51,7 @@ from .encoding import (
     locate_cells,
     typed_column,
 )
+from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
@@ -83,7 +84,8 @@ __all__ = ["DPFlowSynthesizer"]
 
 # 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
 # 5: and its marginal calibration (the `calibration_from` / `calibration_to` buffers).
-FORMAT_VERSION = 6
+# 7: the domain entry holds the declared rules ({"columns": ..., "constraints": [...]}).
+FORMAT_VERSION = 7
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -364,7 +366,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         y : ignored
         domain : Domain, dict, path to a JSON/YAML file, SDV Metadata, or None
             Public facts per column (bounds, integer-ness, categories, nullability, an
-            ``other`` category). Columns it leaves out are estimated under DP with
+            ``other`` category), and optionally public rules between columns
+            (``constraints``: enforced on every sample, never read against the rows, free
+            of budget; :mod:`skdpflow.enforcement`). Columns it leaves out are estimated
+            under DP with
             ``domain_epsilon_fraction`` of epsilon (or, with
             ``privacy="domain_from_data"``, read from the data, outside the guarantee).
 
@@ -719,6 +724,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
              for c in data.columns},
             data_derived=tuple(derived),
             estimated=tuple(c for c in undeclared if c not in derived))
+        # Public rules, already checked against these columns' declared domains when
+        # declared; never checked against the rows.
+        domain.constraints = list(declared.constraints)
         return domain, threshold
 
     def _schedule(self, n_count: float, domain: Domain, ledger: PrivacyLedger) -> Schedule:
@@ -889,6 +897,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1, random_state: Any = None) -> pd.DataFrame:
         """Draw ``n_samples`` synthetic rows: the fitted columns, in dtypes from the domain.
 
+        Every row keeps the rules declared in the domain (``domain.constraints``): the
+        decoded rows are repaired one by one (:mod:`skdpflow.enforcement`; post-processing,
+        no budget).
+
         Parameters
         ----------
         n_samples : int, default=1
@@ -899,6 +911,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         Returns
         -------
         DataFrame
+
+        Raises
+        ------
+        RuleConflictError
+            The declared rules could not all be made to hold on some sampled row (rules
+            that conflict in a way the check at declaration did not find); never a
+            breaking row.
 
         See Also
         --------
@@ -1001,6 +1020,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         columns = list(self.feature_names_in_)
         flow = self.flow_
         threads = torch.get_num_threads()  # as n_jobs set it for this call
+        # Declared rules, by a per-row repair of the decoded rows (post-processing).
+        enforce = Enforcer(self.domain_, mass=released_mass(self.marginals_, self.domain_))
 
         def draw(size: int) -> torch.Tensor:
             weight = next(flow.conditioner.parameters())
@@ -1008,7 +1029,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         def decode(z: np.ndarray) -> pd.DataFrame:
             frame = self.type_layer_.reverse_columns(self.encoder_.decode_columns(z))
-            return frame[columns]
+            return enforce(frame[columns])
 
         if flow is None:
             for size in sizes:
@@ -1083,6 +1104,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         encoding's Jacobian); categories, integers and missing values contribute the
         probability of their cell, with the flow density read at the cell's midpoint.
         Values outside the declared domain are clipped to it first.
+
+        This scores the model **before** the repair that makes samples keep declared rules
+        (:mod:`skdpflow.enforcement`): the density of the repaired distribution is not
+        computed, and a row breaking a declared rule gets the model's finite score. (The
+        repair moves the mass of breaking rows onto rows keeping the rules, so for a row
+        keeping them in its discrete columns this is a lower bound.)
         """
         self._check_fitted()
         data = _check_frame(X, min_rows=1)

@@ -266,8 +266,11 @@ def test_sdv_quality_report_runs_on_the_output(fitted):
 
 def test_what_would_learn_from_private_rows_is_refused(fitted):
     synth, df = fitted
-    with pytest.raises(NotImplementedError, match="constraints"):
-        synth.add_constraints([])
+    if SDV_MAJOR >= 2:
+        from sdv.cag import FixedCombinations
+
+        with pytest.raises(NotImplementedError, match="from the private rows"):
+            synth.add_constraints([FixedCombinations(["city", "flag"])])
     with pytest.raises(NotImplementedError, match="transformers"):
         synth.update_transformers({"age": None})
     with pytest.raises(NotImplementedError, match="skeleton"):
@@ -383,3 +386,59 @@ def test_value_free_errors_keep_the_problem_and_drop_the_values():
     assert out[3] == "The columns ['extra'] are not present in the metadata."
     assert not any("SECRET" in line or "424242" in line for line in out)
     assert value_free_errors(["could not convert 'SECRET'"], ["id"])[0].startswith("The table")
+
+
+@pytest.mark.skipif(SDV_MAJOR < 2, reason="sdv.cag is SDV 2.x")
+def test_sdv_constraints_that_mean_a_public_rule_are_enforced_on_every_row():
+    from sdv.cag import Inequality, OneHotEncoding, Range
+
+    from skdpflow import FixedCombinations
+    from skdpflow import Inequality as Ours
+
+    df = _frame(sentinels=False)
+    rng = np.random.default_rng(1)
+    hot = rng.integers(0, 3, len(df))
+    for i, name in enumerate(["is_a", "is_b", "is_c"]):
+        df[name] = hot == i
+    md, kw = _metadata()
+    for name in ("is_a", "is_b", "is_c"):
+        md.add_column(name, table_name=TABLE, sdtype="boolean")
+    synth = DPFlowSDVSynthesizer(md, **FAST, **kw)
+    synth.add_constraints([Inequality("age", "score"), Range("age", "score", "income"),
+                           OneHotEncoding(["is_a", "is_b", "is_c"])])
+    assert synth._rules == [
+        Ours("age", "score"), Ours("age", "score", strict=True),
+        Ours("score", "income", strict=True),
+        FixedCombinations(["is_a", "is_b", "is_c"], [(True, False, False),
+                                                     (False, True, False),
+                                                     (False, False, True)])]
+    assert len(synth.get_constraints()) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        synth.fit(_wrap(df))
+    fake = _table(synth.sample(600))
+    for rule in synth._rules:
+        assert rule.satisfied(fake).all(), rule
+    assert synth._model.domain_.constraints == synth._rules
+
+
+@pytest.mark.skipif(SDV_MAJOR < 2, reason="sdv.cag is SDV 2.x")
+def test_sdv_constraints_learned_from_the_rows_are_refused_saying_what_to_declare():
+    from sdv.cag import FixedCombinations, FixedIncrements, Inequality, ProgrammableConstraint
+
+    md, kw = _metadata()
+    synth = DPFlowSDVSynthesizer(md, **FAST, **kw)
+    with pytest.raises(NotImplementedError, match=r"from the private rows.*FixedCombinations"):
+        synth.add_constraints([FixedCombinations(["city", "flag"])])
+    with pytest.raises(NotImplementedError, match="integer: true"):
+        synth.add_constraints([FixedIncrements("age", 1)])
+    with pytest.raises(NotImplementedError, match="multiples of 5"):
+        synth.add_constraints([FixedIncrements("age", 5)])
+    with pytest.raises(NotImplementedError, match="programmable"):
+        synth.add_constraints([ProgrammableConstraint()])
+    with pytest.raises(ValueError, match="without a public domain"):  # estimated under DP
+        synth.add_constraints([Inequality("age", "balance")])
+    with pytest.raises(ValueError, match="cannot all hold together"):
+        synth.add_constraints([Inequality("income", "age", strict_boundaries=True),
+                               Inequality("age", "income", strict_boundaries=True)])
+    assert synth._rules == [] and synth.get_constraints() == []  # nothing added
