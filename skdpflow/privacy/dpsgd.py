@@ -77,12 +77,16 @@ def poisson_batches(
     Tensor
         Sorted row indices, ``int64`` of shape ``(B,)`` with ``B ~ Binomial(n, q)``.
     """
+    _check_batches(n, sample_rate, steps)
+    for _ in range(steps):
+        yield noise.poisson_mask(n, sample_rate).nonzero().squeeze(1)
+
+
+def _check_batches(n: int, sample_rate: float, steps: int) -> None:
     if n < 0 or steps < 0:
         raise ValueError(f"n and steps must be non-negative, got n={n}, steps={steps}.")
     if not 0.0 < sample_rate <= 1.0:
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-    for _ in range(steps):
-        yield noise.poisson_mask(n, sample_rate).nonzero().squeeze(1)
 
 
 def poisson_skip_batches(
@@ -104,10 +108,7 @@ def poisson_skip_batches(
     Tensor
         Sorted row indices, ``int64`` of shape ``(B,)`` with ``B ~ Binomial(n, q)``.
     """
-    if n < 0 or steps < 0:
-        raise ValueError(f"n and steps must be non-negative, got n={n}, steps={steps}.")
-    if not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
+    _check_batches(n, sample_rate, steps)
     mean = sample_rate * n
     block = int(mean + 4.0 * math.sqrt(mean) + 16)  # gaps drawn at once: rarely too few
     for _ in range(steps):
