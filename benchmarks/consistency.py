@@ -27,6 +27,7 @@ sampled ones.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import time
 
@@ -34,7 +35,8 @@ import pandas as pd
 from adult import TARGET, load
 
 
-def run(epsilon: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, float]:
+def run(epsilon: float, seed: int, discrete_model: str = "heads", **params: object
+        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, float]:
     """The consistency table (with, for an implication, the share of the rows meeting its
     condition that break it: ``broken_if_real`` / ``broken_if_synthetic``), the worst pairs,
     the scores and the fit time."""
@@ -44,7 +46,8 @@ def run(epsilon: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 
     torch.set_num_threads(int(os.environ.get("SKDPFLOW_THREADS", "1")))
     train, test = load()
-    synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False)
+    synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False,
+                              discrete_model=discrete_model, **params)
     start = time.perf_counter()
     synth.fit(train, domain=load_demo_domain())
     fit_s = time.perf_counter() - start
@@ -58,7 +61,7 @@ def run(epsilon: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     return table, result.worst_pairs, result.to_frame(), fit_s
 
 
-def run_declared(epsilon: float, seed: int
+def run_declared(epsilon: float, seed: int, discrete_model: str = "heads"
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, float]:
     """One fit with the rules declared; the consistency and the main scores of its rows
     without and with the repair (paired: the same latent rows), the 1-way TVD of the
@@ -73,7 +76,8 @@ def run_declared(epsilon: float, seed: int
     train, test = load()
     rules = load_demo_rules()
     domain = Domain(load_demo_domain().columns, constraints=rules)
-    synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False)
+    synth = DPFlowSynthesizer(epsilon=epsilon, delta=1e-5, random_state=seed, verbose=False,
+                              discrete_model=discrete_model)
     start = time.perf_counter()
     synth.fit(train, domain=domain)
     fit_s = time.perf_counter() - start
@@ -134,11 +138,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--declare", action="store_true",
                         help="declare the rules (enforced) and compare paired samples")
+    parser.add_argument("--discrete-model", default="heads", choices=["heads", "dequantized"])
+    parser.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="other DPFlowSynthesizer parameters (values read as Python)")
     args = parser.parse_args()
+    params = {k: ast.literal_eval(v) for k, v in (p.split("=", 1) for p in args.param)}
     if args.declare:
         tables, all_scores = [], []
         for seed in args.seeds:
-            consistency, scores, columns, worst, fit_s = run_declared(args.epsilon, seed)
+            consistency, scores, columns, worst, fit_s = run_declared(args.epsilon, seed,
+                                                                     args.discrete_model)
             tables.append(consistency)
             all_scores.append(scores)
             print(f"\nepsilon {args.epsilon:g}, seed {seed}, rules declared (fit {fit_s:.0f} "
@@ -156,11 +165,13 @@ def main() -> None:
         return
     tables = []
     for seed in args.seeds:
-        consistency, worst, scores, fit_s = run(args.epsilon, seed)
+        consistency, worst, scores, fit_s = run(args.epsilon, seed, args.discrete_model,
+                                                **params)
         tables.append(consistency)
         main_scores = scores.loc[["tvd_1way", "tvd_2way", "quality", "auroc_hgb"],
                                  ["synthetic", "real_data"]]
-        print(f"\nepsilon {args.epsilon:g}, seed {seed} (fit {fit_s:.0f} s)\n")
+        print(f"\nepsilon {args.epsilon:g}, seed {seed}, {args.discrete_model} (fit "
+              f"{fit_s:.0f} s)\n")
         print(markdown(consistency, "rule") + "\n")
         print(markdown(worst, "pair (contingency similarity)") + "\n")
         print(markdown(main_scores, "metric"), flush=True)

@@ -85,7 +85,8 @@ __all__ = ["DPFlowSynthesizer"]
 # 4: the flow's state holds its base correlation (the `base_cholesky` buffer).
 # 5: and its marginal calibration (the `calibration_from` / `calibration_to` buffers).
 # 7: the domain entry holds the declared rules ({"columns": ..., "constraints": [...]}).
-FORMAT_VERSION = 7
+# 8: the flow's config may list discrete heads (`discrete`), with their buffers.
+FORMAT_VERSION = 8
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -101,6 +102,10 @@ CALIBRATION_SAMPLES = 131_072
 # this. Measured on bank_marketing and default_credit_card subsamples at epsilon 1: 32-bin
 # histograms at 0.15 (3,000 rows) did worse than the flow's own marginal, at 0.07 better.
 CALIBRATION_MAX_NOISE_TVD = 0.1
+
+# Discrete dimensions with more cells than this stay in the spline flow (dequantized): a head
+# costs an input and an output unit per cell.
+MAX_HEAD_CELLS = 256
 
 # Rows per slice of a block given to one sampling thread: a multiple of the flow's fast-path
 # row block (8192 rows), so that the flow sees the same row blocks with any number of threads.
@@ -174,6 +179,15 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         :mod:`skdpflow.schedule`).
     n_bins : int or "auto", default="auto"
         Bins of each rational-quadratic spline (``"auto"``: 8, or 4 for the smallest models).
+    discrete_model : {"heads", "dequantized"}, default="heads"
+        How discrete dimensions (categories, booleans, integer columns with at most 32
+        values, the point masses and missing values of numerical columns) are modelled.
+        ``"heads"``: one softmax head per dimension, in a fixed order (fewest cells first),
+        each fed the cells of the heads before it through the shared conditioner, and the
+        flow's continuous features conditioned on all of them; a category that determines
+        another (``education`` and ``education-num``) is then one lookup away.
+        ``"dequantized"``: the spline flow models them as intervals of a continuous value,
+        as it does numbers. Either way ``score_samples`` is exact (see its docstring).
     marginals_fraction : float or "auto", default="auto"
         Share of the privacy budget (after the row count and the domain estimation) for the
         histogram release that shapes the encoding. Shares are of the Rényi budget at the
@@ -279,6 +293,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "n_stages": Interval(Integral, 1, None),
         "hidden_size": auto_or(Interval(Integral, 1, None)),
         "n_bins": auto_or(Interval(Integral, 2, None)),
+        "discrete_model": Options(frozenset({"heads", "dequantized"})),
         "marginals_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "copula_fraction": auto_or(Interval(Real, 0, 1, closed="left")),
         "histogram_bins": Interval(Integral, 2, None),
@@ -305,6 +320,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         n_stages: int = 6,
         hidden_size: int | str = "auto",
         n_bins: int | str = "auto",
+        discrete_model: str = "heads",
         marginals_fraction: float | str = "auto",
         copula_fraction: float | str = "auto",
         histogram_bins: int = 32,
@@ -327,6 +343,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         self.n_stages = n_stages
         self.hidden_size = hidden_size
         self.n_bins = n_bins
+        self.discrete_model = discrete_model
         self.marginals_fraction = marginals_fraction
         self.copula_fraction = copula_fraction
         self.histogram_bins = histogram_bins
@@ -477,7 +494,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
             fitted.update(self._train(lo, hi, edges, raked, n_hat,
                                       correlation, ledger, noise, fitted["schedule_"],
-                                      int(init_seed), int(train_seed), comm, cells=cells))
+                                      int(init_seed), int(train_seed), comm, cells=cells,
+                                      heads=self._heads(fitted["encoder_"])))
         finally:  # the file of cells goes, whatever happened
             if cells is not None:
                 cells.close()
@@ -796,8 +814,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                raked: dict[int, np.ndarray], n_hat: float,
                correlation: np.ndarray, ledger: PrivacyLedger, noise: PrivacyNoise,
                schedule: Schedule, init_seed: int, train_seed: int,
-               comm: Communicator | None, cells: DiskCells | None = None) -> dict[str, Any]:
+               comm: Communicator | None, cells: DiskCells | None = None,
+               heads: list | None = None) -> dict[str, Any]:
         """DP-SGD. Its sampling rate and length come from the noisy row count only.
+
+        ``heads``: the discrete dimensions modelled by softmax heads, ``[[dim, cell
+        edges], ...]`` in the heads' order (see :meth:`_heads`).
 
         ``cells``: the cells of a table read in chunks, on disk (``lo``, ``hi`` None).
 
@@ -820,7 +842,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             flow = SharedConditionerFlow(n_dims, n_stages=self.n_stages,
                                          hidden_size=schedule.hidden_size,
                                          n_bins=schedule.n_bins, seed=init_seed,
-                                         calibration_knots=_calibration_knots(edges))
+                                         calibration_knots=_calibration_knots(edges),
+                                         discrete=heads, head_lookup=True)
             flow.set_base_correlation(torch.as_tensor(correlation))
             flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0
@@ -862,6 +885,16 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return {"flow_": flow, "category_weights_": weights,
                 "noise_multiplier_": sigma, "sample_rate_": sample_rate,
                 "steps_": steps, "n_rows_estimate_": n_hat}
+
+    def _heads(self, encoder: TableEncoder) -> list:
+        """The discrete dimensions the flow models with softmax heads, with their cell edges
+        (released masses), fewest cells first (ties: in column order). From the encoding
+        alone: the domain and the released marginals."""
+        if self.discrete_model != "heads":
+            return []
+        dims = [(len(d.edges) - 1, i) for i, d in enumerate(encoder.dims)
+                if d.discrete and 2 <= len(d.edges) - 1 <= MAX_HEAD_CELLS]
+        return [[i, encoder.dims[i].edges.tolist()] for _, i in sorted(dims)]
 
     def _set_fitted(self, fitted: dict[str, Any], ledger: PrivacyLedger,
                     data: pd.DataFrame) -> None:

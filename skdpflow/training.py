@@ -95,7 +95,7 @@ def train_flow(
         def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             lo_b, hi_b = cells.rows(idx.numpy())
             return torch.from_numpy(lo_b).to(device), torch.from_numpy(hi_b).to(device)
-    optimizer = Adam(list(flow.parameters()))
+    optimizer = Adam(list(flow.parameters()), scales=flow.learning_rate_scales())
     expected = config.expected_batch_size or config.sample_rate * n
     dp_step = None
     if config.private:
@@ -146,11 +146,16 @@ class Adam:
     A few lines of our own because building any ``torch.optim`` optimiser imports
     ``torch._dynamo`` (2 to 5 seconds on the first fit of a process), more than a whole small
     fit. ``tests/test_training.py`` checks it step for step against ``torch.optim.Adam``.
+
+    ``scales``: a learning-rate factor per parameter (default 1 for all).
     """
 
     def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, scales: list[float] | None = None) -> None:
         self.params = params
+        self.scales = [1.0] * len(params) if scales is None else list(scales)
+        if len(self.scales) != len(params):
+            raise ValueError("scales must have one factor per parameter")
         self.betas = betas
         self.eps = eps
         self.t = 0
@@ -167,13 +172,13 @@ class Adam:
         b1, b2 = self.betas
         correction1 = 1 - b1**self.t
         root_correction2 = math.sqrt(1 - b2**self.t)
-        for p, m, v in zip(self.params, self.m, self.v):
+        for p, m, v, scale in zip(self.params, self.m, self.v, self.scales):
             if p.grad is None:
                 continue
             m.lerp_(p.grad, 1 - b1)
             v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
             denom = (v.sqrt() / root_correction2).add_(self.eps)
-            p.addcdiv_(m, denom, value=-lr / correction1)
+            p.addcdiv_(m, denom, value=-lr * scale / correction1)
 
 
 def _progress(config: TrainConfig):

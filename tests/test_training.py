@@ -7,6 +7,7 @@ import torch
 
 from skdpflow.flows.model import SharedConditionerFlow
 from skdpflow.privacy.dpsgd import DPSGDStep
+from skdpflow.training import Adam
 
 
 def _flow(features: int, stages: int) -> SharedConditionerFlow:
@@ -163,3 +164,23 @@ def test_a_fit_does_not_import_torch_dynamo() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_adam_scales_multiply_each_parameters_step():
+    """A learning-rate factor per parameter: the step of a scaled parameter is the factor
+    times the unscaled one (Adam's step is linear in the learning rate)."""
+    torch.manual_seed(0)
+    params = [torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    plain = [p.clone() for p in params]
+    scaled = [p.clone() for p in params]
+    a, b = Adam(plain), Adam(scaled, scales=[1.0, 7.0])
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(plain, scaled, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step(0.01)
+        b.step(0.01)
+    torch.testing.assert_close(scaled[0], plain[0])
+    torch.testing.assert_close(scaled[1] - params[1], 7.0 * (plain[1] - params[1]))
+    with pytest.raises(ValueError, match="one factor per parameter"):
+        Adam(params, scales=[1.0])

@@ -1,0 +1,233 @@
+"""The flow's discrete heads: softmax heads over cells, fed by the shared conditioner.
+
+Each fast path has its slow twin here: log-densities against autograd Jacobians and a sum
+over cells, the no-autograd paths against the module path, per-row gradient norms against
+a one-row-at-a-time loop in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from skdpflow.flows.model import SharedConditionerFlow
+from skdpflow.privacy.dpsgd import DPSGDStep
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+# Five features: 3 and 1 and 0 are heads (in that order), 2 and 4 are continuous.
+HEADS = [[3, [0.0, 0.2, 0.5, 1.0]], [1, [0.0, 0.6, 1.0]], [0, [0.0, 0.1, 0.3, 0.45, 1.0]]]
+
+
+def _flow(lookup: bool = False, features: int = 5, heads: list = HEADS,
+          **kwargs: object) -> SharedConditionerFlow:
+    options = {"n_stages": 4, "hidden_size": 16, "n_bins": 5} | kwargs
+    flow = SharedConditionerFlow(features, discrete=heads, head_lookup=lookup, **options)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+    return flow
+
+
+def _std_normal_log_prob(x: Tensor) -> Tensor:
+    return (-0.5 * x.square() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _cell_of(u: float, edges: list[float]) -> int:
+    return int(np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2))
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize("base", ["identity", "copula", "calibrated"])
+def test_log_prob_matches_full_jacobian(lookup: bool, base: str) -> None:
+    flow = _flow(lookup, calibration_knots=16 if base == "calibrated" else 0)
+    if base != "identity":
+        a = torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
+        cov = a @ a.T + 5 * torch.eye(5)
+        flow.set_base_correlation(cov / cov.diagonal().sqrt().outer(cov.diagonal().sqrt()))
+    if base == "calibrated":
+        flow.calibrate(256, generator=torch.Generator().manual_seed(0))
+        assert flow.calibrated
+    for x in torch.randn(4, 5, generator=torch.Generator().manual_seed(3)):
+        jac = torch.autograd.functional.jacobian(lambda r: flow.transform(r[None])[0][0], x)
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign > 0
+        z = flow.transform(x[None])[0][0]
+        expected = _std_normal_log_prob(z) + logdet
+        torch.testing.assert_close(flow.log_prob(x[None])[0], expected, atol=1e-9, rtol=1e-9)
+        with torch.no_grad():
+            torch.testing.assert_close(flow.log_prob(x[None])[0], expected, atol=1e-9,
+                                       rtol=1e-9)
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_cell_probabilities_sum_to_one_and_the_flow_integrates_to_one_given_them(
+        lookup: bool) -> None:
+    """The heads' part, ``log p(x) - sum_j log phi(x_j) + log w_cell`` at fixed continuous
+    values, is a pmf over the 3 x 2 x 4 cells (it sums to one), and the continuous feature's
+    density given the cells integrates to one (on a grid)."""
+    flow = _flow(lookup, features=4, heads=[[3, HEADS[0][1]], [1, HEADS[1][1]],
+                                            [0, HEADS[2][1]]])
+    grid = torch.linspace(-12.0, 12.0, 60001)
+    total = 0.0
+    with torch.no_grad():
+        for cells in itertools.product(*(range(len(e) - 1) for _, e in flow.config["discrete"])):
+            x = torch.empty(1, 4)
+            x[0, 2] = 0.3
+            log_w = 0.0
+            for (index, edges), k in zip(flow.config["discrete"], cells):
+                x[0, index] = float(torch.special.ndtri(torch.tensor(0.5 * (edges[k]
+                                                                            + edges[k + 1]))))
+                log_w += math.log(edges[k + 1] - edges[k])
+            log_phi = float(_std_normal_log_prob(x[:, [3, 1, 0]])[0])
+            _, _, log_heads, _ = flow._heads_forward(x[:, [3, 1, 0]], need_z=False)
+            p_cells = math.exp(float(log_heads[0]) - log_phi + log_w)
+            total += p_cells
+            rows = x.repeat(len(grid), 1)
+            rows[:, 2] = grid
+            density = (flow.log_prob(rows) - log_phi + log_w).exp() / p_cells
+            assert float(torch.trapezoid(density, grid)) == pytest.approx(1.0, abs=2e-3)
+    assert total == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_inverse_of_transform_and_fast_paths_match_module_paths(lookup: bool) -> None:
+    flow = _flow(lookup)
+    x = 1.5 * torch.randn(40, 5, generator=torch.Generator().manual_seed(4))
+    z, ladj = flow.transform(x)  # parameters require grad: module path
+    torch.testing.assert_close(flow.inverse(z), x, atol=1e-9, rtol=0)
+    with torch.no_grad():
+        z_fast, ladj_fast = flow.transform(x)
+        x_fast = flow.inverse(z)
+        log_fast = flow.log_prob(x)
+    torch.testing.assert_close(z_fast, z.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj_fast, ladj.detach(), atol=1e-10, rtol=0)
+    torch.testing.assert_close(x_fast, x, atol=1e-9, rtol=0)
+    torch.testing.assert_close(log_fast, flow.log_prob(x).detach(), atol=1e-10, rtol=0)
+
+
+def test_untrained_heads_sample_their_released_masses_and_continuous_is_the_copula() -> None:
+    flow = SharedConditionerFlow(5, discrete=HEADS)  # zero output layer: the start
+    n = 200_000
+    x = flow.sample(n, generator=torch.Generator().manual_seed(0))
+    u = torch.special.ndtr(x)
+    for index, edges in HEADS:
+        cells = np.array([_cell_of(v, edges) for v in u[:20_000, index].tolist()])
+        masses = np.bincount(cells, minlength=len(edges) - 1) / len(cells)
+        np.testing.assert_allclose(masses, np.diff(edges), atol=0.015)
+        # Uniform inside its cell: the dequantised law the encoder trains on.
+        assert abs(float(u[:, index].mean()) - 0.5) < 0.005
+    torch.testing.assert_close(x[:, [2, 4]].std(0), torch.ones(2), atol=0.01, rtol=0)
+
+
+def test_a_head_learns_a_deterministic_lookup() -> None:
+    """Without noise, the heads represent a function of one discrete column of another:
+    trained on y = x (4 cells each), the second head puts > 99% on the matching cell."""
+    edges = [0.0, 0.4, 0.7, 0.9, 1.0]
+    flow = SharedConditionerFlow(2, n_stages=2, hidden_size=16, discrete=[[0, edges],
+                                                                           [1, edges]])
+    opt = torch.optim.Adam(flow.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        k = torch.multinomial(torch.tensor(np.diff(edges)), 256, replacement=True, generator=g)
+        lo = torch.tensor(edges)[k]
+        hi = torch.tensor(edges)[k + 1]
+        u = lo[:, None] + torch.rand(256, 2, generator=g) * (hi - lo)[:, None]
+        loss = -flow.log_prob(torch.special.ndtri(u)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        x = flow.sample(5000, generator=g)
+    u = torch.special.ndtr(x).numpy()
+    same = np.mean([_cell_of(a, edges) == _cell_of(b, edges) for a, b in u])
+    assert same > 0.99
+
+
+def test_state_round_trip_and_config() -> None:
+    flow = _flow(True)
+    x = torch.randn(16, 5)
+    fresh = SharedConditionerFlow(**flow.config)
+    fresh.load_state_dict(flow.state_dict())
+    assert torch.equal(fresh.log_prob(x), flow.log_prob(x))
+    clone = pickle.loads(pickle.dumps(flow))
+    assert torch.equal(clone.log_prob(x), flow.log_prob(x))
+    assert flow.float().head_edges.dtype == torch.float64  # kept exact through .float()
+
+
+def test_rows_are_independent() -> None:
+    flow = _flow(True)
+    x = torch.randn(10, 5)
+    changed = x.clone()
+    changed[0] = 3.0 * torch.randn(5)
+    before, after = flow.log_prob(x), flow.log_prob(changed)
+    assert before[0] != after[0]
+    assert torch.equal(before[1:], after[1:])
+
+
+def test_all_discrete_and_bad_heads() -> None:
+    flow = _flow(features=3, heads=HEADS[1:2] + [[0, HEADS[0][1]], [2, HEADS[2][1]]])
+    assert flow.n_cont == 0
+    x = flow.sample(100, generator=torch.Generator().manual_seed(0))
+    z, ladj = flow.transform(x)
+    torch.testing.assert_close(flow.log_prob(x), _std_normal_log_prob(z) + ladj)
+    with pytest.raises(ValueError, match="distinct"):
+        SharedConditionerFlow(3, discrete=[[1, [0, 0.5, 1]], [1, [0, 0.5, 1]]])
+    with pytest.raises(ValueError, match="distinct"):
+        SharedConditionerFlow(3, discrete=[[3, [0, 0.5, 1]]])
+    with pytest.raises(ValueError, match="increase strictly"):
+        SharedConditionerFlow(3, discrete=[[0, [0, 0.5, 0.5, 1]]])
+    with pytest.raises(ValueError, match="at least two cells"):
+        SharedConditionerFlow(3, discrete=[[0, [0, 1]]])
+
+
+def _naive_grads(flow: SharedConditionerFlow, x: Tensor) -> list[dict[str, Tensor]]:
+    out = []
+    for i in range(len(x)):
+        flow.zero_grad()
+        (-flow(x[i : i + 1])).sum().backward()
+        out.append({n: p.grad.clone() for n, p in flow.named_parameters()})
+    flow.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
+def test_per_row_norms_equal_a_naive_loop(lookup: bool, strategy: str) -> None:
+    flow = _flow(lookup)
+    x = 1.5 * torch.randn(9, 5, generator=torch.Generator().manual_seed(5))
+    naive = _naive_grads(flow, x)
+    step = DPSGDStep(flow, max_grad_norm=1.0, noise_multiplier=0.0, expected_batch_size=9,
+                     norm_strategy=strategy)
+    with step.record():
+        losses = -flow(x)
+    fast = step.per_sample_sq_norms(losses)
+    names = {name for name, _ in flow.named_parameters()}
+    assert {name.rsplit(".", 1)[0] for name in names} >= {"conditioner.0"}
+    for name, sq in fast.items():
+        expected = torch.stack([(g[name] ** 2).sum() for g in naive])
+        torch.testing.assert_close(sq, expected, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_dp_step_without_noise_equals_hand_clip_and_average(lookup: bool) -> None:
+    flow = _flow(lookup)
+    x = 1.5 * torch.randn(11, 5, generator=torch.Generator().manual_seed(6))
+    naive = _naive_grads(flow, x)
+    norms = torch.stack([torch.sqrt(sum((g ** 2).sum() for g in row.values())) for row in naive])
+    clip = float(norms.median())
+    step = DPSGDStep(flow, max_grad_norm=clip, noise_multiplier=0.0, expected_batch_size=11)
+    with step.record():
+        losses = -flow(x)
+    step.step(losses)
+    coef = torch.clamp(clip / (norms + 1e-6), max=1.0)
+    for name, p in flow.named_parameters():
+        expected = sum(c * g[name] for c, g in zip(coef, naive)) / 11
+        torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=1e-10)
