@@ -127,6 +127,26 @@ def test_untrained_heads_sample_their_released_masses_and_continuous_is_the_copu
     torch.testing.assert_close(x[:, [2, 4]].std(0), torch.ones(2), atol=0.01, rtol=0)
 
 
+def test_untrained_heads_with_a_base_correlation_follow_the_copula() -> None:
+    """Two 2-cell heads and a continuous feature, pairwise correlation 0.8 in latent space:
+    the second head agrees with the first about as the copula says (1 - arccos(0.8) / pi =
+    0.80 for median cells; the heads read the first at its cell's midpoint: 0.82), and the
+    continuous feature's mean given the first head's upper cell is 0.8 Phi^-1(0.75) = 0.54."""
+    half = [0.0, 0.5, 1.0]
+    flow = SharedConditionerFlow(3, discrete=[[0, half], [1, half]])
+    corr = torch.full((3, 3), 0.8).fill_diagonal_(1.0)
+    flow.set_base_correlation(corr)
+    x = flow.sample(100_000, generator=torch.Generator().manual_seed(0))
+    upper = x[:, :2] > 0
+    agree = float((upper[:, 0] == upper[:, 1]).double().mean())
+    assert 0.78 < agree < 0.84
+    assert float(x[upper[:, 0], 2].mean()) == pytest.approx(0.8 * 0.6745, abs=0.05)
+    flow.set_base_correlation(torch.eye(3))  # back to the independent start, exactly
+    fresh = SharedConditionerFlow(3, discrete=[[0, half], [1, half]])
+    xs = torch.randn(20, 3)
+    assert torch.equal(flow.log_prob(xs), fresh.log_prob(xs))
+
+
 def test_a_head_learns_a_deterministic_lookup() -> None:
     """Without noise, the heads represent a function of one discrete column of another:
     trained on y = x (4 cells each), the second head puts > 99% on the matching cell."""

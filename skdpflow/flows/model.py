@@ -255,6 +255,12 @@ class SharedConditionerFlow(nn.Module):
         widths = torch.cat([e.diff() for e in edges]) if edges else torch.zeros(0)
         self.register_buffer("head_log_widths", widths.clamp_min(1e-300).log().to(
             torch.get_default_dtype()))
+        # The copula's conditionals (see set_base_correlation): the mean of head j's latent
+        # value is onehot @ head_mean_coef[j], its sd head_scale[j]; the continuous
+        # features' mean is onehot @ cont_mean_coef.T. Zero and one: independent heads.
+        self.register_buffer("head_mean_coef", torch.zeros(self.n_heads, n_cells))
+        self.register_buffer("head_scale", torch.ones(self.n_heads))
+        self.register_buffer("cont_mean_coef", torch.zeros(self.n_cont, n_cells))
         # The one-hot units each head may read: those of the heads before it.
         visible = torch.zeros(self.n_heads, n_cells + self.n_heads)
         for j in range(self.n_heads):
@@ -307,25 +313,67 @@ class SharedConditionerFlow(nn.Module):
     def set_base_correlation(self, correlation: Tensor) -> None:
         """Make ``N(0, correlation)`` the distribution of the untrained flow.
 
+        With discrete heads, the latent values are ordered heads first (in their order),
+        then the continuous features, and ``N(0, correlation)`` is followed through its
+        conditionals: head ``j`` starts at the law of its latent value given the heads
+        before it, each read at its cell's midpoint ``Phi^-1((lo + hi) / 2)`` (the values the
+        copula's correlation was estimated on), ``N(mu_j, s_j^2)``, so its cells start at
+        ``Phi((b - mu_j) / s_j) - Phi((a - mu_j) / s_j)``; the continuous features start at
+        their Gaussian conditional given all heads (mean shift and conditional Cholesky
+        factor). With ``correlation = I`` this is the independent start.
+
         Parameters
         ----------
         correlation : Tensor
-            Symmetric positive definite, shape ``(features, features)``; the Cholesky factor
-            of its block of continuous features (all of it without heads) is stored in the
-            ``base_cholesky`` buffer (saved with the weights).
+            Symmetric positive definite, shape ``(features, features)``. The Cholesky factor
+            of the continuous features' (conditional) block is stored in the
+            ``base_cholesky`` buffer, the heads' conditionals in ``head_mean_coef``,
+            ``head_scale`` and ``cont_mean_coef`` (all saved with the weights).
         """
         correlation = torch.as_tensor(correlation, dtype=torch.float64)
         shape = (self.features, self.features)
         if correlation.shape != shape:
             raise ValueError(f"correlation must have shape {shape}, got "
                              f"{tuple(correlation.shape)}")
-        if self.n_heads:  # the continuous features' block: the heads have their own model
-            index = self.cont_index.cpu()
-            correlation = correlation[index][:, index]
-        cholesky, info = torch.linalg.cholesky_ex(correlation)
+        order = torch.cat((self.head_index.cpu(), self.cont_index.cpu()))
+        cholesky, info = torch.linalg.cholesky_ex(correlation[order][:, order])
         if info != 0:
             raise ValueError("correlation must be symmetric positive definite")
-        self.base_cholesky.copy_(cholesky.to(self.base_cholesky))
+        m = self.n_heads
+        self.base_cholesky.copy_(cholesky[m:, m:].to(self.base_cholesky))
+        if not m:
+            return
+        # Regression coefficients on the earlier heads: rows of L[j, :j] L[:j, :j]^-1.
+        l_heads = cholesky[:m, :m]
+        eye = torch.eye(m, dtype=torch.float64)
+        inverse = torch.linalg.solve_triangular(l_heads, eye, upper=False)
+        beta = torch.tril(l_heads, diagonal=-1) @ inverse  # (m, m), strictly lower
+        gamma = cholesky[m:, :m] @ inverse  # (n_cont, m)
+        midpoints = torch.cat([torch.special.ndtri(0.5 * (e[:-1] + e[1:]))
+                               for e in (self._edges(j) for j in range(m))])
+        head_of_cell = torch.repeat_interleave(torch.arange(m), torch.tensor(self.head_cells))
+        self.head_mean_coef.copy_((beta[:, head_of_cell] * midpoints).to(self.head_mean_coef))
+        self.head_scale.copy_(l_heads.diagonal().to(self.head_scale))
+        self.cont_mean_coef.copy_((gamma[:, head_of_cell] * midpoints).to(
+            self.cont_mean_coef))
+
+    def _independent_heads(self) -> bool:
+        return not (bool(self.head_mean_coef.any()) or bool((self.head_scale != 1).any()))
+
+    def _head_offset(self, cells: _Cells, j: int) -> Tensor:
+        """Head ``j``'s fixed logit offset: the log-masses of its cells at the start, given the
+        cells before it (``(B, cells)``), or the released masses (``(cells,)``) when the
+        heads start independent."""
+        lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
+        if self._independent_heads():
+            return self.head_log_widths[lo:hi].to(cells.dtype)
+        mean = cells.sum_of(self.head_mean_coef[j].double())[:, None]
+        cuts = torch.special.ndtri(self._edges(j))  # -inf ... inf
+        t = (cuts - mean) / self.head_scale[j].double()
+        upper = t[:, :-1] > 0  # both ends above the mean: the upper tail keeps the digits
+        mass = torch.where(upper, _ndtr(-t[:, :-1]) - _ndtr(-t[:, 1:]),
+                           _ndtr(t[:, 1:]) - _ndtr(t[:, :-1]))
+        return mass.clamp_min(1e-300).log().to(cells.dtype)
 
     def _whiten(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``w = L^{-1} x`` per row and its log-determinant ``-sum log L_jj`` (a scalar)."""
@@ -638,31 +686,41 @@ class SharedConditionerFlow(nn.Module):
             out[rows] = state.T
         return out, total
 
-    def _continuous(self, x: Tensor, onehot: Tensor, inverse: bool,
+    def _continuous(self, x: Tensor, cells: _Cells | None, inverse: bool,
                     need_ladj: bool = True) -> tuple[Tensor, Tensor]:
         """The coupling stages on the continuous features (whitening included), given the
-        heads' cells; the output and ``log |det|`` of the forward map per row."""
+        heads' cells (None without heads); the output and ``log |det|`` of the forward map
+        per row."""
+        if self.n_cont == 0:
+            return x, x.new_zeros(x.shape[0])
+        if cells is None:
+            cells = _Cells(x.new_zeros(x.shape[0], 0))
+        shift = None  # the mean of the continuous features given the heads' cells
+        if self.n_heads and bool(self.cont_mean_coef.any()):
+            shift = cells.sum_of(self.cont_mean_coef.double().T).to(x.dtype)
         if not inverse:
-            x, total = self._whiten(x)
+            x, total = self._whiten(x if shift is None else x - shift)
             total = total.expand(x.shape[0])
         else:
             total = x.new_zeros(x.shape[0])
-        if self.n_cont == 0:
-            return x, total
         if not self._needs_autograd(x):
             extra = None
-            if self.n_heads:
+            if self.n_heads:  # the first layer's columns of the cells, summed: (hidden, B)
                 w_first = self.conditioner[0].weight.to(x.dtype)
                 d = self.n_cont
-                extra = (onehot @ w_first[:, d : d + self.head_offsets[-1]].T).T
+                extra = cells.first_layer(w_first[:, d : d + self.head_offsets[-1]].T,
+                                          self.n_heads).T
             y, ladj = self._run_fast(x, inverse, need_ladj, extra)
             total = total + ladj
         else:
             y = x
             for k in (reversed(range(self.n_stages)) if inverse else range(self.n_stages)):
-                y, ladj = self._stage(y, k, inverse, onehot)
+                y, ladj = self._stage(y, k, inverse, cells.one_hot())
                 total = total + ladj
-        return (self._color(y) if inverse else y), total
+        if not inverse:
+            return y, total
+        y = self._color(y)
+        return (y if shift is None else y + shift), total
 
     # ------------------------------------------------------------- discrete heads
     def _edges(self, j: int) -> Tensor:
@@ -677,45 +735,49 @@ class SharedConditionerFlow(nn.Module):
                              device=cells.device)
         return onehot.scatter_(1, cells + offsets, 1.0)
 
-    def _head_logits(self, onehot: Tensor, j: int, fast: dict | None) -> Tensor:
+    def _head_logits(self, cells: _Cells, j: int, fast: tuple | None) -> Tensor:
         """Logits of head ``j``'s cells given the cells of the heads before it.
 
-        The released masses (log cell widths) are a fixed offset: with the zero-initialised
-        output layer every head starts at its released 1-way marginal. ``fast`` (no
-        autograd): the first layer as a sum of the one-hot's weight columns, only head
-        ``j``'s output units computed; else plain module calls (for per-row gradients).
+        A fixed offset holds the start: the released masses (log cell widths), or with a
+        base correlation the copula's conditional masses (:meth:`set_base_correlation`);
+        with the zero-initialised output layer every head starts there. ``fast`` (no
+        autograd, the conditioner's layers): the first layer as the sum of the chosen
+        cells' weight columns, the table as the sum of its columns, only head ``j``'s output
+        units computed; else plain module calls on the one-hot cells (for per-row
+        gradients).
         """
         lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
-        offset = self.head_log_widths[lo:hi].to(onehot.dtype)
+        offset = self._head_offset(cells, j)
         start = self.n_cont * (3 * self.n_bins - 1)
+        n_cells = self.head_offsets[-1]
         if fast is None:
+            onehot = cells.one_hot()
             b = onehot.shape[0]
             seen = torch.cat((onehot, onehot.new_ones(b, self.n_heads)), 1)
             seen = seen * self.head_visible[j].to(onehot.dtype)
             zeros = onehot.new_zeros(b, self.n_cont)
             code = self.stage_codes[self.n_stages + j].to(onehot.dtype).expand(b, -1)
-            n_cells = self.head_offsets[-1]
             out = self.conditioner(torch.cat((zeros, seen[:, :n_cells], zeros,
                                               seen[:, n_cells:], code), 1))
             logits = out[:, start + lo : start + hi] + offset
             if self.lookup is not None and j:
                 logits = logits + self.lookup[j - 1](onehot[:, :lo])
             return logits
-        w_first, b_first, middle, last = fast["layers"]
+        w_first, b_first, middle, last = fast
         d = self.n_cont
-        n_cells = self.head_offsets[-1]
+        dtype = cells.dtype
         # The constant part (visible-heads flags and stage code), then the visible cells.
-        static = torch.cat((self.head_visible[j, n_cells:].to(onehot.dtype),
-                            self.stage_codes[self.n_stages + j].to(onehot.dtype)))
+        static = torch.cat((self.head_visible[j, n_cells:].to(dtype),
+                            self.stage_codes[self.n_stages + j].to(dtype)))
         bias = torch.addmv(b_first, w_first[:, 2 * d + n_cells:], static)
-        h = (onehot[:, :lo] @ w_first[:, d : d + lo].T + bias).T  # (hidden, B)
+        h = (cells.first_layer(w_first[:, d : d + n_cells].T, j) + bias).T  # (hidden, B)
         for layer in middle:
             h = torch.addmm(layer[1], layer[0], h) if isinstance(layer, tuple) else layer(h)
-        w = last.weight[start + lo : start + hi].to(onehot.dtype)
-        b = last.bias[start + lo : start + hi].to(onehot.dtype)
+        w = last.weight[start + lo : start + hi].to(dtype)
+        b = last.bias[start + lo : start + hi].to(dtype)
         logits = torch.addmm(b[:, None], w, h).T + offset
         if self.lookup is not None and j:
-            logits = logits + onehot[:, :lo] @ self.lookup[j - 1].weight.to(onehot.dtype).T
+            logits = logits + cells.sum_of(self.lookup[j - 1].weight.to(dtype).T, upto=j)
         return logits
 
     def _every_head_logits(self, onehot: Tensor) -> list[Tensor]:
@@ -733,8 +795,7 @@ class SharedConditionerFlow(nn.Module):
         logits = []
         for j in range(self.n_heads):
             lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
-            head = out[:, j, start + lo : start + hi] + self.head_log_widths[lo:hi].to(
-                onehot.dtype)
+            head = out[:, j, start + lo : start + hi] + self._head_offset(_Cells(onehot), j)
             if self.lookup is not None and j:
                 head = head + self.lookup[j - 1](onehot[:, :lo])
             logits.append(head)
@@ -749,24 +810,28 @@ class SharedConditionerFlow(nn.Module):
         cells before ``k`` and ``[lo_k, lo_k + w_k]`` the cell: ``z_j = Phi^-1(v)``. So
         ``log p`` of the dequantised value is ``log p_k - log w_k + log phi(x_j)``.
 
-        Returns ``(z or None, log |det dz/dx|, that log-density, one-hot cells)``.
+        Returns ``(z or None, log |det dz/dx|, that log-density, the cells)``.
         """
-        fast = None if self._needs_autograd(x) else {"layers": self._layers(x.dtype)}
+        fast = None if self._needs_autograd(x) else self._layers(x.dtype)
         u = _ndtr(x.double())
         cells = torch.stack([
             (torch.searchsorted(self._edges(j), u[:, j].contiguous(), right=True) - 1)
             .clamp(0, self.head_cells[j] - 1) for j in range(self.n_heads)], 1)
-        onehot = self._one_hot(cells, x.dtype)
+        offsets = torch.tensor(self.head_offsets[:-1], device=cells.device)
+        known = _Cells(x.new_zeros(x.shape[0], self.head_offsets[-1]) if fast is None else x,
+                       list((cells + offsets).unbind(1)) if fast is not None else None)
+        if fast is None:
+            known.onehot = self._one_hot(cells, x.dtype)
         log_phi_x = -0.5 * x.square() - _LOG_SQRT_2PI
         log_density = x.new_zeros(x.shape[0])
         ladj = x.new_zeros(x.shape[0])
         z_cols = []
         # Teacher forcing: the cells are known, so with autograd all heads are one call of
         # the conditioner (and of the table) on (B, n_heads, in) inputs, a use per head.
-        every = None if fast is not None else self._every_head_logits(onehot)
+        every = None if fast is not None else self._every_head_logits(known.onehot)
         for j in range(self.n_heads):
             k = cells[:, j : j + 1]
-            logits = self._head_logits(onehot, j, fast) if every is None else every[j]
+            logits = self._head_logits(known, j, fast) if every is None else every[j]
             log_q = torch.log_softmax(logits, dim=-1)
             log_p = log_q.gather(1, k).squeeze(1)
             lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
@@ -783,21 +848,22 @@ class SharedConditionerFlow(nn.Module):
                 z_cols.append(z)
                 ladj = ladj + term + 0.5 * z.square() + _LOG_SQRT_2PI
         z = torch.stack(z_cols, 1) if need_z else None
-        return z, ladj, log_density, onehot
+        return z, ladj, log_density, known
 
     def _heads_inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent ``z`` ``(B, n_heads)`` to data, head after head; and the one-hot cells.
+        """Latent ``z`` ``(B, n_heads)`` to data, head after head; and the cells.
 
         ``v = Phi(z_j)`` picks the cell ``k`` by inverse CDF of the head's softmax; what is
         left of ``v`` in that cell, ``(v - C_k) / p_k``, is uniform and places ``u`` in the
         cell (the inverse of :meth:`_heads_forward`).
         """
-        fast = None if self._needs_autograd(z) else {"layers": self._layers(z.dtype)}
+        fast = None if self._needs_autograd(z) else self._layers(z.dtype)
         v = _ndtr(z.double())
-        onehot = z.new_zeros(z.shape[0], self.head_offsets[-1])
+        chosen = _Cells(z.new_zeros(z.shape[0], self.head_offsets[-1]) if fast is None else z,
+                        None if fast is None else [])
         cols = []
         for j in range(self.n_heads):
-            p = torch.softmax(self._head_logits(onehot, j, fast).double(), dim=-1)
+            p = torch.softmax(self._head_logits(chosen, j, fast).double(), dim=-1)
             cum = p.cumsum(1)
             vj = v[:, j : j + 1]
             k = torch.searchsorted(cum.contiguous(), vj.contiguous(), right=True)
@@ -808,8 +874,8 @@ class SharedConditionerFlow(nn.Module):
             lo = edges[k]
             u = lo + frac * (edges[k + 1] - lo)
             cols.append(torch.special.ndtri(u.clamp(_U_EPS, 1 - _U_EPS)).squeeze(1))
-            onehot = onehot.scatter(1, k + self.head_offsets[j], 1.0)
-        return torch.stack(cols, 1).to(z.dtype), onehot
+            chosen.add(k.squeeze(1) + self.head_offsets[j])
+        return torch.stack(cols, 1).to(z.dtype), chosen
 
     def _join(self, x_cont: Tensor, x_heads: Tensor) -> Tensor:
         """Rows of all features from the continuous and the heads' columns."""
@@ -836,11 +902,11 @@ class SharedConditionerFlow(nn.Module):
         if self.calibrated:
             x, ladj_calibration = self._calibration(x, inverse=True)
         if not self.n_heads:
-            z, total = self._continuous(x, x.new_zeros(x.shape[0], 0), inverse=False)
+            z, total = self._continuous(x, None, inverse=False)
             return z, total + ladj_calibration
-        z_heads, ladj_heads, _, onehot = self._heads_forward(
+        z_heads, ladj_heads, _, cells = self._heads_forward(
             x.index_select(1, self.head_index), need_z=True)
-        z_cont, total = self._continuous(x.index_select(1, self.cont_index), onehot,
+        z_cont, total = self._continuous(x.index_select(1, self.cont_index), cells,
                                          inverse=False)
         return self._join(z_cont, z_heads), total + ladj_heads + ladj_calibration
 
@@ -858,11 +924,10 @@ class SharedConditionerFlow(nn.Module):
             Data, shape ``(B, features)``.
         """
         if not self.n_heads:
-            x, _ = self._continuous(z, z.new_zeros(z.shape[0], 0), inverse=True,
-                                    need_ladj=False)
+            x, _ = self._continuous(z, None, inverse=True, need_ladj=False)
         else:
-            x_heads, onehot = self._heads_inverse(z.index_select(1, self.head_index))
-            x_cont, _ = self._continuous(z.index_select(1, self.cont_index), onehot,
+            x_heads, cells = self._heads_inverse(z.index_select(1, self.head_index))
+            x_cont, _ = self._continuous(z.index_select(1, self.cont_index), cells,
                                          inverse=True, need_ladj=False)
             x = self._join(x_cont, x_heads)
         return self._calibration(x, inverse=False)[0] if self.calibrated else x
@@ -889,9 +954,9 @@ class SharedConditionerFlow(nn.Module):
         ladj_calibration = x.new_zeros(x.shape[0])
         if self.calibrated:
             x, ladj_calibration = self._calibration(x, inverse=True)
-        _, _, log_heads, onehot = self._heads_forward(x.index_select(1, self.head_index),
-                                                      need_z=False)
-        z, ladj = self._continuous(x.index_select(1, self.cont_index), onehot, inverse=False)
+        _, _, log_heads, cells = self._heads_forward(x.index_select(1, self.head_index),
+                                                     need_z=False)
+        z, ladj = self._continuous(x.index_select(1, self.cont_index), cells, inverse=False)
         base = -0.5 * z.square().sum(dim=-1) - self.n_cont * _LOG_SQRT_2PI
         return base + ladj + log_heads + ladj_calibration
 
@@ -921,6 +986,56 @@ class SharedConditionerFlow(nn.Module):
             n, self.features, generator=generator, dtype=weight.dtype, device=ref.device
         )
         return self.inverse(z)
+
+
+class _Cells:
+    """The heads' cells of a batch: a one-hot ``(B, n_cells)`` tensor (module paths, whose
+    layers take it as input), or the chosen units, one ``(B,)`` index tensor per head so far
+    (no-autograd paths: a linear map of the one-hot is a sum of gathered rows)."""
+
+    def __init__(self, like: Tensor, units: list[Tensor] | None = None) -> None:
+        self.onehot = None if units is not None else like
+        self.units = units
+        self.dtype = like.dtype
+        self.rows = like.shape[0]
+        self._first: Tensor | None = None  # running sum of the first layer's rows
+        self._first_count = 0
+
+    def one_hot(self) -> Tensor:
+        assert self.onehot is not None, "module paths keep the one-hot cells"
+        return self.onehot
+
+    def add(self, unit: Tensor) -> None:
+        """Set the next head's cell (``unit``: its index among all cells, per row)."""
+        if self.units is not None:
+            self.units.append(unit)
+        else:
+            self.onehot = self.onehot.scatter(1, unit[:, None], 1.0)
+
+    def sum_of(self, rows: Tensor, upto: int | None = None) -> Tensor:
+        """``onehot @ rows`` (``rows``: ``(n_cells or fewer, k)``, or ``(n_cells,)``), over
+        the cells of the first ``upto`` heads (all set so far by default)."""
+        if self.units is None:
+            return self.onehot[:, : rows.shape[0]].to(rows.dtype) @ rows
+        units = self.units[:upto]
+        if not units:
+            return rows.new_zeros((self.rows, *rows.shape[1:]))
+        index = torch.stack(units, 1)
+        if rows.ndim == 1:
+            return rows[index].sum(1)
+        return torch.nn.functional.embedding_bag(index, rows, mode="sum")
+
+    def first_layer(self, rows: Tensor, upto: int) -> Tensor:
+        """:meth:`sum_of` the first layer's rows ``(n_cells, hidden)`` (always the same
+        tensor for one batch), kept as a running sum from head to head."""
+        if self.units is None:
+            return self.sum_of(rows, upto)
+        if self._first is None:
+            self._first = rows.new_zeros(self.rows, rows.shape[1])
+        while self._first_count < upto:
+            self._first += rows[self.units[self._first_count]]
+            self._first_count += 1
+        return self._first
 
 
 def _ndtr(x: Tensor) -> Tensor:
