@@ -40,6 +40,9 @@ CAP_QUANTILE = 0.99
 # Raking stops when every raked dimension is within this TVD of its released masses.
 TOLERANCE = 1e-4
 MAX_ITERATIONS = 200
+# An iteration that takes less than this share off the worst gap ends the raking: a factor
+# at its bound holds some cell off its mass (a category the flow all but dropped).
+STALL = 1e-3
 
 
 @dataclass
@@ -73,21 +76,26 @@ class CategoryWeights:
         targets = [np.diff(e) for e in edges]
         log_factors = [np.zeros(len(t)) for t in targets]
         bound = np.log(MAX_FACTOR)
-        log_w = np.zeros(len(z))  # sum_j log a_j[c_j], kept up to date factor by factor
+        # The rows' distinct combinations of cells, with their counts: the same sums.
+        combos, count = np.unique(np.stack(codes, 1), axis=0, return_counts=True)
+        cells = [np.ascontiguousarray(combos[:, j]) for j in range(len(codes))]
+        w = count.astype(float)  # count * prod_j a_j[c_j], kept up to date factor by factor
+        previous = np.inf
         for _ in range(MAX_ITERATIONS):
             worst = 0.0
-            for j, (c, t) in enumerate(zip(codes, targets)):
-                w = np.exp(log_w - log_w.max())
+            for j, (c, t) in enumerate(zip(cells, targets)):
                 share = np.bincount(c, weights=w, minlength=len(t)) / w.sum()
                 worst = max(worst, 0.5 * float(np.abs(share - t).sum()))
                 ok = (share > 0) & (t > 0)
                 step = np.zeros(len(t))
                 step[ok] = np.log(t[ok]) - np.log(share[ok])
                 new = np.clip(log_factors[j] + step, -bound, bound)
-                log_w += (new - log_factors[j])[c]
+                w *= np.exp(new - log_factors[j])[c]
                 log_factors[j] = new
-            if worst < TOLERANCE:
+            # Done, or stalled (a factor held at its bound keeps a cell off its mass).
+            if worst < TOLERANCE or worst > previous * (1.0 - STALL):
                 break
+            previous = worst
         log_w = sum(f[c] for c, f in zip(codes, log_factors))  # afresh: no drift
         log_cap = float(np.quantile(log_w, CAP_QUANTILE))
         log_norm = float(np.log(np.mean(np.exp(np.minimum(log_w, log_cap)))))

@@ -1134,9 +1134,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """Log-density of each row under the model.
 
         Continuous columns contribute their exact density (through the flow and the
-        encoding's Jacobian); categories, integers and missing values contribute the
-        probability of their cell, with the flow density read at the cell's midpoint.
-        Values outside the declared domain are clipped to it first.
+        encoding's Jacobian), given the row's discrete cells; categories, coded integers,
+        modes and missing values contribute the probability of their cells: exact with
+        ``discrete_model="heads"`` (the heads' probabilities), read at the cell's midpoint
+        with ``"dequantized"``. With category weights, ``log min(w, W) - log Z`` is added
+        (``Z`` a Monte Carlo estimate). Values outside the declared domain are clipped to it
+        first.
 
         This scores the model **before** the repair that makes samples keep declared rules
         (:mod:`skdpflow.enforcement`): the density of the repaired distribution is not

@@ -198,6 +198,13 @@ def test_all_discrete_and_bad_heads() -> None:
     x = flow.sample(100, generator=torch.Generator().manual_seed(0))
     z, ladj = flow.transform(x)
     torch.testing.assert_close(flow.log_prob(x), _std_normal_log_prob(z) + ladj)
+    # A DP step with no continuous feature: the splines' output layer is never called.
+    step = DPSGDStep(flow, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=100,
+                     generator=torch.Generator().manual_seed(0))
+    with step.record():
+        losses = -flow(x)
+    step.step(losses)
+    assert flow.head_output.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="distinct"):
         SharedConditionerFlow(3, discrete=[[1, [0, 0.5, 1]], [1, [0, 0.5, 1]]])
     with pytest.raises(ValueError, match="distinct"):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -128,7 +129,9 @@ def _build_conditioner(
     layers: list[nn.Module] = [nn.Linear(in_features, hidden_size), nn.GELU()]
     for _ in range(n_hidden_layers - 1):
         layers += [nn.Linear(hidden_size, hidden_size), nn.GELU()]
-    output = nn.Linear(hidden_size, out_features)
+    with warnings.catch_warnings():  # no output at all: a table of discrete heads only
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        output = nn.Linear(hidden_size, out_features)
     # Zero output: every spline starts with all-zero parameters, i.e. the identity.
     nn.init.zeros_(output.weight)
     nn.init.zeros_(output.bias)
@@ -285,8 +288,16 @@ class SharedConditionerFlow(nn.Module):
                 2 * self.n_cont + n_cells + self.n_heads + stage_features,
                 hidden_size,
                 n_hidden_layers,
-                self.n_cont * (3 * n_bins - 1) + n_cells,
+                self.n_cont * (3 * n_bins - 1),
             )
+            # The heads' output layer: on the conditioner's last hidden layer, as the
+            # splines' output layer is (a head's call computes only logits, a stage's only
+            # spline parameters). Zero at the start, as that one.
+            self.head_output = None
+            if heads:
+                self.head_output = nn.Linear(hidden_size, n_cells)
+                nn.init.zeros_(self.head_output.weight)
+                nn.init.zeros_(self.head_output.bias)
             # A lookup table from the cells of the heads before to a head's logits (one
             # weight per pair of cells, zero at the start): a cell that determines another
             # is one weight away, where the conditioner needs all its layers to learn it.
@@ -748,7 +759,6 @@ class SharedConditionerFlow(nn.Module):
         """
         lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
         offset = self._head_offset(cells, j)
-        start = self.n_cont * (3 * self.n_bins - 1)
         n_cells = self.head_offsets[-1]
         if fast is None:
             onehot = cells.one_hot()
@@ -757,9 +767,9 @@ class SharedConditionerFlow(nn.Module):
             seen = seen * self.head_visible[j].to(onehot.dtype)
             zeros = onehot.new_zeros(b, self.n_cont)
             code = self.stage_codes[self.n_stages + j].to(onehot.dtype).expand(b, -1)
-            out = self.conditioner(torch.cat((zeros, seen[:, :n_cells], zeros,
-                                              seen[:, n_cells:], code), 1))
-            logits = out[:, start + lo : start + hi] + offset
+            out = self._heads_output(torch.cat((zeros, seen[:, :n_cells], zeros,
+                                                seen[:, n_cells:], code), 1))
+            logits = out[:, lo:hi] + offset
             if self.lookup is not None and j:
                 logits = logits + self.lookup[j - 1](onehot[:, :lo])
             return logits
@@ -773,12 +783,20 @@ class SharedConditionerFlow(nn.Module):
         h = (cells.first_layer(w_first[:, d : d + n_cells].T, j) + bias).T  # (hidden, B)
         for layer in middle:
             h = torch.addmm(layer[1], layer[0], h) if isinstance(layer, tuple) else layer(h)
-        w = last.weight[start + lo : start + hi].to(dtype)
-        b = last.bias[start + lo : start + hi].to(dtype)
+        w = self.head_output.weight[lo:hi].to(dtype)
+        b = self.head_output.bias[lo:hi].to(dtype)
         logits = torch.addmm(b[:, None], w, h).T + offset
         if self.lookup is not None and j:
             logits = logits + cells.sum_of(self.lookup[j - 1].weight.to(dtype).T, upto=j)
         return logits
+
+    def _heads_output(self, inputs: Tensor) -> Tensor:
+        """The heads' logits (before offsets) of ``inputs``: the conditioner's hidden layers,
+        then the heads' output layer (module calls)."""
+        h = inputs
+        for layer in list(self.conditioner)[:-1]:
+            h = layer(h)
+        return self.head_output(h)
 
     def _every_head_logits(self, onehot: Tensor) -> list[Tensor]:
         """:meth:`_head_logits` of every head (module path), from one call of the conditioner
@@ -789,13 +807,12 @@ class SharedConditionerFlow(nn.Module):
         seen = seen[:, None, :] * self.head_visible.to(onehot.dtype)  # (B, n_heads, cells + m)
         zeros = onehot.new_zeros(b, self.n_heads, self.n_cont)
         codes = self.stage_codes[self.n_stages:].to(onehot.dtype).expand(b, -1, -1)
-        out = self.conditioner(torch.cat((zeros, seen[..., :n_cells], zeros,
-                                          seen[..., n_cells:], codes), -1))
-        start = self.n_cont * (3 * self.n_bins - 1)
+        out = self._heads_output(torch.cat((zeros, seen[..., :n_cells], zeros,
+                                            seen[..., n_cells:], codes), -1))
         logits = []
         for j in range(self.n_heads):
             lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
-            head = out[:, j, start + lo : start + hi] + self._head_offset(_Cells(onehot), j)
+            head = out[:, j, lo:hi] + self._head_offset(_Cells(onehot), j)
             if self.lookup is not None and j:
                 head = head + self.lookup[j - 1](onehot[:, :lo])
             logits.append(head)
