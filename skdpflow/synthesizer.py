@@ -106,6 +106,10 @@ CALIBRATION_MAX_NOISE_TVD = 0.1
 # Discrete dimensions with more cells than this stay in the spline flow (dequantized): a head
 # costs an input and an output unit per cell.
 MAX_HEAD_CELLS = 256
+# Each head adds a conditioner use per row to every DP-SGD step: on kddcup99 (10,000 rows,
+# 40 discrete dimensions) heads for all of them made the fit about 10x slower (and AUROC
+# 0.11 lower, quality 0.09 higher). The dimensions beyond this many stay in the flow.
+MAX_HEADS = 16
 
 # Rows per slice of a block given to one sampling thread: a multiple of the flow's fast-path
 # row block (8192 rows), so that the flow sees the same row blocks with any number of threads.
@@ -888,13 +892,17 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
     def _heads(self, encoder: TableEncoder) -> list:
         """The discrete dimensions the flow models with softmax heads, with their cell edges
-        (released masses), fewest cells first (ties: in column order). From the encoding
-        alone: the domain and the released marginals."""
+        (released masses), fewest cells first (ties: in column order): those with 2 to
+        ``MAX_HEAD_CELLS`` cells, at most ``MAX_HEADS`` of them (those of most cells). From
+        the encoding alone: the domain and the released marginals."""
         if self.discrete_model != "heads":
             return []
         dims = [(len(d.edges) - 1, i) for i, d in enumerate(encoder.dims)
                 if d.discrete and 2 <= len(d.edges) - 1 <= MAX_HEAD_CELLS]
-        return [[i, encoder.dims[i].edges.tolist()] for _, i in sorted(dims)]
+        # At most MAX_HEADS, those of most cells (the hardest for the spline flow), then in
+        # the heads' order.
+        dims = sorted(sorted(dims, key=lambda c: (-c[0], c[1]))[:MAX_HEADS])
+        return [[i, encoder.dims[i].edges.tolist()] for _, i in dims]
 
     def _set_fitted(self, fitted: dict[str, Any], ledger: PrivacyLedger,
                     data: pd.DataFrame) -> None:

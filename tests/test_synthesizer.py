@@ -481,3 +481,22 @@ def test_sampled_categories_and_modes_have_their_released_masses(fitted):
         share.index = [None if pd.isna(k) else k for k in share.index]
         sampled = share.reindex(levels[:len(released)], fill_value=0.0).to_numpy()
         assert 0.5 * np.abs(sampled - released).sum() < 0.015, name
+
+
+def test_at_most_max_heads_those_of_most_cells():
+    """Beyond MAX_HEADS discrete dimensions, those of most cells get heads (fewest cells
+    first among them); the others stay in the spline flow."""
+    from skdpflow.synthesizer import MAX_HEADS
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({f"b{i}": rng.integers(0, 2, 300).astype(bool)
+                          for i in range(MAX_HEADS + 2)})
+    frame["c"] = rng.choice(["x", "y", "z"], 300)
+    domain = {f"b{i}": {"type": "boolean"} for i in range(MAX_HEADS + 2)}
+    domain["c"] = {"type": "categorical", "categories": ["x", "y", "z"]}
+    synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST).fit(frame,
+                                                                           domain=domain)
+    heads = [index for index, _ in synth.flow_.config["discrete"]]
+    assert len(heads) == MAX_HEADS
+    assert heads == list(range(MAX_HEADS - 1)) + [MAX_HEADS + 2]  # c last: most cells
+    assert synth.sample(50, random_state=0).shape == (50, MAX_HEADS + 3)
