@@ -1,0 +1,61 @@
+"""One suite table, both discrete models side by side: fit time, sampling time, scores.
+
+For a table of ``datasets.json`` at a subsample size (the suite's rows and public domain,
+``benchmarks/suite.py``), fits ``DPFlowSynthesizer(discrete_model=...)`` for each model at
+epsilon 1 (one torch thread), samples as many rows and scores them with
+``skdpflow.evaluate``; one line per fit::
+
+    OMP_NUM_THREADS=1 python benchmarks/discrete_models.py kddcup99_10pct 10000 --seeds 0 1
+
+The private noise is fresh at every fit, so two fits of one seed differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+import suite
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("rows", type=int)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--models", nargs="+", default=["heads", "dequantized"])
+    parser.add_argument("--epsilon", type=float, default=1.0)
+    args = parser.parse_args()
+    from skdpflow import DPFlowSynthesizer, evaluate
+
+    torch.set_num_threads(1)
+    train, test, target = suite.load(args.dataset, args.rows, 2000)
+    domain = suite.public_domain(args.dataset)
+    for seed in args.seeds:
+        for model in args.models:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = time.perf_counter()
+                synth = DPFlowSynthesizer(epsilon=args.epsilon, random_state=seed,
+                                          verbose=False, n_jobs=1, discrete_model=model)
+                synth.fit(train, domain=domain)
+                fit_s = time.perf_counter() - start
+                start = time.perf_counter()
+                fake = synth.sample(len(train), random_state=seed)
+                sample_s = time.perf_counter() - start
+                scores = evaluate(train, fake, test=test, target=target,
+                                  domain=domain).to_frame()["synthetic"]
+            flow = synth.flow_
+            print(f"{args.dataset} {args.rows} seed {seed} {model}: heads "
+                  f"{0 if flow is None else flow.n_heads}, fit {fit_s:.0f} s, sample "
+                  f"{sample_s:.1f} s, " + ", ".join(
+                      f"{m} {scores[m]:.3f}" for m in ("tvd_1way", "tvd_2way", "quality",
+                                                       "auroc_hgb") if m in scores),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
