@@ -27,7 +27,7 @@ def _std_normal_log_prob(x: Tensor) -> Tensor:
     return (-0.5 * x.square() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def _small(features: int, **kwargs: int) -> SharedConditionerFlow:
+def _small(features: int, **kwargs: object) -> SharedConditionerFlow:
     options = {"n_stages": 4, "hidden_size": 16, "n_bins": 5} | kwargs
     return SharedConditionerFlow(features, **options)
 
@@ -160,8 +160,14 @@ def test_zero_init_is_identity() -> None:
     torch.testing.assert_close(flow.log_prob(x), _std_normal_log_prob(x), atol=1e-12, rtol=0)
 
 
-def test_state_dict_round_trip() -> None:
-    flow = _small(4, seed=3)
+# Two discrete heads (features 3 and 1) with their lookup table: a case of the tests below.
+TWO_HEADS = {"discrete": [[3, [0.0, 0.2, 0.5, 1.0]], [1, [0.0, 0.6, 1.0]]],
+             "head_lookup": True}
+
+
+@pytest.mark.parametrize("heads", [{}, TWO_HEADS], ids=["plain", "heads"])
+def test_state_dict_round_trip(heads: dict) -> None:
+    flow = _small(4, seed=3, **heads)
     _randomize(flow)
     x = torch.randn(16, 4)
     fresh = SharedConditionerFlow(**flow.config)
@@ -192,8 +198,9 @@ def test_sample_shape_and_determinism() -> None:
     assert not torch.equal(a, c)
 
 
-def test_rows_are_independent() -> None:
-    flow = _small(4)
+@pytest.mark.parametrize("heads", [{}, TWO_HEADS], ids=["plain", "heads"])
+def test_rows_are_independent(heads: dict) -> None:
+    flow = _small(4, **heads)
     _randomize(flow)
     x = torch.randn(10, 4)
     changed = x.clone()

@@ -10,9 +10,16 @@ from skdpflow.privacy.dpsgd import DPSGDStep
 from skdpflow.training import Adam
 
 
-def _flow(features: int, stages: int) -> SharedConditionerFlow:
+# Discrete heads on features 3, 1 and 0 of a 5-feature flow (tests/test_heads.py).
+HEADS = [[3, [0.0, 0.2, 0.5, 1.0]], [1, [0.0, 0.6, 1.0]], [0, [0.0, 0.1, 0.3, 0.45, 1.0]]]
+
+
+def _flow(features: int, stages: int, heads: str | None = None) -> SharedConditionerFlow:
+    """A float64 flow away from its start; ``heads``: None, "heads" or "lookup" (heads with
+    their lookup table, on ``HEADS``)."""
     flow = SharedConditionerFlow(features, n_stages=stages, hidden_size=12, n_bins=5,
-                                 seed=1).double()
+                                 seed=1, discrete=HEADS if heads else None,
+                                 head_lookup=heads == "lookup").double()
     with torch.no_grad():  # move away from the identity so every layer has a gradient
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -29,10 +36,12 @@ def _naive_grads(flow: SharedConditionerFlow, x: torch.Tensor) -> list[dict[str,
     return out
 
 
-@pytest.mark.parametrize("features, stages, batch", [(3, 3, 5), (6, 4, 17), (2, 6, 9)])
+@pytest.mark.parametrize("features, stages, batch, heads", [
+    (3, 3, 5, None), (6, 4, 17, None), (2, 6, 9, None), (5, 4, 9, "heads"),
+    (5, 4, 9, "lookup")])
 @pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
-def test_flow_per_row_norms_equal_a_naive_loop(features, stages, batch, strategy):
-    flow = _flow(features, stages)
+def test_flow_per_row_norms_equal_a_naive_loop(features, stages, batch, heads, strategy):
+    flow = _flow(features, stages, heads)
     x = 1.5 * torch.randn(batch, features, dtype=torch.float64)
     naive = _naive_grads(flow, x)
     step = DPSGDStep(flow, max_grad_norm=1.0, noise_multiplier=0.0, expected_batch_size=batch,
@@ -45,9 +54,10 @@ def test_flow_per_row_norms_equal_a_naive_loop(features, stages, batch, strategy
         torch.testing.assert_close(sq, expected, rtol=1e-8, atol=1e-14)
 
 
-def test_flow_dp_step_without_noise_equals_hand_clip_and_average():
-    flow = _flow(4, 3)
-    x = 1.5 * torch.randn(11, 4, dtype=torch.float64)
+@pytest.mark.parametrize("features, heads", [(4, None), (5, "heads"), (5, "lookup")])
+def test_flow_dp_step_without_noise_equals_hand_clip_and_average(features, heads):
+    flow = _flow(features, 3, heads)
+    x = 1.5 * torch.randn(11, features, dtype=torch.float64)
     naive = _naive_grads(flow, x)
     norms = torch.stack([torch.sqrt(sum((g ** 2).sum() for g in row.values())) for row in naive])
     clip = float(norms.median())

@@ -754,26 +754,16 @@ class SharedConditionerFlow(nn.Module):
         with the zero-initialised output layer every head starts there. ``fast`` (no
         autograd, the conditioner's layers): the first layer as the sum of the chosen
         cells' weight columns, the table as the sum of its columns, only head ``j``'s output
-        units computed; else plain module calls on the one-hot cells (for per-row
-        gradients).
+        units computed; else :meth:`_every_head_logits`'s module calls (for per-row
+        gradients; head ``j`` reads only the cells before it, so the later ones, unset yet
+        in sampling, change nothing).
         """
         lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
+        if fast is None:
+            return self._every_head_logits(cells.one_hot())[j]
         offset = self._head_offset(cells, j)
         n_cells = self.head_offsets[-1]
-        if fast is None:
-            onehot = cells.one_hot()
-            b = onehot.shape[0]
-            seen = torch.cat((onehot, onehot.new_ones(b, self.n_heads)), 1)
-            seen = seen * self.head_visible[j].to(onehot.dtype)
-            zeros = onehot.new_zeros(b, self.n_cont)
-            code = self.stage_codes[self.n_stages + j].to(onehot.dtype).expand(b, -1)
-            out = self._heads_output(torch.cat((zeros, seen[:, :n_cells], zeros,
-                                                seen[:, n_cells:], code), 1))
-            logits = out[:, lo:hi] + offset
-            if self.lookup is not None and j:
-                logits = logits + self.lookup[j - 1](onehot[:, :lo])
-            return logits
-        w_first, b_first, middle, last = fast
+        w_first, b_first, middle, _ = fast
         d = self.n_cont
         dtype = cells.dtype
         # The constant part (visible-heads flags and stage code), then the visible cells.
@@ -835,10 +825,8 @@ class SharedConditionerFlow(nn.Module):
             (torch.searchsorted(self._edges(j), u[:, j].contiguous(), right=True) - 1)
             .clamp(0, self.head_cells[j] - 1) for j in range(self.n_heads)], 1)
         offsets = torch.tensor(self.head_offsets[:-1], device=cells.device)
-        known = _Cells(x.new_zeros(x.shape[0], self.head_offsets[-1]) if fast is None else x,
-                       list((cells + offsets).unbind(1)) if fast is not None else None)
-        if fast is None:
-            known.onehot = self._one_hot(cells, x.dtype)
+        known = (_Cells(self._one_hot(cells, x.dtype)) if fast is None
+                 else _Cells(x, list((cells + offsets).unbind(1))))
         log_phi_x = -0.5 * x.square() - _LOG_SQRT_2PI
         log_density = x.new_zeros(x.shape[0])
         ladj = x.new_zeros(x.shape[0])
@@ -848,7 +836,7 @@ class SharedConditionerFlow(nn.Module):
         every = None if fast is not None else self._every_head_logits(known.onehot)
         for j in range(self.n_heads):
             k = cells[:, j : j + 1]
-            logits = self._head_logits(known, j, fast) if every is None else every[j]
+            logits = every[j] if fast is None else self._head_logits(known, j, fast)
             log_q = torch.log_softmax(logits, dim=-1)
             log_p = log_q.gather(1, k).squeeze(1)
             lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
