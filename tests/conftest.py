@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One of several pytest-xdist workers sharing the cores: one intra-op thread each, or
+    # torch's spinning threads slow every worker down (see skdpflow/_threads.py).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
