@@ -86,7 +86,7 @@ __all__ = ["DPFlowSynthesizer"]
 # 5: and its marginal calibration (the `calibration_from` / `calibration_to` buffers).
 # 7: the domain entry holds the declared rules ({"columns": ..., "constraints": [...]}).
 # 8: the flow's config may list discrete heads (`discrete`), with their buffers.
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 # The entries of a model file (see `_state`).
 STATE_KEYS = ("params", "domain", "data_derived", "estimated", "marginals", "marginals_info",
               "flow", "ledger", "fitted")
@@ -106,10 +106,16 @@ CALIBRATION_MAX_NOISE_TVD = 0.1
 # Discrete dimensions with more cells than this stay in the spline flow (dequantized): a head
 # costs an input and an output unit per cell.
 MAX_HEAD_CELLS = 256
-# Each head adds a conditioner use per row to every DP-SGD step: on kddcup99 (10,000 rows,
-# 40 discrete dimensions) heads for all of them made the fit about 10x slower (and AUROC
-# 0.11 lower, quality 0.09 higher). The dimensions beyond this many stay in the flow.
+# Heads for all 40 discrete dimensions of kddcup99 (10,000 rows), each with a conditioner
+# call of its own, made the fit about 10x slower (and AUROC 0.11 lower, quality 0.09 higher).
+# The dimensions beyond this many stay in the flow.
 MAX_HEADS = 16
+# The heads' conditioner calls per row: consecutive heads grouped, each group reading the
+# cells of the groups before it; the lookup table reads every earlier head either way. One
+# group (a learned logit bias per cell: the heads read the other heads through the table
+# alone) kept what one call per head gave on Adult, bank_marketing, default_credit_card and
+# kddcup99 at epsilon 1, in half the fit time (docs/benchmarks.md, "Discrete heads").
+HEAD_GROUPS = 1
 
 # Rows per slice of a block given to one sampling thread: a multiple of the flow's fast-path
 # row block (8192 rows), so that the flow sees the same row blocks with any number of threads.
@@ -847,7 +853,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                                          hidden_size=schedule.hidden_size,
                                          n_bins=schedule.n_bins, seed=init_seed,
                                          calibration_knots=_calibration_knots(edges),
-                                         discrete=heads, head_lookup=True)
+                                         discrete=heads, head_lookup=True,
+                                         head_groups=min(HEAD_GROUPS, len(heads or [])))
             flow.set_base_correlation(torch.as_tensor(correlation))
             flow = flow.float().to(device)
             prior = ledger.rdp_spent() if ledger.private else 0.0

@@ -139,7 +139,7 @@ def test_the_cli_fit_reads_the_rules_from_the_domain_file(tmp_path):
 def test_the_model_file_keeps_the_rules(fitted, tmp_path):
     fitted.save(tmp_path / "m.skdpflow")
     state = torch.load(tmp_path / "m.skdpflow", weights_only=True)
-    assert state["format"] == 8
+    assert state["format"] == 9
     assert state["domain"]["constraints"] == [r.to_dict() for r in RULES]
     loaded = DPFlowSynthesizer.load(tmp_path / "m.skdpflow")
     assert loaded.domain_.constraints == RULES

@@ -15,11 +15,13 @@ HEADS = [[3, [0.0, 0.2, 0.5, 1.0]], [1, [0.0, 0.6, 1.0]], [0, [0.0, 0.1, 0.3, 0.
 
 
 def _flow(features: int, stages: int, heads: str | None = None) -> SharedConditionerFlow:
-    """A float64 flow away from its start; ``heads``: None, "heads" or "lookup" (heads with
-    their lookup table, on ``HEADS``)."""
+    """A float64 flow away from its start; ``heads``: None, "heads", "lookup" (heads with
+    their lookup table, on ``HEADS``) or "groups" (and their conditioner calls in 2
+    groups)."""
     flow = SharedConditionerFlow(features, n_stages=stages, hidden_size=12, n_bins=5,
                                  seed=1, discrete=HEADS if heads else None,
-                                 head_lookup=heads == "lookup").double()
+                                 head_lookup=heads in ("lookup", "groups"),
+                                 head_groups=2 if heads == "groups" else 0).double()
     with torch.no_grad():  # move away from the identity so every layer has a gradient
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -38,7 +40,7 @@ def _naive_grads(flow: SharedConditionerFlow, x: torch.Tensor) -> list[dict[str,
 
 @pytest.mark.parametrize("features, stages, batch, heads", [
     (3, 3, 5, None), (6, 4, 17, None), (2, 6, 9, None), (5, 4, 9, "heads"),
-    (5, 4, 9, "lookup")])
+    (5, 4, 9, "lookup"), (5, 4, 9, "groups")])
 @pytest.mark.parametrize("strategy", ["auto", "gram", "materialise"])
 def test_flow_per_row_norms_equal_a_naive_loop(features, stages, batch, heads, strategy):
     flow = _flow(features, stages, heads)
@@ -54,7 +56,8 @@ def test_flow_per_row_norms_equal_a_naive_loop(features, stages, batch, heads, s
         torch.testing.assert_close(sq, expected, rtol=1e-8, atol=1e-14)
 
 
-@pytest.mark.parametrize("features, heads", [(4, None), (5, "heads"), (5, "lookup")])
+@pytest.mark.parametrize("features, heads", [(4, None), (5, "heads"), (5, "lookup"),
+                                             (5, "groups")])
 def test_flow_dp_step_without_noise_equals_hand_clip_and_average(features, heads):
     flow = _flow(features, 3, heads)
     x = 1.5 * torch.randn(11, features, dtype=torch.float64)

@@ -216,6 +216,7 @@ class SharedConditionerFlow(nn.Module):
         calibration_knots: int = 0,
         discrete: list | None = None,
         head_lookup: bool = False,
+        head_groups: int = 0,
     ) -> None:
         super().__init__()
         _check_positive(features=features, n_stages=n_stages, hidden_size=hidden_size)
@@ -242,6 +243,8 @@ class SharedConditionerFlow(nn.Module):
             self.config["discrete"] = [[index, list(edges)] for index, edges in heads]
             if head_lookup:
                 self.config["head_lookup"] = True
+            if head_groups:
+                self.config["head_groups"] = head_groups
         head_dims = [index for index, _ in heads]
         cont = [i for i in range(features) if i not in set(head_dims)]
         self.n_cont = len(cont)
@@ -264,15 +267,25 @@ class SharedConditionerFlow(nn.Module):
         self.register_buffer("head_mean_coef", torch.zeros(self.n_heads, n_cells))
         self.register_buffer("head_scale", torch.ones(self.n_heads))
         self.register_buffer("cont_mean_coef", torch.zeros(self.n_cont, n_cells))
-        # The one-hot units each head may read: those of the heads before it.
-        visible = torch.zeros(self.n_heads, n_cells + self.n_heads)
-        for j in range(self.n_heads):
-            visible[j, : self.head_offsets[j]] = 1.0
-            visible[j, n_cells : n_cells + j] = 1.0
+        # The heads' conditioner calls: one per group of consecutive heads (one per head by
+        # default), each reading the one-hot units of the heads before its group, with a
+        # stage code of its own. (The lookup table reads every earlier head.)
+        if head_groups < 0 or (heads and head_groups > len(heads)):
+            raise ValueError(f"'head_groups' must be between 0 and the number of heads "
+                             f"({len(heads)}), got {head_groups}")
+        sizes = [len(g) for g in np.array_split(np.arange(self.n_heads),
+                                                head_groups or self.n_heads)] if heads else []
+        self.n_groups = len(sizes)
+        self.head_group = [g for g, size in enumerate(sizes) for _ in range(size)]
+        self.group_start = [0, *itertools.accumulate(sizes)][: self.n_groups]
+        visible = torch.zeros(self.n_groups, n_cells + self.n_heads)
+        for g, start in enumerate(self.group_start):
+            visible[g, : self.head_offsets[start]] = 1.0
+            visible[g, n_cells : n_cells + start] = 1.0
         self.register_buffer("head_visible", visible)
 
         self.register_buffer("masks", _coupling_masks(self.n_cont, n_stages, seed))
-        self.register_buffer("stage_codes", _stage_codes(n_stages + self.n_heads,
+        self.register_buffer("stage_codes", _stage_codes(n_stages + self.n_groups,
                                                          stage_features))
         self.register_buffer("base_cholesky", torch.eye(self.n_cont))
         if calibration_knots < 0 or calibration_knots == 1:
@@ -385,6 +398,25 @@ class SharedConditionerFlow(nn.Module):
         mass = torch.where(upper, _ndtr(-t[:, :-1]) - _ndtr(-t[:, 1:]),
                            _ndtr(t[:, 1:]) - _ndtr(t[:, :-1]))
         return mass.clamp_min(1e-300).log().to(cells.dtype)
+
+    def _every_head_offset(self, onehot: Tensor) -> Tensor:
+        """:meth:`_head_offset` of every head at once, ``(B, n_cells)`` (or ``(n_cells,)``),
+        from the one-hot cells of all heads (each head's offset reads only the heads before
+        it): one pass over the cell edges instead of one per head."""
+        if self._independent_heads():
+            return self.head_log_widths.to(onehot.dtype)
+        m = self.n_heads
+        sizes = torch.tensor(self.head_cells, device=onehot.device)
+        edge_head = torch.repeat_interleave(torch.arange(m, device=onehot.device), sizes + 1)
+        mean = onehot.double() @ self.head_mean_coef.double().T  # (B, m)
+        t = ((torch.special.ndtri(self.head_edges) - mean[:, edge_head])
+             / self.head_scale.double()[edge_head])  # (B, n_cells + m): -inf ... inf per head
+        lower = (torch.arange(self.head_offsets[-1], device=onehot.device)
+                 + torch.repeat_interleave(torch.arange(m, device=onehot.device), sizes))
+        t_lo, t_hi = t[:, lower], t[:, lower + 1]
+        upper = t_lo > 0  # both ends above the mean: the upper tail keeps the digits
+        mass = torch.where(upper, _ndtr(-t_lo) - _ndtr(-t_hi), _ndtr(t_hi) - _ndtr(t_lo))
+        return mass.clamp_min(1e-300).log().to(onehot.dtype)
 
     def _whiten(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``w = L^{-1} x`` per row and its log-determinant ``-sum log L_jj`` (a scalar)."""
@@ -766,13 +798,19 @@ class SharedConditionerFlow(nn.Module):
         w_first, b_first, middle, _ = fast
         d = self.n_cont
         dtype = cells.dtype
-        # The constant part (visible-heads flags and stage code), then the visible cells.
-        static = torch.cat((self.head_visible[j, n_cells:].to(dtype),
-                            self.stage_codes[self.n_stages + j].to(dtype)))
-        bias = torch.addmv(b_first, w_first[:, 2 * d + n_cells:], static)
-        h = (cells.first_layer(w_first[:, d : d + n_cells].T, j) + bias).T  # (hidden, B)
-        for layer in middle:
-            h = torch.addmm(layer[1], layer[0], h) if isinstance(layer, tuple) else layer(h)
+        g = self.head_group[j]
+        h = cells.hidden.get(g)  # the group's last hidden layer, once per group
+        if h is None:
+            # The constant part (visible-heads flags and stage code), then the visible cells.
+            static = torch.cat((self.head_visible[g, n_cells:].to(dtype),
+                                self.stage_codes[self.n_stages + g].to(dtype)))
+            bias = torch.addmv(b_first, w_first[:, 2 * d + n_cells:], static)
+            h = (cells.first_layer(w_first[:, d : d + n_cells].T, self.group_start[g])
+                 + bias).T  # (hidden, B)
+            for layer in middle:
+                h = (torch.addmm(layer[1], layer[0], h) if isinstance(layer, tuple)
+                     else layer(h))
+            cells.hidden[g] = h
         w = self.head_output.weight[lo:hi].to(dtype)
         b = self.head_output.bias[lo:hi].to(dtype)
         logits = torch.addmm(b[:, None], w, h).T + offset
@@ -790,19 +828,21 @@ class SharedConditionerFlow(nn.Module):
 
     def _every_head_logits(self, onehot: Tensor) -> list[Tensor]:
         """:meth:`_head_logits` of every head (module path), from one call of the conditioner
-        on ``(B, n_heads, in)`` inputs: row ``j`` holds what head ``j`` may see."""
+        on ``(B, n_groups, in)`` inputs: row ``g`` holds what the heads of group ``g`` may
+        see."""
         b = onehot.shape[0]
         n_cells = self.head_offsets[-1]
         seen = torch.cat((onehot, onehot.new_ones(b, self.n_heads)), 1)
-        seen = seen[:, None, :] * self.head_visible.to(onehot.dtype)  # (B, n_heads, cells + m)
-        zeros = onehot.new_zeros(b, self.n_heads, self.n_cont)
+        seen = seen[:, None, :] * self.head_visible.to(onehot.dtype)  # (B, groups, cells + m)
+        zeros = onehot.new_zeros(b, self.n_groups, self.n_cont)
         codes = self.stage_codes[self.n_stages:].to(onehot.dtype).expand(b, -1, -1)
         out = self._heads_output(torch.cat((zeros, seen[..., :n_cells], zeros,
                                             seen[..., n_cells:], codes), -1))
+        offsets = self._every_head_offset(onehot)
         logits = []
         for j in range(self.n_heads):
             lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
-            head = out[:, j, lo:hi] + self._head_offset(_Cells(onehot), j)
+            head = out[:, self.head_group[j], lo:hi] + offsets[..., lo:hi]
             if self.lookup is not None and j:
                 head = head + self.lookup[j - 1](onehot[:, :lo])
             logits.append(head)
@@ -1005,6 +1045,7 @@ class _Cells:
         self.rows = like.shape[0]
         self._first: Tensor | None = None  # running sum of the first layer's rows
         self._first_count = 0
+        self.hidden: dict[int, Tensor] = {}  # a head group's last hidden layer (fast paths)
 
     def one_hot(self) -> Tensor:
         assert self.onehot is not None, "module paths keep the one-hot cells"
