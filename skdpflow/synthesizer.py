@@ -679,7 +679,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         overrides = self._schedule_overrides()
 
         def reference(n: int) -> tuple[float, int, float]:
-            plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False)
+            plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False,
+                                 copula_fade=self.discrete_model == "dequantized")
             fixed = COUNT_SHARE + (self._domain_share(n) if estimates else 0.0)
             return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - fixed)
 
@@ -766,7 +767,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             return ledger.dpsgd_noise_for(share * left, sample_rate, steps)
 
         plan = auto_schedule(n_count, n_dims, self.epsilon, sigma_for,
-                             self._schedule_overrides())
+                             self._schedule_overrides(),
+                             copula_fade=self.discrete_model == "dequantized")
         # The shares of what is left, as shares of the whole budget (for the report).
         return dataclasses.replace(plan, marginals_share=plan.marginals_share * left,
                                    copula_share=plan.copula_share * left,

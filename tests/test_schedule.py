@@ -109,3 +109,18 @@ def test_fit_reports_its_schedule_and_spends_exactly_the_budget():
     torch.manual_seed(0)
     out = synth.sample(50, random_state=0)
     assert list(out.columns) == ["a", "b"]
+
+
+def test_the_copula_fades_on_large_tables_only_for_the_dequantized_flow():
+    """Dequantized: no copula from N = 30,000 on; with the heads (copula_fade=False) it stays,
+    shrinking as sqrt(30000 / N); the same below N = 10,000 either way."""
+    for n in (3_000, 9_000):
+        assert releases_shares(n, 1.0, 10) == releases_shares(n, 1.0, 10, copula_fade=False)
+    assert releases_shares(32_561, 1.0, 10)[1] == 0.0
+    kept = [releases_shares(n, 1.0, 10, copula_fade=False)[1] for n in (32_561, 1e6)]
+    assert kept[0] == pytest.approx(0.05 * (30_000 / 32_561) ** 0.5)
+    assert 0 < kept[1] < kept[0]
+    # and the synthesizer's schedule follows its discrete model
+    plan = auto_schedule(32_561, 10, 1.0, None, size_model=False, copula_fade=False)
+    assert plan.copula_share == pytest.approx(kept[0])
+    assert auto_schedule(32_561, 10, 1.0, None, size_model=False).copula_share == 0.0
