@@ -874,6 +874,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
                            device=device, comm=comm, cells=cells)
             flow = flow.cpu().eval().requires_grad_(False)
+            if steps and flow.n_heads:
+                # The heads' marginals back to their released masses (post-processing).
+                flow.recenter_heads(generator=generator)
             calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
             if steps and (calibrate or raked):
                 # Post-processing of the trained flow, on one draw of its rows: the bins of

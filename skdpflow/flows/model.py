@@ -266,6 +266,8 @@ class SharedConditionerFlow(nn.Module):
         # features' mean is onehot @ cont_mean_coef.T. Zero and one: independent heads.
         self.register_buffer("head_mean_coef", torch.zeros(self.n_heads, n_cells))
         self.register_buffer("head_scale", torch.ones(self.n_heads))
+        # A logit shift per cell, set after training by recenter_heads (zero until then).
+        self.register_buffer("head_bias", torch.zeros(n_cells))
         self.register_buffer("cont_mean_coef", torch.zeros(self.n_cont, n_cells))
         # The heads' conditioner calls: one per group of consecutive heads (one per head by
         # default), each reading the one-hot units of the heads before its group, with a
@@ -389,22 +391,24 @@ class SharedConditionerFlow(nn.Module):
         cells before it (``(B, cells)``), or the released masses (``(cells,)``) when the
         heads start independent."""
         lo, hi = self.head_offsets[j], self.head_offsets[j + 1]
+        bias = self.head_bias[lo:hi].to(cells.dtype)
         if self._independent_heads():
-            return self.head_log_widths[lo:hi].to(cells.dtype)
+            return self.head_log_widths[lo:hi].to(cells.dtype) + bias
         mean = cells.sum_of(self.head_mean_coef[j].double())[:, None]
         cuts = torch.special.ndtri(self._edges(j))  # -inf ... inf
         t = (cuts - mean) / self.head_scale[j].double()
         upper = t[:, :-1] > 0  # both ends above the mean: the upper tail keeps the digits
         mass = torch.where(upper, _ndtr(-t[:, :-1]) - _ndtr(-t[:, 1:]),
                            _ndtr(t[:, 1:]) - _ndtr(t[:, :-1]))
-        return mass.clamp_min(1e-300).log().to(cells.dtype)
+        return mass.clamp_min(1e-300).log().to(cells.dtype) + bias
 
     def _every_head_offset(self, onehot: Tensor) -> Tensor:
         """:meth:`_head_offset` of every head at once, ``(B, n_cells)`` (or ``(n_cells,)``),
         from the one-hot cells of all heads (each head's offset reads only the heads before
         it): one pass over the cell edges instead of one per head."""
+        bias = self.head_bias.to(onehot.dtype)
         if self._independent_heads():
-            return self.head_log_widths.to(onehot.dtype)
+            return self.head_log_widths.to(onehot.dtype) + bias
         m = self.n_heads
         sizes = torch.tensor(self.head_cells, device=onehot.device)
         edge_head = torch.repeat_interleave(torch.arange(m, device=onehot.device), sizes + 1)
@@ -416,7 +420,7 @@ class SharedConditionerFlow(nn.Module):
         t_lo, t_hi = t[:, lower], t[:, lower + 1]
         upper = t_lo > 0  # both ends above the mean: the upper tail keeps the digits
         mass = torch.where(upper, _ndtr(-t_lo) - _ndtr(-t_hi), _ndtr(t_hi) - _ndtr(t_lo))
-        return mass.clamp_min(1e-300).log().to(onehot.dtype)
+        return mass.clamp_min(1e-300).log().to(onehot.dtype) + bias
 
     def _whiten(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``w = L^{-1} x`` per row and its log-determinant ``-sum log L_jj`` (a scalar)."""
@@ -895,12 +899,14 @@ class SharedConditionerFlow(nn.Module):
         z = torch.stack(z_cols, 1) if need_z else None
         return z, ladj, log_density, known
 
-    def _heads_inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _heads_inverse(self, z: Tensor, prob_sums: list | None = None
+                       ) -> tuple[Tensor, Tensor]:
         """Latent ``z`` ``(B, n_heads)`` to data, head after head; and the cells.
 
         ``v = Phi(z_j)`` picks the cell ``k`` by inverse CDF of the head's softmax; what is
         left of ``v`` in that cell, ``(v - C_k) / p_k``, is uniform and places ``u`` in the
-        cell (the inverse of :meth:`_heads_forward`).
+        cell (the inverse of :meth:`_heads_forward`). ``prob_sums``: a list that gets each
+        head's probabilities, summed over the rows.
         """
         fast = None if self._needs_autograd(z) else self._layers(z.dtype)
         v = _ndtr(z.double())
@@ -909,6 +915,8 @@ class SharedConditionerFlow(nn.Module):
         cols = []
         for j in range(self.n_heads):
             p = torch.softmax(self._head_logits(chosen, j, fast).double(), dim=-1)
+            if prob_sums is not None:
+                prob_sums.append(p.sum(0))
             cum = p.cumsum(1)
             vj = v[:, j : j + 1]
             k = torch.searchsorted(cum.contiguous(), vj.contiguous(), right=True)
@@ -921,6 +929,44 @@ class SharedConditionerFlow(nn.Module):
             cols.append(torch.special.ndtri(u.clamp(_U_EPS, 1 - _U_EPS)).squeeze(1))
             chosen.add(k.squeeze(1) + self.head_offsets[j])
         return torch.stack(cols, 1).to(z.dtype), chosen
+
+    @torch.no_grad()
+    def recenter_heads(self, n_samples: int = 16_384, rounds: int = 3,
+                       generator: torch.Generator | None = None) -> list[float]:
+        """Shift each head's logits so that its marginal is its released masses again.
+
+        DP-SGD's noise moves the heads' marginals off the released 1-way masses they start
+        at (the lookup table's entries most: they learn fastest). Each round draws
+        ``n_samples`` rows of the heads from the model, averages each head's probabilities
+        over them (given the earlier heads' drawn cells) and adds ``log(released / model)``
+        to the head's ``head_bias``, all heads at once. Reads the trained model and the
+        released masses (the cells' widths) only: post-processing. Every map stays exact
+        (the bias is part of the offset the forward and inverse maps share).
+
+        Returns
+        -------
+        list of float
+            The largest 1-way TVD between a head's averaged probabilities and its released
+            masses, before each round and after the last.
+        """
+        if not self.n_heads:
+            return []
+        target = self.head_log_widths.double().exp()
+        gaps = []
+        dtype = next(self.conditioner.parameters()).dtype
+        for round_ in range(rounds + 1):
+            z = torch.randn(n_samples, self.n_heads, generator=generator, dtype=dtype,
+                            device=self.head_bias.device)
+            sums: list[Tensor] = []
+            self._heads_inverse(z, prob_sums=sums)
+            model = torch.cat(sums) / n_samples
+            gaps.append(max(0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum())
+                            for lo, hi in zip(self.head_offsets[:-1], self.head_offsets[1:])))
+            if round_ == rounds:
+                break
+            step = target.clamp_min(1e-300).log() - model.clamp_min(1e-300).log()
+            self.head_bias += step.to(self.head_bias.dtype)
+        return gaps
 
     def _join(self, x_cont: Tensor, x_heads: Tensor) -> Tensor:
         """Rows of all features from the continuous and the heads' columns."""
