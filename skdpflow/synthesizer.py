@@ -1235,6 +1235,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """What was read from the released outputs alone after training (no budget)."""
         out = []
         flow = self.flow_
+        if flow is not None and flow.n_heads and bool(flow.head_bias.any()):
+            out.append(f"{flow.n_heads} discrete head(s) recentred to their released masses")
         if flow is not None and flow.calibrated:
             moved = int((flow.calibration_from != flow.calibration_to).any(dim=0).sum())
             out.append(f"marginal calibration of {moved} numerical dimension(s) to their "

@@ -250,7 +250,7 @@ def test_recentering_gives_the_heads_their_released_masses_and_keeps_the_flow_ex
     trace = flow.recenter_heads(generator=torch.Generator().manual_seed(0))
     after = worst_gap()
     assert before > 0.05 and after < 0.01, (before, after)
-    assert trace[-1] < 0.01 < trace[0]
+    assert trace[0] > 0.05 and trace[-1] < trace[0] / 3  # the gap before each round
     assert bool(flow.head_bias.any())
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(3))
     for row in x:

@@ -469,6 +469,7 @@ def test_sampled_categories_and_modes_have_their_released_masses(fitted):
     assert {"city", "flag"} <= set(names)
     said = " ".join(synth.privacy_report()["post_processing"])
     assert f"category weights on {len(weights.dims)} dimension(s)" in said
+    assert f"{synth.flow_.n_heads} discrete head(s) recentred" in said
     fake = synth.sample(40_000, random_state=3)
     for name in ("city", "flag"):
         codec = next(c for c in synth.encoder_.codecs if c.name == name)

@@ -931,7 +931,7 @@ class SharedConditionerFlow(nn.Module):
         return torch.stack(cols, 1).to(z.dtype), chosen
 
     @torch.no_grad()
-    def recenter_heads(self, n_samples: int = 16_384, rounds: int = 3,
+    def recenter_heads(self, n_samples: int = 16_384, rounds: int = 2, min_gap: float = 0.02,
                        generator: torch.Generator | None = None) -> list[float]:
         """Shift each head's logits so that its marginal is its released masses again.
 
@@ -939,22 +939,26 @@ class SharedConditionerFlow(nn.Module):
         at (the lookup table's entries most: they learn fastest). Each round draws
         ``n_samples`` rows of the heads from the model, averages each head's probabilities
         over them (given the earlier heads' drawn cells) and adds ``log(released / model)``
-        to the head's ``head_bias``, all heads at once. Reads the trained model and the
-        released masses (the cells' widths) only: post-processing. Every map stays exact
-        (the bias is part of the offset the forward and inverse maps share).
+        to the head's ``head_bias``, all heads at once, for the heads whose averaged
+        probabilities are more than ``min_gap`` (1-way TVD) off: the estimate from 16,384
+        rows is itself about 0.01 off on a head of many cells, and the category weights take
+        small gaps without losing many rows (on Adult, shifting every head lost 0.016 of
+        ``education-num`` = f(``education``) and 0.003 of quality). Reads the trained model
+        and the released masses (the cells' widths) only: post-processing. Every map stays
+        exact (the bias is part of the offset the forward and inverse maps share).
 
         Returns
         -------
         list of float
             The largest 1-way TVD between a head's averaged probabilities and its released
-            masses, before each round and after the last.
+            masses, before each round.
         """
         if not self.n_heads:
             return []
         target = self.head_log_widths.double().exp()
         gaps = []
         dtype = next(self.conditioner.parameters()).dtype
-        for round_ in range(rounds + 1):
+        for _ in range(rounds):
             z = torch.randn(n_samples, self.n_heads, generator=generator, dtype=dtype,
                             device=self.head_bias.device)
             sums: list[Tensor] = []
@@ -962,10 +966,11 @@ class SharedConditionerFlow(nn.Module):
             model = torch.cat(sums) / n_samples
             gaps.append(max(0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum())
                             for lo, hi in zip(self.head_offsets[:-1], self.head_offsets[1:])))
-            if round_ == rounds:
-                break
             step = target.clamp_min(1e-300).log() - model.clamp_min(1e-300).log()
-            self.head_bias += step.to(self.head_bias.dtype)
+            for j, (lo, hi) in enumerate(zip(self.head_offsets[:-1], self.head_offsets[1:])):
+                # A head that is close already is left alone (its estimate is that noisy).
+                if 0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum()) > min_gap:
+                    self.head_bias[lo:hi] += step[lo:hi].to(self.head_bias.dtype)
         return gaps
 
     def _join(self, x_cont: Tensor, x_heads: Tensor) -> Tensor:
