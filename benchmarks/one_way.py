@@ -13,6 +13,7 @@ categorical in the public domain) against the train rows, one column per ``discr
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 import warnings
 
@@ -22,7 +23,8 @@ import torch
 import suite
 
 
-def run(name: str, seed: int, model: str, epsilon: float) -> tuple[pd.Series, float]:
+def run(name: str, seed: int, model: str, epsilon: float, **params: object
+        ) -> tuple[pd.Series, float]:
     from skdpflow import DPFlowSynthesizer
     from skdpflow.metrics import column_kinds, marginal_tvd
 
@@ -30,7 +32,7 @@ def run(name: str, seed: int, model: str, epsilon: float) -> tuple[pd.Series, fl
     train = full.iloc[: int(0.8 * (len(full) + 2000))]
     domain = suite.public_domain(name)
     synth = DPFlowSynthesizer(epsilon=epsilon, delta=suite.DELTA, random_state=seed,
-                              verbose=False, n_jobs=1, discrete_model=model)
+                              verbose=False, n_jobs=1, discrete_model=model, **params)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -49,13 +51,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=["heads", "dequantized"])
     parser.add_argument("--epsilon", type=float, default=1.0)
+    parser.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="other DPFlowSynthesizer parameters (values read as Python)")
     args = parser.parse_args()
+    params = {k: ast.literal_eval(v) for k, v in (p.split("=", 1) for p in args.param)}
     torch.set_num_threads(1)
     means = {}
     for model in args.models:
         columns = []
         for seed in args.seeds:
-            tvd, fit_s = run(args.dataset, seed, model, args.epsilon)
+            tvd, fit_s = run(args.dataset, seed, model, args.epsilon, **params)
             columns.append(tvd)
             print(f"{model}, seed {seed} (fit {fit_s:.0f} s): worst {tvd.max():.4f}, "
                   f"{int((tvd <= 0.01).sum())}/{len(tvd)} columns <= 0.01", flush=True)

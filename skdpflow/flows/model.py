@@ -173,6 +173,15 @@ class SharedConditionerFlow(nn.Module):
         state.
     calibration_knots : int, default=0
         Knots of the marginal calibration :meth:`calibrate` sets (0: none).
+    discrete : list of [int, list of float] or None, default=None
+        The discrete heads, in their order: a feature's index and its cells' edges in
+        ``u = Phi(x)`` (0 to 1). Those features get softmax heads (docs/design.md,
+        "Discrete heads"); the others go through the coupling stages.
+    head_lookup : bool, default=False
+        Add the lookup table from the earlier heads' cells to each head's logits.
+    head_groups : int, default=0
+        The heads' conditioner calls per row, over groups of consecutive heads, each reading
+        the cells of the groups before it (0: one per head).
 
     Attributes
     ----------
