@@ -192,10 +192,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     discrete_model : {"heads", "dequantized"}, default="heads"
         How discrete dimensions (categories, booleans, integer columns with at most 32
         values, the point masses and missing values of numerical columns) are modelled.
-        ``"heads"``: one softmax head per dimension, in a fixed order (fewest cells first),
-        each fed the cells of the heads before it through the shared conditioner, and the
-        flow's continuous features conditioned on all of them; a category that determines
-        another (``education`` and ``education-num``) is then one lookup away.
+        ``"heads"``: one softmax head per dimension (at most 16), in a fixed order (fewest
+        cells first), each reading the cells of the heads before it through a lookup table,
+        starting at the DP copula's conditionals and recentred on its released masses
+        after training, and the flow's continuous features conditioned on all of them
+        through the shared conditioner; a category that determines another (``education``
+        and ``education-num``) is then one lookup away.
         ``"dequantized"``: the spline flow models them as intervals of a continuous value,
         as it does numbers. Either way ``score_samples`` is exact (see its docstring).
     marginals_fraction : float or "auto", default="auto"
