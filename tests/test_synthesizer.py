@@ -484,20 +484,26 @@ def test_sampled_categories_and_modes_have_their_released_masses(fitted):
         assert 0.5 * np.abs(sampled - released).sum() < 0.015, name
 
 
-def test_at_most_max_heads_those_of_most_cells():
-    """Beyond MAX_HEADS discrete dimensions, those of most cells get heads (fewest cells
-    first among them); the others stay in the spline flow."""
-    from skdpflow.synthesizer import MAX_HEADS
+@pytest.mark.parametrize("max_heads, max_cells, expected", [
+    (4, 1024, ["b0", "b1", "b2", "c"]),  # the count binds: c (most cells), then in order
+    (64, 7, ["b0", "b1", "c"]),  # the cells bind: c (3), b0, b1 (2 each), b2 left out
+    (64, 1024, ["b0", "b1", "b2", "b3", "b4", "c"]),  # every one
+])
+def test_heads_are_bounded_in_number_and_cells_those_of_most_cells_first(
+        monkeypatch, max_heads, max_cells, expected):
+    """Beyond MAX_HEADS discrete dimensions or MAX_HEAD_TOTAL_CELLS cells, those of most cells
+    get heads (fewest cells first among them); the others stay in the spline flow."""
+    import skdpflow.synthesizer as module
 
+    monkeypatch.setattr(module, "MAX_HEADS", max_heads)
+    monkeypatch.setattr(module, "MAX_HEAD_TOTAL_CELLS", max_cells)
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({f"b{i}": rng.integers(0, 2, 300).astype(bool)
-                          for i in range(MAX_HEADS + 2)})
+    frame = pd.DataFrame({f"b{i}": rng.integers(0, 2, 300).astype(bool) for i in range(5)})
     frame["c"] = rng.choice(["x", "y", "z"], 300)
-    domain = {f"b{i}": {"type": "boolean"} for i in range(MAX_HEADS + 2)}
+    domain = {f"b{i}": {"type": "boolean"} for i in range(5)}
     domain["c"] = {"type": "categorical", "categories": ["x", "y", "z"]}
     synth = DPFlowSynthesizer(epsilon=math.inf, random_state=0, **FAST).fit(frame,
                                                                            domain=domain)
-    heads = [index for index, _ in synth.flow_.config["discrete"]]
-    assert len(heads) == MAX_HEADS
-    assert heads == list(range(MAX_HEADS - 1)) + [MAX_HEADS + 2]  # c last: most cells
-    assert synth.sample(50, random_state=0).shape == (50, MAX_HEADS + 3)
+    names = [synth.encoder_.dims[index].name for index, _ in synth.flow_.config["discrete"]]
+    assert [n.split(".")[0] for n in names] == expected
+    assert synth.sample(50, random_state=0).shape == (50, 6)
