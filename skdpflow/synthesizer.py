@@ -1245,8 +1245,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """What was read from the released outputs alone after training (no budget)."""
         out = []
         flow = self.flow_
-        if flow is not None and flow.n_heads and bool(flow.head_bias.any()):
-            out.append(f"{flow.n_heads} discrete head(s) recentred to their released masses")
+        recentred = 0 if flow is None else sum(
+            bool(flow.head_bias[lo:hi].any())
+            for lo, hi in zip(flow.head_offsets[:-1], flow.head_offsets[1:]))
+        if recentred:
+            out.append(f"{recentred} of {flow.n_heads} discrete head(s) recentred to their "
+                       "released masses")
         if flow is not None and flow.calibrated:
             moved = int((flow.calibration_from != flow.calibration_to).any(dim=0).sum())
             out.append(f"marginal calibration of {moved} numerical dimension(s) to their "

@@ -406,10 +406,7 @@ class SharedConditionerFlow(nn.Module):
         mean = cells.sum_of(self.head_mean_coef[j].double())[:, None]
         cuts = torch.special.ndtri(self._edges(j))  # -inf ... inf
         t = (cuts - mean) / self.head_scale[j].double()
-        upper = t[:, :-1] > 0  # both ends above the mean: the upper tail keeps the digits
-        mass = torch.where(upper, _ndtr(-t[:, :-1]) - _ndtr(-t[:, 1:]),
-                           _ndtr(t[:, 1:]) - _ndtr(t[:, :-1]))
-        return mass.clamp_min(1e-300).log().to(cells.dtype) + bias
+        return _log_interval_mass(t[:, :-1], t[:, 1:]).to(cells.dtype) + bias
 
     def _every_head_offset(self, onehot: Tensor) -> Tensor:
         """:meth:`_head_offset` of every head at once, ``(B, n_cells)`` (or ``(n_cells,)``),
@@ -426,10 +423,7 @@ class SharedConditionerFlow(nn.Module):
              / self.head_scale.double()[edge_head])  # (B, n_cells + m): -inf ... inf per head
         lower = (torch.arange(self.head_offsets[-1], device=onehot.device)
                  + torch.repeat_interleave(torch.arange(m, device=onehot.device), sizes))
-        t_lo, t_hi = t[:, lower], t[:, lower + 1]
-        upper = t_lo > 0  # both ends above the mean: the upper tail keeps the digits
-        mass = torch.where(upper, _ndtr(-t_lo) - _ndtr(-t_hi), _ndtr(t_hi) - _ndtr(t_lo))
-        return mass.clamp_min(1e-300).log().to(onehot.dtype) + bias
+        return _log_interval_mass(t[:, lower], t[:, lower + 1]).to(onehot.dtype) + bias
 
     def _whiten(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``w = L^{-1} x`` per row and its log-determinant ``-sum log L_jj`` (a scalar)."""
@@ -973,13 +967,15 @@ class SharedConditionerFlow(nn.Module):
             sums: list[Tensor] = []
             self._heads_inverse(z, prob_sums=sums)
             model = torch.cat(sums) / n_samples
-            gaps.append(max(0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum())
-                            for lo, hi in zip(self.head_offsets[:-1], self.head_offsets[1:])))
             step = target.clamp_min(1e-300).log() - model.clamp_min(1e-300).log()
-            for j, (lo, hi) in enumerate(zip(self.head_offsets[:-1], self.head_offsets[1:])):
+            head_gaps = []
+            for lo, hi in zip(self.head_offsets[:-1], self.head_offsets[1:]):
+                gap = 0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum())
+                head_gaps.append(gap)
                 # A head that is close already is left alone (its estimate is that noisy).
-                if 0.5 * float((model[lo:hi] - target[lo:hi]).abs().sum()) > min_gap:
+                if gap > min_gap:
                     self.head_bias[lo:hi] += step[lo:hi].to(self.head_bias.dtype)
+            gaps.append(max(head_gaps))
         return gaps
 
     def _join(self, x_cont: Tensor, x_heads: Tensor) -> Tensor:
@@ -1142,6 +1138,13 @@ class _Cells:
             self._first += rows[self.units[self._first_count]]
             self._first_count += 1
         return self._first
+
+
+def _log_interval_mass(lo: Tensor, hi: Tensor) -> Tensor:
+    """``log(Phi(hi) - Phi(lo))`` for ``lo <= hi``, from the upper tail where both ends are
+    above 0 (there it keeps the digits that ``Phi(hi) - Phi(lo)`` would cancel)."""
+    mass = torch.where(lo > 0, _ndtr(-lo) - _ndtr(-hi), _ndtr(hi) - _ndtr(lo))
+    return mass.clamp_min(1e-300).log()
 
 
 def _ndtr(x: Tensor) -> Tensor:
