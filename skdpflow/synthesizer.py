@@ -686,7 +686,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         def reference(n: int) -> tuple[float, int, float]:
             plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False,
-                                 copula_fade=self.discrete_model == "dequantized")
+                                 heads=self.discrete_model == "heads")
             fixed = COUNT_SHARE + (self._domain_share(n) if estimates else 0.0)
             return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - fixed)
 
@@ -774,7 +774,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
 
         plan = auto_schedule(n_count, n_dims, self.epsilon, sigma_for,
                              self._schedule_overrides(),
-                             copula_fade=self.discrete_model == "dequantized")
+                             heads=self.discrete_model == "heads")
         # The shares of what is left, as shares of the whole budget (for the report).
         return dataclasses.replace(plan, marginals_share=plan.marginals_share * left,
                                    copula_share=plan.copula_share * left,

@@ -12,6 +12,7 @@ import pytest
 from skdpflow import DPFlowSynthesizer, OtherShareWarning
 from skdpflow.domain import ColumnDomain
 from skdpflow.marginals import (
+    DISCRETE_FLOOR_MASS,
     FLOOR_MASS,
     OTHER_MIN_STDS,
     _post_process,
@@ -156,3 +157,21 @@ def test_the_code_in_the_messages_runs(tmp_path, monkeypatch):
     declared = re.search(r"fit\(df, (domain=\{.*\}\})\)", error).group(1)
     ast.parse(declared)
     assert "'age': {'type': 'numerical', 'min': ..., 'max': ..., 'integer': True}" in declared
+
+
+def test_the_floor_is_a_thousandth_of_a_categorical_marginal_and_a_hundredth_of_a_numerical():
+    """The floor sets how much mass a value no row holds gets in the samples: for a
+    categorical column (whose samples reproduce the released masses) 0.1%, spread over its
+    categories; for a numerical column's bins 1%."""
+    cat = histogram_spec("c", ColumnDomain("categorical", categories=list("abcdefghij")))
+    num = histogram_spec("x", ColumnDomain("numerical", min=0.0, max=10.0))
+    rows = np.r_[np.zeros(700), np.ones(300)].astype(np.int64)  # 2 of 10 categories held
+    marginals, _, _ = release_marginals([cat, num], [rows, rows + num.size - 3], 0.0,
+                                        SeededNoise(0))
+    probs = marginals[0].probs
+    np.testing.assert_allclose(probs[2:], DISCRETE_FLOOR_MASS / 10)
+    np.testing.assert_allclose(probs[:2], (1 - DISCRETE_FLOOR_MASS) * np.array([0.7, 0.3])
+                               + DISCRETE_FLOOR_MASS / 10)
+    empty = np.delete(marginals[1].probs, [num.size - 3, num.size - 2])
+    np.testing.assert_allclose(empty, FLOOR_MASS / num.size)
+    assert DISCRETE_FLOOR_MASS < FLOOR_MASS

@@ -14,7 +14,9 @@ from skdpflow.flows.model import SharedConditionerFlow
 from skdpflow.privacy.ledger import PrivacyLedger
 from skdpflow.schedule import (
     COUNT_SHARE,
+    HEADS_MIN_MARGINALS,
     MAX_NOISE_RATIO,
+    MIN_MARGINALS,
     NOISE_RATIO,
     auto_schedule,
     batch_and_steps,
@@ -112,15 +114,33 @@ def test_fit_reports_its_schedule_and_spends_exactly_the_budget():
 
 
 def test_the_copula_fades_on_large_tables_only_for_the_dequantized_flow():
-    """Dequantized: no copula from N = 30,000 on; with the heads (copula_fade=False) it stays,
-    shrinking as sqrt(30000 / N); the same below N = 10,000 either way."""
-    for n in (3_000, 9_000):
-        assert releases_shares(n, 1.0, 10) == releases_shares(n, 1.0, 10, copula_fade=False)
+    """Dequantized: no copula from N = 30,000 on; with the heads it stays, shrinking as
+    sqrt(30000 / N); the same below N = 10,000 either way."""
+    for n in (3_000, 7_000):
+        assert releases_shares(n, 1.0, 10) == releases_shares(n, 1.0, 10, heads=True)
     assert releases_shares(32_561, 1.0, 10)[1] == 0.0
-    kept = [releases_shares(n, 1.0, 10, copula_fade=False)[1] for n in (32_561, 1e6)]
+    kept = [releases_shares(n, 1.0, 10, heads=True)[1] for n in (32_561, 1e6)]
     assert kept[0] == pytest.approx(0.05 * (30_000 / 32_561) ** 0.5)
     assert 0 < kept[1] < kept[0]
     # and the synthesizer's schedule follows its discrete model
-    plan = auto_schedule(32_561, 10, 1.0, None, size_model=False, copula_fade=False)
+    plan = auto_schedule(32_561, 10, 1.0, None, size_model=False, heads=True)
     assert plan.copula_share == pytest.approx(kept[0])
     assert auto_schedule(32_561, 10, 1.0, None, size_model=False).copula_share == 0.0
+
+
+def test_the_heads_histograms_get_at_least_their_own_least_share():
+    """With the heads the histograms' share stops falling at HEADS_MIN_MARGINALS (from
+    N = 7,500 on), the dequantized flow's at MIN_MARGINALS; below, the same rule."""
+    assert HEADS_MIN_MARGINALS > MIN_MARGINALS
+    for n in (1_000, 3_000, 7_000):
+        assert releases_shares(n, 1.0, 10, heads=True)[0] == releases_shares(n, 1.0, 10)[0]
+    for n in (10_000, 24_000, 32_561, 1e7):
+        assert releases_shares(n, 1.0, 10, heads=True)[0] == HEADS_MIN_MARGINALS
+        assert releases_shares(n, 1.0, 10)[0] < HEADS_MIN_MARGINALS
+    assert releases_shares(1e7, 1.0, 10)[0] == MIN_MARGINALS
+    plan = auto_schedule(32_561, 10, 1.0, None, size_model=False, heads=True)
+    assert plan.marginals_share == HEADS_MIN_MARGINALS
+    # an explicit share still comes first
+    plan = auto_schedule(32_561, 10, 1.0, None, {"marginals_fraction": 0.15},
+                         size_model=False, heads=True)
+    assert plan.marginals_share == 0.15
