@@ -59,6 +59,10 @@ def main() -> None:
                 start = time.perf_counter()
                 fake = synth.sample(len(train), random_state=seed)
                 sample_s = time.perf_counter() - start
+                peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"{args.dataset} {len(train)} rows, seed {seed} {model}: fit "
+                      f"{fit_s:.0f} s ({synth.steps_} DP-SGD steps), sample {sample_s:.1f} s, "
+                      f"peak RSS so far {peak_mib:.0f} MiB; scoring...", flush=True)
                 real = train
                 if 0 < args.eval_rows < len(train):
                     real = train.sample(args.eval_rows, random_state=seed)

@@ -161,3 +161,18 @@ def test_multiclass_boosting_does_not_diverge_on_rare_classes():
     scores = metrics.tstr_scores(_kdd_like(0), _kdd_like(1), "y")
     assert scores["accuracy_hgb"] > 0.95
     assert scores["auroc_hgb"] > 0.9
+
+
+def test_tstr_on_more_than_10000_rows_with_a_class_of_one_row():
+    """Above 10,000 rows HGB stops early on a stratified split, which a label held by one
+    synthetic row broke (kddcup99's rare attacks in a large sample): the score is computed."""
+    rng = np.random.default_rng(0)
+
+    def rows(n: int, rare: int) -> pd.DataFrame:
+        x = rng.normal(size=n)
+        y = np.where(x > 0, "b", "a").astype(object)
+        y[:rare] = "c"
+        return pd.DataFrame({"x": x, "y": y})
+
+    scores = metrics.tstr_scores(rows(10_500, 1), rows(2_000, 20), "y")
+    assert 0.5 <= scores["auroc_hgb"] <= 1.0 and scores["auroc_logreg"] > 0.6
