@@ -1101,6 +1101,7 @@ class _Cells:
         self.rows = like.shape[0]
         self._first: Tensor | None = None  # running sum of the first layer's rows
         self._first_count = 0
+        self._stacked: Tensor | None = None  # the units so far as (B, heads) indices
         self.hidden: dict[int, Tensor] = {}  # a head group's last hidden layer (fast paths)
 
     def one_hot(self) -> Tensor:
@@ -1122,7 +1123,10 @@ class _Cells:
         units = self.units[:upto]
         if not units:
             return rows.new_zeros((self.rows, *rows.shape[1:]))
-        index = torch.stack(units, 1)
+        # A head's offset and its lookup read the same units: stack them once.
+        if self._stacked is None or self._stacked.shape[1] != len(units):
+            self._stacked = torch.stack(units, 1)
+        index = self._stacked
         if rows.ndim == 1:
             return rows[index].sum(1)
         # A transposed weight (not contiguous) made embedding_bag 14 times slower here.
