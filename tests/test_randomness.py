@@ -13,6 +13,11 @@ from scipy import stats
 from skdpflow.privacy.randomness import SecureNoise, SeededNoise
 
 SOURCES = [SecureNoise, lambda: SeededNoise(7)]
+# Goodness-of-fit threshold. The secure source is fresh at every run, so a test at 1e-4
+# failed once in CI by chance (p = 9.2e-5 at std 0.8; 100 reruns gave uniform p-values).
+# At 1e-7 a false alarm is that rare, and a 4% error in the law's scale still gives
+# p < 1e-10 on these 30,000 draws.
+P_MIN = 1e-7
 
 
 @pytest.mark.parametrize("make", SOURCES, ids=["secure", "seeded"])
@@ -25,7 +30,7 @@ def test_gaussian_mean_variance_and_tails(make):
         p = 2 * stats.norm.sf(k)
         observed = np.mean(np.abs(x) > 3.0 * k)
         assert abs(observed - p) < 5 * math.sqrt(p * (1 - p) / len(x))
-    assert stats.kstest(x[:20_000] / 3.0, "norm").pvalue > 1e-4
+    assert stats.kstest(x[:20_000] / 3.0, "norm").pvalue > P_MIN
 
 
 @pytest.mark.parametrize("make", SOURCES, ids=["secure", "seeded"])
@@ -49,7 +54,7 @@ def test_discrete_gaussian_against_its_law(make, std):
                                                 for v in range(-edge + 1, edge)] \
         + [pmf[support >= edge].sum()]
     chi2 = stats.chisquare(observed, np.array(expected) * len(noise))
-    assert chi2.pvalue > 1e-4
+    assert chi2.pvalue > P_MIN
 
 
 def test_poisson_mask_rate():
