@@ -13,13 +13,11 @@ on the real rows, how well ``duration``, ``pdays`` and ``balance`` alone separat
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import pandas as pd
+import suite
 import torch
 from sklearn.metrics import roc_auc_score
-
-import suite
 
 
 def main() -> None:
@@ -30,7 +28,6 @@ def main() -> None:
     parser.add_argument("--columns", nargs="+", default=["duration", "pdays", "balance"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from skdpflow import DPFlowSynthesizer
 
     train, _, target = suite.load(args.dataset, args.rows, 2000)
     domain = suite.public_domain(args.dataset)
@@ -43,11 +40,7 @@ def main() -> None:
 
     print(f"real rows: {separation(train)}")
     for seed in args.seeds:
-        synth = DPFlowSynthesizer(epsilon=1.0, delta=suite.DELTA, random_state=seed,
-                                  verbose=False, n_jobs=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            synth.fit(train, domain=domain)
+        synth = suite.fitted_skdpflow(train, domain, 1.0, seed, {"n_jobs": 1})
         info = synth.copula_info_
         print(f"seed {seed}: DP-SGD steps {synth.steps_}; copula pairs {info['pairs']}, "
               f"noise std {info['noise_std']:.1f} (per correlation about "

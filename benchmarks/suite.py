@@ -109,8 +109,10 @@ def mst_available() -> bool:
     return MST_PYTHON.exists()
 
 
-def fit_skdpflow(train: pd.DataFrame, domain: object, epsilon: float, seed: int,
-                 params: dict) -> pd.DataFrame:
+def fitted_skdpflow(train: pd.DataFrame, domain: object, epsilon: float, seed: int,
+                    params: dict) -> object:
+    """``DPFlowSynthesizer`` fitted as the suite fits it (delta ``DELTA``, quiet, torch
+    threads from ``SKDPFLOW_THREADS``, default 1); ``params`` override the defaults."""
     import torch
 
     from skdpflow import DPFlowSynthesizer
@@ -121,6 +123,13 @@ def fit_skdpflow(train: pd.DataFrame, domain: object, epsilon: float, seed: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         synth.fit(train, domain=domain)
+    return synth
+
+
+def fit_skdpflow(train: pd.DataFrame, domain: object, epsilon: float, seed: int,
+                 params: dict) -> pd.DataFrame:
+    """:func:`fitted_skdpflow`, then as many rows sampled as it was fitted on."""
+    synth = fitted_skdpflow(train, domain, epsilon, seed, params)
     return synth.sample(len(train), random_state=seed)
 
 

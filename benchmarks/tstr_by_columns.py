@@ -12,14 +12,12 @@ the suite's 2,000 held-out real rows. The real train rows give the ceiling::
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import pandas as pd
+import suite
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
-
-import suite
 
 
 def main() -> None:
@@ -30,7 +28,6 @@ def main() -> None:
     parser.add_argument("--strongest", default="duration")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from skdpflow import DPFlowSynthesizer
 
     train, test, target = suite.load(args.dataset, args.rows, 2000)
     domain = suite.public_domain(args.dataset)
@@ -66,12 +63,8 @@ def main() -> None:
     report("real rows", train)
     for seed in args.seeds:
         for model in ("heads", "dequantized"):
-            synth = DPFlowSynthesizer(epsilon=1.0, delta=suite.DELTA, random_state=seed,
-                                      verbose=False, n_jobs=1, discrete_model=model)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                synth.fit(train, domain=domain)
-            report(f"{model}, seed {seed}", synth.sample(len(train), random_state=seed))
+            report(f"{model}, seed {seed}", suite.fit_skdpflow(
+                train, domain, 1.0, seed, {"n_jobs": 1, "discrete_model": model}))
 
 
 if __name__ == "__main__":

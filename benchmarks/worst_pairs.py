@@ -14,12 +14,10 @@ The five are taken from the union of each fit's five worst, ranked by their mean
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import pandas as pd
-import torch
-
 import suite
+import torch
 
 
 def main() -> None:
@@ -30,22 +28,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["heads", "dequantized"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from skdpflow import DPFlowSynthesizer
     from skdpflow.metrics import column_kinds, contingency_similarity
 
-    train, test, target = suite.load(args.dataset, args.rows, 2000)
+    train, test, _ = suite.load(args.dataset, args.rows, 2000)
     domain = suite.public_domain(args.dataset)
     kinds = column_kinds(train, domain)
     ceiling = contingency_similarity(train, test, kinds=kinds)
     for model in args.models:
         runs = []
         for seed in args.seeds:
-            synth = DPFlowSynthesizer(epsilon=1.0, delta=suite.DELTA, random_state=seed,
-                                      verbose=False, n_jobs=1, discrete_model=model)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                synth.fit(train, domain=domain)
-            fake = synth.sample(len(train), random_state=seed)
+            fake = suite.fit_skdpflow(train, domain, 1.0, seed,
+                                      {"n_jobs": 1, "discrete_model": model})
             runs.append(contingency_similarity(train, fake, kinds=kinds))
         table = pd.concat(runs, axis=1)
         worst = set().union(*(run.nsmallest(5).index for run in runs))

@@ -682,21 +682,25 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                            * math.exp(-min(self.epsilon, MAX_EPSILON)) if discovers else 0.0)
         ledger = PrivacyLedger(self.epsilon, self.delta, selection_delta=selection_delta)
         n_dims = len(data.columns)  # public: the schema (a guess for the encoded width)
-        overrides = self._schedule_overrides()
 
         def reference(n: int) -> tuple[float, int, float]:
-            plan = auto_schedule(n, n_dims, self.epsilon, None, overrides, size_model=False,
-                                 heads=self.discrete_model == "heads")
+            plan = self._auto_schedule(n, n_dims)
             fixed = COUNT_SHARE + (self._domain_share(n) if estimates else 0.0)
             return min(1.0, plan.batch_size / n), plan.steps, plan.train_share * (1 - fixed)
 
         ledger.plan([], schedule=reference)
         return ledger
 
-    def _schedule_overrides(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in (
+    def _auto_schedule(self, n_hat: float, n_dims: int, sigma_for: Any = None) -> Schedule:
+        """:func:`~skdpflow.schedule.auto_schedule` with this estimator's explicit values and
+        discrete model: the one rule both the ledger's plan (no ``sigma_for``: shares, batch
+        and steps only) and the fit's schedule follow."""
+        overrides = {name: getattr(self, name) for name in (
             "batch_size", "epochs", "learning_rate", "hidden_size", "n_bins",
             "marginals_fraction", "copula_fraction", "histogram_bins")}
+        return auto_schedule(n_hat, n_dims, self.epsilon, sigma_for, overrides,
+                             size_model=sigma_for is not None,
+                             heads=self.discrete_model == "heads")
 
     def _release_row_count(self, n_local: int, ledger: PrivacyLedger,
                            noise: PrivacyNoise, comm: Communicator | None) -> float:
@@ -772,9 +776,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         def sigma_for(share: float, sample_rate: float, steps: int) -> float:
             return ledger.dpsgd_noise_for(share * left, sample_rate, steps)
 
-        plan = auto_schedule(n_count, n_dims, self.epsilon, sigma_for,
-                             self._schedule_overrides(),
-                             heads=self.discrete_model == "heads")
+        plan = self._auto_schedule(n_count, n_dims, sigma_for)
         # The shares of what is left, as shares of the whole budget (for the report).
         return dataclasses.replace(plan, marginals_share=plan.marginals_share * left,
                                    copula_share=plan.copula_share * left,
