@@ -403,9 +403,13 @@ class SharedConditionerFlow(nn.Module):
         bias = self.head_bias[lo:hi].to(cells.dtype)
         if self._independent_heads():
             return self.head_log_widths[lo:hi].to(cells.dtype) + bias
-        mean = cells.sum_of(self.head_mean_coef[j].double())[:, None]
-        cuts = torch.special.ndtri(self._edges(j))  # -inf ... inf
-        t = (cuts - mean) / self.head_scale[j].double()
+        # In the cells' precision: float32 when sampling (erfc three times as fast; the
+        # masses keep about 6 digits, the cells' choice is made in float64 after the
+        # softmax), float64 when scoring in float64.
+        work = torch.float64 if cells.dtype == torch.float64 else torch.float32
+        mean = cells.sum_of(self.head_mean_coef[j].to(work))[:, None]
+        cuts = torch.special.ndtri(self._edges(j)).to(work)  # -inf ... inf
+        t = (cuts - mean) / self.head_scale[j].to(work)
         return _log_cell_mass(t).to(cells.dtype) + bias
 
     def _every_head_offset(self, onehot: Tensor) -> Tensor:
