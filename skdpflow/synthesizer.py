@@ -1113,11 +1113,22 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         if weights is not None:
             yield from self._rejection_blocks(sizes, draw, decode, generator, weights, threads)
             return
+        def finite(z: np.ndarray) -> np.ndarray:
+            # A row the flow's float32 arithmetic left non-finite (rare) is drawn again,
+            # from the same generator after the block's rows: no row changes otherwise.
+            bad = ~np.isfinite(z).all(axis=1)
+            while bad.any():
+                _warn_non_finite(int(bad.sum()))
+                with torch.no_grad():
+                    z[bad] = flow.inverse(draw(int(bad.sum()))).double().numpy()
+                bad = ~np.isfinite(z).all(axis=1)
+            return z
+
         if threads <= 1 or len(sizes) == 0:
             for size in sizes:
                 with torch.no_grad():
                     z = flow.inverse(draw(size))
-                yield decode(z.double().numpy())
+                yield decode(finite(z.double().numpy()))
             return
         with torch_threads(1), ThreadPoolExecutor(threads) as pool:
             def submit(size: int) -> list:
@@ -1128,7 +1139,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             for i in range(len(sizes)):
                 z = torch.cat([f.result() for f in pending])
                 pending = submit(sizes[i + 1]) if i + 1 < len(sizes) else []
-                yield decode(z.double().numpy())
+                yield decode(finite(z.double().numpy()))
 
     def _rejection_blocks(self, sizes: list[int], draw: Callable, decode: Callable,
                           generator: torch.Generator, weights: CategoryWeights,
@@ -1152,6 +1163,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             else:
                 y = torch.cat([f.result() for f in _submit_inverse(pool, flow, base, threads)])
             y = y.double().numpy()
+            # A row the flow's float32 arithmetic left non-finite (rare) is rejected.
+            ok = np.isfinite(y).all(axis=1)
+            if not ok.all():
+                _warn_non_finite(int((~ok).sum()))
+                y = np.where(ok[:, None], y, 0.0)
+                return y[weights.keep(y, uniforms) & ok]
             return y[weights.keep(y, uniforms)]
 
         try:
@@ -1394,6 +1411,11 @@ def _slices(n: int, parts: int, unit: int) -> list[tuple[int, int]]:
     units = -(-n // unit)
     per = -(-units // parts)
     return [(lo, min(n, lo + per * unit)) for lo in range(0, n, per * unit)]
+
+
+def _warn_non_finite(count: int) -> None:
+    warnings.warn(f"{count} of the flow's sampled rows were not finite (float32 rounding) and "
+                  "were drawn again", RuntimeWarning, stacklevel=4)
 
 
 def _submit_inverse(pool: ThreadPoolExecutor, flow: SharedConditionerFlow, z: torch.Tensor,

@@ -107,6 +107,37 @@ def test_sample_gives_the_rows_of_the_old_code_path_with_any_threads(model, monk
     assert not model.sample(n, random_state=8).equals(expected)  # the seed matters
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_non_finite_rows_of_the_flow_are_drawn_again(model, monkeypatch, weighted, n_jobs):
+    """A row the flow's float32 arithmetic leaves non-finite never reaches the decode (which
+    would fail on it): it is drawn again (or rejected), with a warning; the rows are whole."""
+    if not weighted:
+        monkeypatch.setattr(model, "category_weights_", None)
+    else:
+        assert model.category_weights_ is not None
+    inverse = type(model.flow_).inverse
+    calls = {"n": 0}
+
+    def spoiled(self, z):
+        x = inverse(self, z)
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first block: a few rows broken
+            x = x.clone()
+            x[::97, 0] = float("nan")
+            x[5, -1] = float("inf")
+        return x
+
+    monkeypatch.setattr(type(model.flow_), "inverse", spoiled)
+    model.set_params(n_jobs=n_jobs)
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        out = model.sample(3000, random_state=3)
+    model.set_params(n_jobs=1)
+    assert len(out) == 3000 and calls["n"] >= (1 if weighted else 2)  # redrawn or rejected
+    numeric = out.select_dtypes("number")
+    assert np.isfinite(numeric.to_numpy(dtype=float)[~numeric.isna().to_numpy()]).all()
+
+
 def test_weighted_sampling_gives_the_same_rows_with_any_threads(model, monkeypatch):
     """Rejection sampling of the category weights: same seed, same frame, whatever n_jobs;
     sample_to writes the rows sample returns."""
