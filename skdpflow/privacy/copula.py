@@ -30,9 +30,8 @@ variance ``tau^2 = (std / n_hat)^2``. First a test of "no signal at all": when
 ``sum c_ij^2`` stays below ``q_m tau^2``, where ``q_m`` is the ``NOISE_QUANTILE`` quantile of
 a chi-square with ``m = d (d - 1) / 2`` degrees of freedom, every pair is set to 0 (the
 independent model); pure noise takes this branch in 99% of fits whatever ``m``. Otherwise
-each ``c_ij``, turned into a correlation (below: divided by ``sqrt(s_i s_j a_i a_j)``, and its
-noise std ``tau`` with it), is replaced by its posterior mean under the prior that best
-explains all ``m`` noisy correlations together, each with its own noise std: the nonparametric maximum-likelihood prior of Kiefer and Wolfowitz
+each ``c_ij`` is replaced by its posterior mean under the prior that best explains all ``m``
+noisy values together: the nonparametric maximum-likelihood prior of Kiefer and Wolfowitz
 (1956) on a grid, fitted by EM (empirical Bayes, Jiang and Zhang 2009, "General maximum
 likelihood empirical Bayes estimation of normal means"). Dependence between columns is
 sparse: a few pairs near 1 (a column and the one it nearly determines) among many near 0.
