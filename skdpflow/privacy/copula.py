@@ -292,6 +292,19 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     pairs = d * (d - 1) // 2
     cov = noisy[:pairs] / n_hat
     tau = std / n_hat
+    energy = float(np.square(cov).sum())
+    if tau == 0:
+        shrunk = cov
+    elif energy <= float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2:
+        shrunk = np.zeros_like(cov)
+    elif pairs >= PRIOR_MIN_PAIRS:
+        shrunk = posterior_means(cov, tau)
+    else:
+        shrunk = (1.0 - float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2 / energy) * cov
+    if tau == 0:
+        shrinkage = 1.0
+    else:
+        shrinkage = float(shrunk @ cov / energy) if energy > 0 else 0.0
     var, pooling = _pooled_variances(math.sqrt(2.0) * noisy[pairs:] / n_hat,
                                      2.0 * tau**2)
     # Two noise std of the pooled estimate: a divisor that noise made small never
@@ -302,24 +315,8 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     if reliability is not None:  # the scores' correlation to the latent one
         scale = scale / np.sqrt(reliability)
     upper = np.triu_indices(d, 1)
-    factor = scale[upper[0]] * scale[upper[1]]  # a pair's covariance to its correlation
-    energy = float(np.square(cov).sum())
-    if tau == 0:
-        rho = cov * factor
-    elif energy <= float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2:
-        rho = np.zeros_like(cov)
-    elif pairs >= PRIOR_MIN_PAIRS:
-        # In correlation units, each pair with its own noise std: a pair of rare values
-        # (a large factor) is measured less well and shrunk more.
-        rho = posterior_means(cov * factor, tau * factor, bounds=(-1.0, 1.0))
-    else:
-        rho = (1.0 - float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2 / energy) * cov * factor
-    if tau == 0:
-        shrinkage = 1.0
-    else:
-        shrinkage = float((rho / factor) @ cov / energy) if energy > 0 else 0.0
     out = np.eye(d)
-    out[upper] = np.clip(rho, -1.0, 1.0)
+    out[upper] = np.clip(shrunk * scale[upper[0]] * scale[upper[1]], -1.0, 1.0)
     out.T[upper] = out[upper]
     values, vectors = np.linalg.eigh(out)
     out = (vectors * np.maximum(values, MIN_EIGENVALUE)) @ vectors.T
@@ -330,26 +327,20 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
                                "floored": int(np.sum(var < floor))}
 
 
-def posterior_means(x: np.ndarray, tau: Any, bounds: tuple[float, float] | None = None
-                    ) -> np.ndarray:
-    """Posterior means of normal means ``x_k ~ N(theta_k, tau_k^2)`` under the fitted prior.
+def posterior_means(x: np.ndarray, tau: float) -> np.ndarray:
+    """Posterior means of normal means ``x_k ~ N(theta_k, tau^2)`` under the fitted prior.
 
     The prior is the nonparametric maximum-likelihood estimate (Kiefer and Wolfowitz,
-    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]`` (within ``bounds``,
-    where the means are known to lie), spaced at most ``min(tau) / 2`` (:data:`PRIOR_GRID`
-    to :data:`PRIOR_GRID_MAX` points), weights fitted by :data:`PRIOR_EM_STEPS` EM steps
-    from uniform (Jiang and Zhang, 2009; each value with its own noise std ``tau_k``, a
-    scalar for all alike). Each posterior mean lies in the grid's span. Deterministic
+    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]``, spaced at most
+    ``tau / 2`` (:data:`PRIOR_GRID` to :data:`PRIOR_GRID_MAX` points), weights
+    fitted by :data:`PRIOR_EM_STEPS` EM steps from uniform (Jiang and Zhang, 2009). Each
+    posterior mean lies in the grid's span, between 0 and the most extreme value. Deterministic
     post-processing of ``x`` and the public ``tau``.
     """
-    tau = np.broadcast_to(np.asarray(tau, dtype=float), x.shape)
     low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    if bounds is not None:
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    spacing = float(tau.min()) / 2.0
-    points = int(min(max(PRIOR_GRID, math.ceil((high - low) / spacing) + 1), PRIOR_GRID_MAX))
+    points = int(min(max(PRIOR_GRID, math.ceil(2.0 * (high - low) / tau) + 1), PRIOR_GRID_MAX))
     grid = np.linspace(low, high, points)
-    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau[:, None])
+    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau)
     lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
     weights = np.full(points, 1.0 / points)
     for _ in range(PRIOR_EM_STEPS):
