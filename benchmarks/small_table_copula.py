@@ -3,7 +3,7 @@
 At 1,000 rows and epsilon 1 DP-SGD is skipped, so the model is the DP copula over the DP
 marginals. For each seed this fits bank_marketing's 1,000-row subsample (the suite's rows
 and public domain), prints the copula release's post-processing (``copula_info_``: the
-shrinkage factor ``shrinkage`` of the pairs, the noise std) and, on 5,000 sampled rows and
+James-Stein factor ``shrinkage`` of the pairs, the noise std) and, on 5,000 sampled rows and
 on the real rows, how well ``duration``, ``pdays`` and ``balance`` alone separate the target
 (AUROC of the column as a score)::
 
@@ -44,7 +44,7 @@ def main() -> None:
         info = synth.copula_info_
         print(f"seed {seed}: DP-SGD steps {synth.steps_}; copula pairs {info['pairs']}, "
               f"noise std {info['noise_std']:.1f} (per correlation about "
-              f"{info['noise_std'] / len(train):.3f}), shrinkage factor "
+              f"{info['noise_std'] / len(train):.3f}), James-Stein factor "
               f"{info['shrinkage']:.3f}, mean |correlation| kept "
               f"{info['mean_abs_correlation']:.3f}; samples: "
               f"{separation(synth.sample(5000, random_state=seed))}", flush=True)

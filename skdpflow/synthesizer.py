@@ -55,8 +55,7 @@ from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.copula import (cell_reliability, release_correlation, release_moments,
-                              second_moments)
+from .privacy.copula import release_correlation, release_moments, second_moments
 from .privacy.domain_estimation import (
     OTHER,
     OTHER_WARN_SHARE,
@@ -290,7 +289,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         The row count as estimated from the noisy histograms (the exact count never
         reaches the model).
     copula_info_ : dict
-        The copula release's summary (dimensions, noise std, shrinkage factor,
+        The copula release's summary (dimensions, noise std, James-Stein shrinkage factor,
         mean absolute released correlation); empty when ``copula_fraction=0``. The
         correlation itself is the flow's ``base_cholesky`` buffer (``L L^T``).
     n_features_in_ : int
@@ -506,8 +505,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         try:
             correlation, fitted["copula_info_"] = self._release_copula(
                 lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm,
-                moments=moments, n_dims=fitted["encoder_"].n_dims,
-                encoder=fitted["encoder_"])
+                moments=moments, n_dims=fitted["encoder_"].n_dims)
             edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
             raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
             fitted.update(self._train(lo, hi, edges, raked, n_hat,
@@ -811,30 +809,23 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def _release_copula(self, lo: np.ndarray | None, hi: np.ndarray | None, n_hat: float,
                         n_columns: int, ledger: PrivacyLedger, noise: PrivacyNoise,
                         schedule: Schedule, comm: Communicator | None, *,
-                        moments: np.ndarray | None = None, n_dims: int = 0,
-                        encoder: TableEncoder | None = None) -> tuple[np.ndarray, dict]:
+                        moments: np.ndarray | None = None, n_dims: int = 0
+                        ) -> tuple[np.ndarray, dict]:
         """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``.
 
         ``moments`` (with ``lo`` and ``hi`` None): the exact statistic, summed over chunks.
-        ``encoder`` (built from the released marginals): each dimension's cell reliability,
-        which turns the scores' correlations into latent ones.
         """
         if schedule.copula_share <= 0 or n_columns < 2:
             return np.eye(n_dims), {}
         z_c = ledger.share_noise(schedule.copula_share)
-        d = n_dims if lo is None else lo.shape[1]
-        reliability = None if encoder is None or d < 2 else cell_reliability(
-            lambda z: encoder.cells(encoder.decode(z))[:2], d)
         if lo is None:
             if n_dims < 2:
                 return np.eye(n_dims), {"dims": n_dims, "pairs": 0}
             correlation, info, release = release_moments(moments, n_dims, z_c, noise, n_hat,
-                                                         schedule.copula_share, comm,
-                                                         reliability)
+                                                         schedule.copula_share, comm)
         else:
             correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
-                                                             schedule.copula_share, comm,
-                                                             reliability)
+                                                             schedule.copula_share, comm)
         if release is not None:
             ledger.record(release)
         return correlation, info

@@ -1,9 +1,8 @@
 """One differentially private release of the latent correlations (a Gaussian copula).
 
 Each row's cells ``[lo, hi]`` in ``[0, 1]^d`` (from the encoder, itself post-processing of
-the released 1-way marginals) give a point in latent space, the cell means
-``z = E[Z | Phi(Z) in [lo, hi]]`` of a standard normal ``Z`` (``Phi^-1`` of the value for a
-point cell). The mechanism releases ``S = sum_rows z z^T`` with the
+the released 1-way marginals) give a point in latent space, the midpoint scores
+``z = Phi^-1((lo + hi) / 2)``. The mechanism releases ``S = sum_rows z z^T`` with the
 Gaussian mechanism, as the vector ``v = (S_ij for i < j, S_ii / sqrt(2) for all i)``.
 
 Sensitivity
@@ -25,40 +24,24 @@ ledger records one full-batch Gaussian release ``(noise_multiplier, 1.0, 1)``.
 Post-processing (no privacy cost)
 ---------------------------------
 Only the noisy vector, the public noise std and the noisy row count ``n_hat`` (from the
-histogram release) are used. Off the diagonal, ``c_ij = S_ij / n_hat`` has known noise
-variance ``tau^2 = (std / n_hat)^2``. First a test of "no signal at all": when
-``sum c_ij^2`` stays below ``q_m tau^2``, where ``q_m`` is the ``NOISE_QUANTILE`` quantile of
-a chi-square with ``m = d (d - 1) / 2`` degrees of freedom, every pair is set to 0 (the
-independent model); pure noise takes this branch in 99% of fits whatever ``m``. Otherwise
-each ``c_ij`` is replaced by its posterior mean under the prior that best explains all ``m``
-noisy values together: the nonparametric maximum-likelihood prior of Kiefer and Wolfowitz
-(1956) on a grid, fitted by EM (empirical Bayes, Jiang and Zhang 2009, "General maximum
-likelihood empirical Bayes estimation of normal means"). Dependence between columns is
-sparse: a few pairs near 1 (a column and the one it nearly determines) among many near 0.
-One linear factor for all pairs (James-Stein), which this replaced, shrank the strong pairs
-as much as the noise (a factor 0.18-0.27 on bank_marketing's 1,000 rows); the fitted prior
-puts mass at 0 and near the strong values, so noise is pulled to 0 and the strong pairs are
-kept. With fewer than ``PRIOR_MIN_PAIRS`` pairs (under 7 dimensions) the prior is not
-estimable (one pair would be its own prior and never shrink), and the pairs get the
-positive-part James-Stein factor ``1 - q_m tau^2 / sum c_ij^2`` instead (positive past the
-test above). ``shrinkage`` in the summary is the least-squares factor from the noisy to
-the shrunk pairs.
-
-The diagonal, ``s_i = sqrt(2) v_i / n_hat`` (noise std ``sqrt(2) tau``), is shrunk toward
-its mean (Efron and Morris, 1973: pooled when the noise dominates the spread of the
-``s_i``, per dimension when it does not) and floored at twice its noise std (and at
-``VARIANCE_FLOOR``) so that noise never makes a divisor small. The latent correlation is
-then ``rho_ij = shrunk c_ij / (s_i s_j)``: the product, not its square root. A coarse cell
-(a category, a mode) hides where its row's latent value lies; for a latent normal pair with
-correlation ``rho``, the cell means ``m_i`` and ``m_j`` have ``E[m_i m_j] = rho E[m_i^2]
-E[m_j^2]`` to first order in ``rho`` (the tetrachoric series: ``P(cell_i, cell_j) = P_i P_j
-(1 + rho m_i m_j + O(rho^2))``), exactly so when one side is a point. The Pearson
-correlation of the scores, ``c_ij / sqrt(s_i s_j)``, which this replaced, is attenuated by
-``sqrt(s_i s_j)``: a binary column with 12% of its rows in one value (``s ~ 0.34``) kept
-about 0.58 of its latent correlation with a numerical column. The same division undoes the
-attenuation of the clipping and row scaling. Last, unit diagonal and the nearest positive
-definite matrix: eigenvalues floored at ``MIN_EIGENVALUE``, then rescaled to unit diagonal.
-Pure noise shrinks to about the identity (the independent model); a strong
+histogram release) are used. Off the diagonal, ``c_ij = S_ij / n_hat`` with known noise
+variance ``tau^2 = (std / n_hat)^2`` gets positive-part James-Stein-type shrinkage toward 0
+over the ``m = d (d - 1) / 2`` pairs, ``lam = max(0, 1 - q_m tau^2 / sum c_ij^2)``, where
+``q_m`` is the ``NOISE_QUANTILE`` quantile of a chi-square with ``m`` degrees of freedom:
+the noise's energy ``sum (noise / n_hat)^2`` stays below ``q_m tau^2`` with that
+probability, so pure noise gives exactly ``lam = 0`` (the independent model) in 99% of fits
+whatever ``m``. For many pairs ``q_m ~ m + 2.3 sqrt(2 m)``, close to the usual ``m``; for
+one pair (two columns) the usual ``m`` would keep a pure-noise correlation in a third of
+fits. The
+diagonal, ``s_i = sqrt(2) v_i / n_hat`` (noise std ``sqrt(2) tau``), is shrunk toward its
+mean (Efron and Morris, 1973: pooled when the noise dominates the spread of the ``s_i``,
+per dimension when it does not), floored at twice its noise std (and at
+``VARIANCE_FLOOR``) so that noise never makes a divisor small, and turns the shrunk
+covariances into correlations, ``lam c_ij / sqrt(s_i s_j)``. Dividing by the released
+second moments undoes the attenuation of the clipping and row scaling (and of coarse cells,
+whose midpoint scores vary less than a standard normal). Last, unit diagonal and the
+nearest positive definite matrix: eigenvalues floored at ``MIN_EIGENVALUE``, then rescaled to
+unit diagonal. Pure noise shrinks to about the identity (the independent model); a strong
 signal is kept.
 """
 
@@ -68,16 +51,13 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
-from scipy.stats import chi2, norm
+from scipy.stats import chi2
 
 from ..encoding import dequantize
 from .ledger import Release
 from .randomness import PrivacyNoise
 
-__all__ = ["CLIP", "MIN_EIGENVALUE", "VARIANCE_FLOOR", "cell_means", "cell_reliability",
-           "clipped_scores",
-           "posterior_means",
+__all__ = ["CLIP", "MIN_EIGENVALUE", "VARIANCE_FLOOR", "clipped_scores",
            "release_correlation", "release_moments", "second_moments", "shrunk_correlation"]
 
 # Each midpoint score is clipped to [-CLIP, CLIP] (public).
@@ -86,37 +66,12 @@ CLIP = 3.0
 MIN_EIGENVALUE = 1e-3
 # Pure noise is shrunk to exactly 0 with this probability (see shrunk_correlation).
 NOISE_QUANTILE = 0.99
-# The empirical-Bayes prior of the pairs: atoms on a grid over the noisy values (at least
-# PRIOR_GRID, spaced at most half the noise std, at most PRIOR_GRID_MAX), EM steps.
-PRIOR_GRID = 201
-PRIOR_GRID_MAX = 1001
-PRIOR_EM_STEPS = 500
-# Fewer pairs than this say too little about their prior: one James-Stein factor instead.
-PRIOR_MIN_PAIRS = 21
-# A cell narrower than this is a point: its score is Phi^-1 of its midpoint.
-POINT_WIDTH = 1e-9
-# Latent rows of the Monte Carlo behind cell_reliability.
-RELIABILITY_ROWS = 20_000
 # Smallest second moment a released diagonal entry is taken to have (it divides).
 VARIANCE_FLOOR = 1e-2
 
 
-def cell_means(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``E[Z | Phi(Z) in [lo, hi]]`` for a standard normal ``Z``: ``(phi(a) - phi(b)) / (hi -
-    lo)`` with ``a = Phi^-1(lo)``, ``b = Phi^-1(hi)``; ``Phi^-1(lo)`` for a point cell (narrower
-    than ``POINT_WIDTH``)."""
-    width = hi - lo
-    point = width < POINT_WIDTH
-    a = ndtri(np.clip(lo, 0.0, 1.0))
-    b = ndtri(np.clip(hi, 0.0, 1.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (norm.pdf(a) - norm.pdf(b)) / np.where(point, 1.0, width)
-    return np.where(point, dequantize(lo, hi, None), mean)
-
-
 def clipped_scores(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Cell means (:func:`cell_means`) clipped to ``[-CLIP, CLIP]``, each row scaled to
-    ``||z||^2 <= d``.
+    """Midpoint scores clipped to ``[-CLIP, CLIP]``, each row scaled to ``||z||^2 <= d``.
 
     Parameters
     ----------
@@ -127,25 +82,11 @@ def clipped_scores(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape ``(n, d)``
     """
-    z = np.clip(cell_means(lo, hi), -CLIP, CLIP)
+    z = np.clip(dequantize(lo, hi, None), -CLIP, CLIP)
     bound = z.shape[1]
     norm2 = np.square(z).sum(axis=1)
     scale = np.sqrt(np.minimum(1.0, bound / np.maximum(norm2, 1e-300)))
     return z * scale[:, None]
-
-
-def cell_reliability(cells: Any, d: int, rows: int = RELIABILITY_ROWS) -> np.ndarray:
-    """Each dimension's ``a_i = E[m_i^2]``: how much of a latent standard normal its clipped
-    cell mean keeps (1 for a point, ``sum_k P_k m_k^2`` for cells of masses ``P_k``).
-
-    A Monte Carlo over ``rows`` independent standard normal latent rows, sent to data and
-    back to their cells by ``cells`` (``z -> (lo, hi)``: the encoder's decode then cells,
-    built from the released marginals), from a fixed public seed: it reads no data.
-    """
-    z = np.random.default_rng(0).standard_normal((rows, d))
-    lo, hi = cells(z)
-    m = np.clip(cell_means(lo, hi), -CLIP, CLIP)
-    return np.maximum(np.square(m).mean(axis=0), VARIANCE_FLOOR)
 
 
 def second_moments(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -167,7 +108,6 @@ def release_correlation(
     n_hat: float,
     budget_share: float = 0.0,
     comm: Any = None,
-    reliability: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], Release | None]:
     """Noisy latent correlation matrix, a summary, and the ledger's record of the release.
 
@@ -188,8 +128,6 @@ def release_correlation(
         Distributed fit: ``lo`` and ``hi`` are this rank's shard; the sums are added up
         over the ranks with the noise added once, by rank 0
         (:func:`skdpflow.distributed.noisy_sum`).
-    reliability : ndarray, shape ``(d,)``, or None
-        :func:`cell_reliability` of the encoder (public); see :func:`shrunk_correlation`.
 
     Returns
     -------
@@ -197,7 +135,7 @@ def release_correlation(
         Positive definite with unit diagonal; the identity when ``d < 2``.
     info : dict
         ``dims``, ``pairs``, ``row_bound`` (``B``), ``clip``, ``noise_std``, ``shrinkage``
-        (how much of the pairs was kept), ``variance_pooling``, ``floored`` (see
+        (the James-Stein factor ``lam``), ``variance_pooling``, ``floored`` (see
         :func:`shrunk_correlation`) and ``mean_abs_correlation``: all public or
         post-processing of the release.
     release : Release or None
@@ -207,7 +145,7 @@ def release_correlation(
     if d < 2:
         return np.eye(d), {"dims": d, "pairs": 0}, None
     return release_moments(second_moments(lo, hi), d, noise_multiplier, noise, n_hat,
-                           budget_share, comm, reliability)
+                           budget_share, comm)
 
 
 def release_moments(
@@ -218,7 +156,6 @@ def release_moments(
     n_hat: float,
     budget_share: float = 0.0,
     comm: Any = None,
-    reliability: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], Release]:
     """:func:`release_correlation` from the exact statistic :func:`second_moments` (``d >= 2``
     dims), for a table whose rows were summed chunk by chunk."""
@@ -233,7 +170,7 @@ def release_moments(
         noisy = noisy_sum(exact, lambda s: s + noise.normal(s.shape, std).numpy(), comm,
                           "copula second moments")
     del exact
-    correlation, post = shrunk_correlation(noisy, std, n_hat, d, reliability)
+    correlation, post = shrunk_correlation(noisy, std, n_hat, d)
     pairs = d * (d - 1) // 2
     info = {"dims": d, "pairs": pairs, "row_bound": bound, "clip": CLIP, "noise_std": std,
             **post,
@@ -248,8 +185,7 @@ def release_moments(
     return correlation, info, release
 
 
-def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
-                       reliability: np.ndarray | None = None
+def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int
                        ) -> tuple[np.ndarray, dict[str, Any]]:
     """Correlation matrix from the noisy second moments (post-processing).
 
@@ -262,17 +198,13 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     n_hat : float
         The noisy row count.
     d : int
-    reliability : ndarray, shape ``(d,)``, or None
-        Each dimension's ``a_i`` (:func:`cell_reliability`): the scores' correlations are
-        divided by ``sqrt(a_i a_j)``. None: the scores' correlations themselves.
 
     Returns
     -------
     correlation : ndarray, shape ``(d, d)``
         Positive definite, unit diagonal.
     info : dict
-        ``shrinkage`` (the least-squares factor from the noisy to the shrunk pairs: 1 when
-        nothing is shrunk, 0 when every pair is set to 0), ``variance_pooling`` (how far
+        ``shrinkage`` (the James-Stein factor of the pairs), ``variance_pooling`` (how far
         the diagonal was pulled to its mean, 0 to 1) and ``floored`` (how many diagonal
         entries were raised to the floor).
     """
@@ -281,17 +213,10 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     tau = std / n_hat
     energy = float(np.square(cov).sum())
     if tau == 0:
-        shrunk = cov
-    elif energy <= float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2:
-        shrunk = np.zeros_like(cov)
-    elif pairs >= PRIOR_MIN_PAIRS:
-        shrunk = posterior_means(cov, tau)
-    else:
-        shrunk = (1.0 - float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2 / energy) * cov
-    if tau == 0:
         shrinkage = 1.0
     else:
-        shrinkage = float(shrunk @ cov / energy) if energy > 0 else 0.0
+        noise_energy = float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2
+        shrinkage = max(0.0, 1.0 - noise_energy / energy) if energy > 0 else 0.0
     var, pooling = _pooled_variances(math.sqrt(2.0) * noisy[pairs:] / n_hat,
                                      2.0 * tau**2)
     # Two noise std of the pooled estimate: a divisor that noise made small never
@@ -299,11 +224,9 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     kept = (1.0 - pooling) ** 2
     floor = max(VARIANCE_FLOOR, 2.0 * math.sqrt(2.0) * tau * math.sqrt(kept + (1 - kept) / d))
     scale = 1.0 / np.sqrt(np.maximum(var, floor))
-    if reliability is not None:  # the scores' correlation to the latent one
-        scale = scale / np.sqrt(reliability)
     upper = np.triu_indices(d, 1)
     out = np.eye(d)
-    out[upper] = np.clip(shrunk * scale[upper[0]] * scale[upper[1]], -1.0, 1.0)
+    out[upper] = shrinkage * cov * scale[upper[0]] * scale[upper[1]]
     out.T[upper] = out[upper]
     values, vectors = np.linalg.eigh(out)
     out = (vectors * np.maximum(values, MIN_EIGENVALUE)) @ vectors.T
@@ -312,31 +235,6 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     np.fill_diagonal(out, 1.0)
     return (out + out.T) / 2, {"shrinkage": float(shrinkage), "variance_pooling": pooling,
                                "floored": int(np.sum(var < floor))}
-
-
-def posterior_means(x: np.ndarray, tau: float) -> np.ndarray:
-    """Posterior means of normal means ``x_k ~ N(theta_k, tau^2)`` under the fitted prior.
-
-    The prior is the nonparametric maximum-likelihood estimate (Kiefer and Wolfowitz,
-    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]``, spaced at most
-    ``tau / 2`` (:data:`PRIOR_GRID` to :data:`PRIOR_GRID_MAX` points), weights
-    fitted by :data:`PRIOR_EM_STEPS` EM steps from uniform (Jiang and Zhang, 2009). Each
-    posterior mean lies in the grid's span, between 0 and the most extreme value. Deterministic
-    post-processing of ``x`` and the public ``tau``.
-    """
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    points = int(min(max(PRIOR_GRID, math.ceil(2.0 * (high - low) / tau) + 1), PRIOR_GRID_MAX))
-    grid = np.linspace(low, high, points)
-    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau)
-    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
-    weights = np.full(points, 1.0 / points)
-    for _ in range(PRIOR_EM_STEPS):
-        post = lik * weights
-        post /= post.sum(axis=1, keepdims=True)
-        weights = post.mean(axis=0)
-    post = lik * weights
-    post /= post.sum(axis=1, keepdims=True)
-    return post @ grid
 
 
 def _pooled_variances(var: np.ndarray, noise_var: float) -> tuple[np.ndarray, float]:
