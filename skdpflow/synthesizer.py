@@ -55,7 +55,8 @@ from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.copula import release_correlation, release_moments, second_moments
+from .privacy.copula import (cell_reliability, release_correlation, release_moments,
+                              second_moments)
 from .privacy.domain_estimation import (
     OTHER,
     OTHER_WARN_SHARE,
@@ -289,7 +290,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         The row count as estimated from the noisy histograms (the exact count never
         reaches the model).
     copula_info_ : dict
-        The copula release's summary (dimensions, noise std, James-Stein shrinkage factor,
+        The copula release's summary (dimensions, noise std, scores, shrinkage factor,
         mean absolute released correlation); empty when ``copula_fraction=0``. The
         correlation itself is the flow's ``base_cholesky`` buffer (``L L^T``).
     n_features_in_ : int
@@ -501,11 +502,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             lo = hi = None
             cells, moments = self._encode_chunks(
                 source, n_local, fitted["type_layer_"], fitted["encoder_"],
-                fitted["schedule_"].copula_share > 0 and data.shape[1] >= 2)
+                fitted["schedule_"].copula_share > 0 and data.shape[1] >= 2,
+                means=fitted["schedule_"].steps == 0)
         try:
             correlation, fitted["copula_info_"] = self._release_copula(
                 lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm,
-                moments=moments, n_dims=fitted["encoder_"].n_dims)
+                moments=moments, encoder=fitted["encoder_"])
             edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
             raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
             fitted.update(self._train(lo, hi, edges, raked, n_hat,
@@ -611,11 +613,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return schema, declared, n_rows
 
     def _encode_chunks(self, source: TableSource, n_local: int, type_layer: TypeLayer,
-                       encoder: TableEncoder, copula: bool
+                       encoder: TableEncoder, copula: bool, *, means: bool = False
                        ) -> tuple[DiskCells, np.ndarray | None]:
         """One pass: every chunk's cells appended to a file on disk (float32), and with
         ``copula`` the copula's exact statistic summed over the chunks (from the float64
-        cells, as an in-memory fit computes it). The file is removed on any failure."""
+        cells, as an in-memory fit computes it; of the cell means with ``means``). The file
+        is removed on any failure."""
         cells = DiskCells(n_local, encoder.n_dims)
         try:
             moments = None
@@ -623,7 +626,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 lo, hi, _ = encoder.cells(type_layer.transform(chunk))
                 cells.append(lo, hi)
                 if copula and encoder.n_dims >= 2:
-                    part = second_moments(lo, hi)
+                    part = second_moments(lo, hi, means)
                     moments = part if moments is None else moments + part
             return cells, moments
         except BaseException:
@@ -809,23 +812,33 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
     def _release_copula(self, lo: np.ndarray | None, hi: np.ndarray | None, n_hat: float,
                         n_columns: int, ledger: PrivacyLedger, noise: PrivacyNoise,
                         schedule: Schedule, comm: Communicator | None, *,
-                        moments: np.ndarray | None = None, n_dims: int = 0
+                        moments: np.ndarray | None = None, encoder: TableEncoder
                         ) -> tuple[np.ndarray, dict]:
         """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``.
 
         ``moments`` (with ``lo`` and ``hi`` None): the exact statistic, summed over chunks.
+        Where the schedule skips DP-SGD the copula is the whole model, and the release is
+        estimated the sharper way (:mod:`skdpflow.privacy.copula`, "The copula-only model"):
+        the cells' reliabilities come from ``encoder`` (built from the released marginals).
         """
+        n_dims = encoder.n_dims
         if schedule.copula_share <= 0 or n_columns < 2:
             return np.eye(n_dims), {}
         z_c = ledger.share_noise(schedule.copula_share)
+        reliability = None
+        if schedule.steps == 0 and n_dims >= 2:
+            reliability = cell_reliability(lambda z: encoder.cells(encoder.decode(z))[:2],
+                                           n_dims)
         if lo is None:
             if n_dims < 2:
                 return np.eye(n_dims), {"dims": n_dims, "pairs": 0}
             correlation, info, release = release_moments(moments, n_dims, z_c, noise, n_hat,
-                                                         schedule.copula_share, comm)
+                                                         schedule.copula_share, comm,
+                                                         reliability)
         else:
             correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
-                                                             schedule.copula_share, comm)
+                                                             schedule.copula_share, comm,
+                                                             reliability)
         if release is not None:
             ledger.record(release)
         return correlation, info
@@ -844,8 +857,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ``cells``: the cells of a table read in chunks, on disk (``lo``, ``hi`` None).
 
         With no steps in the schedule (DP-SGD could not learn at this size and budget), the
-        flow stays at its starting point (the copula) and nothing is spent on training.
-        After training, the flow's marginals are calibrated to the released bins ``edges``
+        flow stays at its starting point (the copula, its continuous features' variances
+        matched: :meth:`~skdpflow.flows.model.SharedConditionerFlow.match_continuous_variances`)
+        and nothing is spent on training. Then, trained or not, the heads are recentred, the
+        flow's marginals are calibrated to the released bins ``edges``
         (post-processing; a None entry leaves its dimension alone), and the categories and
         modes of the ``raked`` dimensions get their released masses through
         :class:`~skdpflow.raking.CategoryWeights` (post-processing too).
@@ -867,6 +882,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                                          head_groups=min(HEAD_GROUPS, len(heads or [])))
             flow.set_base_correlation(torch.as_tensor(correlation))
             flow = flow.float().to(device)
+            generator = torch.Generator().manual_seed(train_seed)
+            if not steps:  # the copula is the model: its continuous marginals at variance 1
+                flow.match_continuous_variances(generator=generator)
             prior = ledger.rdp_spent() if ledger.private else 0.0
             config = TrainConfig(
                 steps, sample_rate, sigma, self.max_grad_norm, schedule.learning_rate,
@@ -877,16 +895,17 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 epsilon_after=lambda k: rdp_to_epsilon(
                     prior + Release("", "", 1.0, sigma, sample_rate, k).rdp(ledger.order),
                     ledger.order, ledger.accountant_delta) if ledger.private else math.inf)
-            generator = torch.Generator().manual_seed(train_seed)
             if steps:
                 train_flow(flow, lo, hi, config, generator=generator, noise=noise,
                            device=device, comm=comm, cells=cells)
             flow = flow.cpu().eval().requires_grad_(False)
-            if steps and flow.n_heads:
+            # Without DP-SGD too: the copula-only start reads the earlier heads at their
+            # cells' midpoints, so its marginals are close to the released ones, not equal.
+            if flow.n_heads:
                 # The heads' marginals back to their released masses (post-processing).
                 flow.recenter_heads(generator=generator)
             calibrate = CALIBRATION_KNOTS and any(e is not None for e in edges)
-            if steps and (calibrate or raked):
+            if calibrate or raked:
                 # Post-processing of the trained flow, on one draw of its rows: the bins of
                 # numerical columns get their released masses (the flow's shape inside a
                 # bin kept), then categories and modes get theirs through weights.
@@ -1264,6 +1283,11 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """What was read from the released outputs alone after training (no budget)."""
         out = []
         flow = self.flow_
+        if flow is not None and self.steps_ == 0 and flow.n_heads and flow.n_cont \
+                and bool(flow.cont_mean_coef.any()):
+            out.append("DP-SGD skipped (the model is the copula over the released marginals): "
+                       "the continuous features' conditional variances widened so that each "
+                       "has variance 1")
         recentred = 0 if flow is None else sum(
             bool(flow.head_bias[lo:hi].any())
             for lo, hi in zip(flow.head_offsets[:-1], flow.head_offsets[1:]))

@@ -10,10 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
+from scipy.special import ndtr as _ndtr
+from scipy.special import ndtri as _ndtri
+from scipy.stats import chi2
+
 from skdpflow import DPFlowSynthesizer
 from skdpflow.privacy.copula import (
     CLIP,
+    cell_means,
+    cell_reliability,
     clipped_scores,
+    posterior_means,
     release_correlation,
     second_moments,
     shrunk_correlation,
@@ -131,6 +138,32 @@ def test_zero_noise_gives_the_exact_clipped_correlation():
     assert info["shrinkage"] == 1.0 and info["variance_pooling"] == 0.0
     assert np.linalg.eigvalsh(raw).min() > 1e-3  # no eigenvalue floor here
     np.testing.assert_allclose(corr, raw, rtol=1e-12)
+    # The copula-only model's estimate: cell-mean scores, each pair divided by the root of
+    # its dimensions' reliabilities.
+    a = np.array([0.9, 0.8, 0.7, 0.95])
+    scaled, info, release = release_correlation(lo, hi, 0.0, SeededNoise(0), 300.0,
+                                                reliability=a)
+    z = clipped_scores(lo, hi, means=True)
+    raw = z.T @ z
+    raw = raw / np.sqrt(np.outer(np.diag(raw), np.diag(raw)))
+    assert not np.allclose(raw, corr, atol=1e-3)  # other scores than the midpoints'
+    expected = np.clip(raw / np.sqrt(np.outer(a, a)), -1, 1)
+    np.fill_diagonal(expected, 1.0)
+    assert np.linalg.eigvalsh(expected).min() > 1e-3
+    np.testing.assert_allclose(scaled, expected, rtol=1e-12)
+    assert info["scores"] == "cell-mean" and "cell-mean scores" in release.reads
+
+
+def test_the_cell_mean_scores_keep_the_sensitivity_bound():
+    # Clipped and row-scaled like the midpoints: a row's ||z||^2 stays within d.
+    rng = np.random.default_rng(11)
+    lo, hi = _cells(rng, 2000, 7)
+    for means in (False, True):
+        z = clipped_scores(lo, hi, means=means)
+        assert np.abs(z).max() <= CLIP + 1e-12
+        assert np.square(z).sum(axis=1).max() <= 7 * (1 + 1e-12)
+    v = second_moments(lo[:1], hi[:1], means=True)
+    assert np.linalg.norm(v) <= 7 / math.sqrt(2) * (1 + 1e-12)
 
 
 def test_fewer_than_two_dimensions_release_nothing():
@@ -139,6 +172,84 @@ def test_fewer_than_two_dimensions_release_nothing():
         corr, _, release = release_correlation(lo, lo, 1.0, _Spy(), 10.0)
         assert release is None and corr.shape == (d, d)
         np.testing.assert_array_equal(corr, np.eye(d))
+
+
+def test_cell_means_are_the_normal_means_of_the_cells():
+    rng = np.random.default_rng(8)
+    a, b = np.sort(rng.random((2, 50)), axis=0)
+    x = rng.normal(size=2_000_000)
+    u = _ndtr(x)
+    for lo, hi in zip(a[:5], b[:5]):
+        inside = (u >= lo) & (u <= hi)
+        m = cell_means(np.array([lo]), np.array([hi]))[0]
+        assert m == pytest.approx(x[inside].mean(), abs=4 * x[inside].std() / inside.sum() ** 0.5)
+    # Whole-interval cells have mean 0; points their own score; the ends are finite.
+    np.testing.assert_allclose(cell_means(np.array([0.0, 0.3, 0.0, 0.9]),
+                                          np.array([1.0, 0.3, 0.1, 1.0])),
+                               [0.0, _ndtri(0.3), -1.754983319324, 1.754983319324],
+                               atol=1e-9)
+
+
+def _cut(z: np.ndarray, cuts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A latent column's cells: between ``cuts`` (a coarse column), or points (None)."""
+    u = _ndtr(z)
+    if cuts is None:
+        return u, u
+    k = np.clip(np.searchsorted(cuts, u, side="right") - 1, 0, len(cuts) - 2)
+    return cuts[k], cuts[k + 1]
+
+
+def _coarse_release(rho: float, cuts: list, n: int = 40_000, seed: int = 9, others: int = 10):
+    """The latent pair (correlation ``rho``) cut by ``cuts``, beside ``others`` independent
+    numerical columns (a table's width: the rows' norm bound then binds as it does there)."""
+    rng = np.random.default_rng(seed)
+    z1 = rng.normal(size=n)
+    z2 = rho * z1 + math.sqrt(1 - rho**2) * rng.normal(size=n)
+    cuts = cuts + [None] * others
+
+    def cells(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [_cut(z[:, j], c) for j, c in enumerate(cuts)]
+        return np.stack([p[0] for p in pairs], 1), np.stack([p[1] for p in pairs], 1)
+
+    lo, hi = cells(np.column_stack([z1, z2, rng.normal(size=(n, others))]))
+    a = cell_reliability(cells, 2 + others)
+    corr, _, _ = release_correlation(lo, hi, 0.0, SeededNoise(0), float(n), reliability=a)
+    return corr[0, 1], lo, hi, a
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.88])
+def test_a_coarse_column_keeps_its_latent_correlation(threshold):
+    # One binary column (a latent normal cut at `threshold`) and one numerical column (its
+    # latent value, a point cell), latent correlation 0.6; no noise.
+    rho = 0.6
+    kept, lo, hi, a = _coarse_release(rho, [np.array([0.0, threshold, 1.0]), None])
+    # The binary column's reliability is sum_k P_k m_k^2 of its two cells.
+    c = _ndtri(threshold)
+    pdf = math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+    assert a[0] == pytest.approx(pdf**2 / threshold + pdf**2 / (1 - threshold), rel=0.03)
+    assert a[1] == pytest.approx(1.0, abs=0.05)
+    # (Within 0.05: the rows' norm bound scales rows with a rare value a little more.)
+    assert kept == pytest.approx(rho, abs=0.05)
+    # The scores' own (Pearson) correlation is attenuated: what the release used to keep.
+    z = clipped_scores(lo, hi, means=True)
+    assert np.corrcoef(z.T)[0, 1] < 0.85 * rho
+
+
+def test_two_binary_columns_keep_about_their_latent_correlation():
+    kept, lo, hi, a = _coarse_release(0.4, [np.array([0.0, 0.3, 1.0]),
+                                            np.array([0.0, 0.8, 1.0])], seed=10)
+    assert a[0] < 0.7 and a[1] < 0.7
+    assert kept == pytest.approx(0.4, abs=0.05)
+    assert np.corrcoef(clipped_scores(lo, hi, means=True).T)[0, 1] < 0.4 - 0.08
+
+
+def test_columns_of_more_than_two_cells_are_left_as_scored():
+    # Three categories: their order in latent space is a convention, no correction.
+    cuts = np.array([0.0, 0.2, 0.7, 1.0])
+    kept, lo, hi, a = _coarse_release(0.4, [cuts, cuts], seed=10)
+    assert a[0] == a[1] == 1.0
+    assert kept == pytest.approx(np.corrcoef(clipped_scores(lo, hi, means=True).T)[0, 1],
+                              abs=0.02)
 
 
 # ----------------------------------------------------------- post-processing
@@ -169,6 +280,72 @@ def test_shrinkage_keeps_a_strong_signal():
     assert info["shrinkage"] > 0.9
     assert corr[0, 1] == pytest.approx(0.6, abs=0.05)
     assert np.abs(corr[np.triu_indices(d, 1)][1:]).max() < 0.05
+
+
+def _sparse_release(rng: np.random.Generator, d: int, strong: dict, n_hat: float, std: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy release of unit-variance dimensions whose only dependence is ``strong``."""
+    pairs = list(zip(*np.triu_indices(d, 1)))
+    truth = np.array([strong.get(p, 0.0) for p in pairs])
+    noisy = truth * n_hat + rng.normal(0.0, std, len(truth))
+    squares = (n_hat + rng.normal(0.0, std, d)) / math.sqrt(2)
+    return np.concatenate([noisy, squares]), truth
+
+
+def test_sparse_strong_pairs_are_kept_where_one_factor_would_shrink_them():
+    # bank_marketing's shape at 1,000 rows: 20 dimensions, 190 pairs, noise 0.1 per pair,
+    # a few pairs near 1 and the rest near 0.
+    d, n_hat, std = 20, 1000.0, 100.0
+    tau = std / n_hat
+    strong = {(0, 1): 0.9, (2, 3): 0.8, (4, 5): -0.8, (6, 7): 0.7, (8, 9): 0.6}
+    upper = np.triu_indices(d, 1)
+    is_strong = np.array([p in strong for p in zip(*upper)])
+    errors, js_errors = [], []
+    for seed in range(5):
+        noisy, truth = _sparse_release(np.random.default_rng(seed), d, strong, n_hat, std)
+        corr, info = shrunk_correlation(noisy, std, n_hat, d, reliability=np.ones(d))
+        kept = corr[upper]
+        # Every strong pair keeps most of its value, with its sign.
+        assert np.all(kept[is_strong] * truth[is_strong] > 0.6 * truth[is_strong] ** 2)
+        # The noise pairs are pulled to near 0: far under their noise.
+        assert np.abs(kept[~is_strong]).mean() < 0.3 * tau
+        # One factor for all pairs (the positive-part James-Stein rule) on the same release.
+        cov = noisy[: len(truth)] / n_hat
+        lam = max(0.0, 1 - chi2.ppf(0.99, len(cov)) * tau**2 / np.square(cov).sum())
+        assert lam < 0.6  # it would have shrunk the strong pairs by that much
+        errors.append(np.square(kept - truth).sum())
+        js_errors.append(np.square(lam * cov - truth).sum())
+        assert 0 < info["shrinkage"] < 1
+    assert np.mean(errors) < 0.5 * np.mean(js_errors)
+
+
+def test_posterior_means_stay_between_zero_and_the_extremes_and_follow_clear_values():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(0.0, 0.1, 100), [0.9, -0.7]])
+    means = posterior_means(x, 0.1)
+    assert means.min() >= min(x.min(), 0.0) and means.max() <= max(x.max(), 0.0)
+    assert means[-2] > 0.75 and means[-1] < -0.55
+    assert np.abs(means[:100]).mean() < 0.5 * np.abs(x[:100]).mean()
+    # With little noise next to the spread of the values, each keeps about its own value.
+    clear = rng.uniform(-1.0, 1.0, 200)
+    # (The grid is spaced 0.002 here: a mean snaps to within 0.001 of it.)
+    np.testing.assert_allclose(posterior_means(clear, 1e-3), clear, atol=3e-3)
+    # Post-processing only: the same input, the same output.
+    np.testing.assert_array_equal(posterior_means(x, 0.1), means)
+
+
+def test_without_reliabilities_the_pairs_get_one_factor():
+    # The flow's start (DP-SGD trains from it): the positive-part James-Stein factor.
+    d, n_hat, std = 20, 1000.0, 100.0
+    tau = std / n_hat
+    noisy, truth = _sparse_release(np.random.default_rng(0), d, {(0, 1): 0.9, (2, 3): 0.8},
+                                   n_hat, std)
+    corr, info = shrunk_correlation(noisy, std, n_hat, d)
+    cov = noisy[: len(truth)] / n_hat
+    lam = max(0.0, 1 - chi2.ppf(0.99, len(cov)) * tau**2 / np.square(cov).sum())
+    assert info["shrinkage"] == pytest.approx(lam, rel=1e-12)
+    sharp, _ = shrunk_correlation(noisy, std, n_hat, d, reliability=np.ones(d))
+    assert sharp[0, 1] > corr[0, 1] + 0.2  # the strong pair, kept by the fitted prior
 
 
 def test_the_result_is_always_a_correlation_matrix():
@@ -276,3 +453,51 @@ def test_a_file_of_the_previous_format_is_refused_cleanly(tmp_path):
     torch.save(state, tmp_path / "old.skdpflow")
     with pytest.raises(ValueError, match="Unsupported model file format 3.*refit"):
         DPFlowSynthesizer.load(tmp_path / "old.skdpflow")
+
+
+def _binary_pair_fit(epsilon: float, noise_seed: int, monkeypatch) -> DPFlowSynthesizer:
+    """A binary column tied to a numerical one (latent correlation 0.9), 2,000 rows, the
+    privacy noise seeded (tests only)."""
+    from skdpflow import synthesizer
+    from skdpflow.privacy.randomness import SeededNoise as Seeded
+
+    monkeypatch.setattr(synthesizer, "SecureNoise", lambda: Seeded(noise_seed))
+    frame = _pair(2000, rho=0.9)
+    frame["b"] = np.where(frame["b"] > 1.0, "yes", "no")
+    domain = {"a": PAIR_DOMAIN["a"], "b": {"type": "categorical", "categories": ["no", "yes"]}}
+    synth = DPFlowSynthesizer(epsilon=epsilon, random_state=0, verbose=False, n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synth.fit(frame, domain=domain)
+    return synth, frame
+
+
+def test_only_a_fit_that_skips_dp_sgd_releases_the_copula_only_estimate(monkeypatch):
+    # At 2,000 rows and epsilon 0.3 the schedule skips DP-SGD and the copula is the model;
+    # at epsilon 20 DP-SGD trains from it.
+    trained, _ = _binary_pair_fit(20.0, 0, monkeypatch)
+    assert trained.schedule_.steps > 0
+    assert trained.copula_info_["scores"] == "midpoint"
+    from skdpflow import synthesizer
+
+    sharp, plain = [], []
+    for noise_seed in range(4):
+        copula_only, frame = _binary_pair_fit(0.3, noise_seed, monkeypatch)
+        assert copula_only.schedule_.steps == 0
+        assert copula_only.copula_info_["scores"] == "cell-mean"
+        release = [r for r in copula_only.ledger_.releases if r.name.startswith("copula")]
+        assert "cell-mean scores" in release[0].reads
+        real = np.corrcoef(frame["a"], frame["b"] == "yes")[0, 1]
+        fake = copula_only.sample(5000, random_state=1)
+        sharp.append(np.corrcoef(fake["a"], fake["b"] == "yes")[0, 1] / real)
+        # The same fit, the same noise, with the flow's start estimate (midpoint scores,
+        # one shrinkage factor) as the model.
+        with monkeypatch.context() as m:
+            m.setattr(synthesizer, "cell_reliability", lambda *args, **kwargs: None)
+            midpoint, _ = _binary_pair_fit(0.3, noise_seed, monkeypatch)
+        assert midpoint.copula_info_["scores"] == "midpoint"
+        fake = midpoint.sample(5000, random_state=1)
+        plain.append(np.corrcoef(fake["a"], fake["b"] == "yes")[0, 1] / real)
+    # The binary column keeps more of its link with the numerical one (the midpoint
+    # scores' estimate kept 0.23-0.53 of it, the copula-only one 0.45-0.97, 12 fits each).
+    assert np.mean(sharp) > 0.6 and np.mean(sharp) > np.mean(plain) + 0.15

@@ -154,6 +154,37 @@ def test_untrained_heads_with_a_base_correlation_follow_the_copula() -> None:
     assert torch.equal(flow.log_prob(xs), fresh.log_prob(xs))
 
 
+def test_matched_variances_give_the_continuous_features_unit_variance() -> None:
+    """A binary head with 12% in its upper cell, latent correlation 0.8 with a continuous
+    feature: read at its cells' midpoints, the head explains less than the correlation
+    says, and the continuous feature's variance falls below 1 (0.64 sum_k P_k mid_k^2 +
+    0.36 = 0.59). Matched, it is 1 again, its mean given the head unchanged, and the log-
+    density still the change of variables of the inverse map."""
+    cells = [0.0, 0.88, 1.0]
+    flow = SharedConditionerFlow(2, discrete=[[0, cells]])
+    flow.set_base_correlation(torch.tensor([[1.0, 0.8], [0.8, 1.0]]))
+    g = torch.Generator().manual_seed(0)
+    before = flow.sample(200_000, generator=g)
+    mids = torch.special.ndtri(torch.tensor([0.44, 0.94], dtype=torch.float64))
+    expected = 0.64 * float(0.88 * mids[0] ** 2 + 0.12 * mids[1] ** 2) + 0.36
+    assert float(before[:, 1].var()) == pytest.approx(expected, abs=0.01)
+    factors = flow.match_continuous_variances(generator=g)
+    assert factors.shape == (1,) and float(factors[0]) > 1.1
+    after = flow.sample(200_000, generator=g)
+    assert float(after[:, 1].var()) == pytest.approx(1.0, abs=0.015)
+    upper = after[:, 0] > float(torch.special.ndtri(torch.tensor(0.88)))
+    upper_before = before[:, 0] > float(torch.special.ndtri(torch.tensor(0.88)))
+    assert float(after[upper, 1].mean()) == pytest.approx(
+        float(before[upper_before, 1].mean()), abs=0.02)
+    x = after[:50]
+    z, ladj = flow.transform(x)
+    torch.testing.assert_close(flow.log_prob(x), _std_normal_log_prob(z) + ladj)
+    torch.testing.assert_close(flow.inverse(z), x)
+    # Nothing to do without a link between the heads and the continuous features.
+    flow.set_base_correlation(torch.eye(2))
+    assert torch.equal(flow.match_continuous_variances(generator=g), torch.ones(1))
+
+
 def test_a_head_learns_a_deterministic_lookup() -> None:
     """Without noise, the heads represent a function of one discrete column of another:
     trained on y = x (4 cells each), the second head puts > 99% on the matching cell."""

@@ -81,6 +81,23 @@ def test_streamed_fit_has_the_in_memory_releases(seeded, tmp_path, kind):
     _assert_same_releases(streamed, reference)
 
 
+def test_a_streamed_copula_only_fit_has_the_in_memory_releases(seeded, tmp_path):
+    """Where the schedule skips DP-SGD the copula is released from the cells' means: summed
+    over the chunks as in memory."""
+    frame = make_mixed_frame(ROWS)
+    source = tmp_path / "data.parquet"
+    frame.to_parquet(source, row_group_size=CHUNK)
+
+    def estimator() -> DPFlowSynthesizer:
+        return DPFlowSynthesizer(epsilon=0.2, random_state=0, verbose=False, n_jobs=1)
+
+    reference = estimator().fit(frame, domain=MIXED_DOMAIN)
+    streamed = estimator().fit(source, domain=MIXED_DOMAIN)
+    assert reference.schedule_.steps == 0
+    assert streamed.copula_info_["scores"] == reference.copula_info_["scores"] == "cell-mean"
+    _assert_same_releases(streamed, reference)
+
+
 @pytest.mark.parametrize("kind", ["parquet", "callable"])
 def test_streamed_domain_estimate_is_the_in_memory_one(seeded, tmp_path, kind):
     """Undeclared columns (integer, float with NaN, category with NaN, datetime) are

@@ -392,6 +392,38 @@ class SharedConditionerFlow(nn.Module):
         self.cont_mean_coef.copy_((gamma[:, head_of_cell] * midpoints).to(
             self.cont_mean_coef))
 
+    @torch.no_grad()
+    def match_continuous_variances(self, n_samples: int = 65_536,
+                                   generator: torch.Generator | None = None) -> Tensor:
+        """Widen the continuous features' conditional laws so that each has variance 1 again.
+
+        The start of :meth:`set_base_correlation` reads the heads at their cells' midpoints,
+        whose variance is below a standard normal's (a coarse cell hides where its latent
+        value lies), with regression coefficients and a conditional covariance from the
+        latent correlation: a continuous feature's marginal variance comes out as
+        ``Var(shift) + (L L^T)_cc < 1``, its values squeezed toward the middle, the more so
+        the stronger its link with a head. Each row of ``base_cholesky`` is scaled so that
+        ``(L L^T)_cc = 1 - Var(shift_c)`` (at least ``1e-2``), with ``Var(shift_c)`` read
+        from ``n_samples`` rows of the heads drawn from the model: post-processing, exact
+        maps kept. Meant for the untrained flow (the copula-only model); returns the
+        factors (ones when nothing is to do).
+        """
+        factors = torch.ones(self.n_cont, dtype=torch.float64)
+        if not (self.n_heads and self.n_cont and bool(self.cont_mean_coef.any())):
+            return factors
+        dtype = next(self.conditioner.parameters()).dtype
+        z = torch.randn(n_samples, self.n_heads, generator=generator, dtype=dtype,
+                        device=self.head_bias.device)
+        _, cells = self._heads_inverse(z)
+        shift = cells.sum_of(self.cont_mean_coef.double().T)
+        cholesky = self.base_cholesky.double()
+        conditional = cholesky.square().sum(1)
+        wanted = (1.0 - shift.var(0).cpu()).clamp_min(1e-2)
+        factors = (wanted / conditional.cpu()).sqrt()
+        self.base_cholesky.copy_((cholesky * factors[:, None].to(cholesky.device)).to(
+            self.base_cholesky))
+        return factors
+
     def _independent_heads(self) -> bool:
         return not (bool(self.head_mean_coef.any()) or bool((self.head_scale != 1).any()))
 
