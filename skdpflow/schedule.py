@@ -23,7 +23,8 @@ Why these rules (see docs/design.md, "The schedule", for the measurements):
   are a random walk that only blurs the released marginals and copula. So the model size is
   the largest one whose ratio stays within :data:`NOISE_RATIO`; when even the smallest model
   is far above it (:data:`MAX_NOISE_RATIO`), DP-SGD is skipped, its share goes to the
-  releases, and the model is the DP Gaussian copula over the DP marginals.
+  releases, and the model is the DP Gaussian copula over the DP marginals (estimated
+  the sharper way of :mod:`skdpflow.privacy.copula`, "The copula-only model").
 * **Batch and steps.** Large expected batches and a few hundred steps (De et al., 2022;
   Ponomareva et al., 2023, "How to DP-fy ML", Sec. 5.4): in the high-noise regime the noise of
   the mean gradient, ``sigma / B``, falls as the batch grows while the subsampled Gaussian's
