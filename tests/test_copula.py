@@ -243,13 +243,13 @@ def test_two_binary_columns_keep_about_their_latent_correlation():
     assert np.corrcoef(clipped_scores(lo, hi, means=True).T)[0, 1] < 0.4 - 0.08
 
 
-def test_columns_of_more_than_two_cells_are_left_as_scored():
-    # Three categories: their order in latent space is a convention, no correction.
+def test_columns_of_more_than_two_cells_keep_about_their_latent_correlation():
+    # Three categories, each an interval of the latent dimension: corrected as well.
     cuts = np.array([0.0, 0.2, 0.7, 1.0])
     kept, lo, hi, a = _coarse_release(0.4, [cuts, cuts], seed=10)
-    assert a[0] == a[1] == 1.0
-    assert kept == pytest.approx(np.corrcoef(clipped_scores(lo, hi, means=True).T)[0, 1],
-                              abs=0.02)
+    assert a[0] < 0.9 and a[1] < 0.9
+    assert kept == pytest.approx(0.4, abs=0.05)
+    assert np.corrcoef(clipped_scores(lo, hi, means=True).T)[0, 1] < 0.4 - 0.04
 
 
 # ----------------------------------------------------------- post-processing
