@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from scipy.special import ndtr as _ndtr
 from scipy.special import ndtri as _ndtri
 from scipy.stats import chi2

@@ -3,8 +3,12 @@
 # default Adult fit (epsilon 1, seed 0) and the same pool of the flow's rows: acceptance, worst
 # held-out 1-way gap (raked on half of the pool, checked on the other half), and sample(200,000)
 # rows/s, alternating, medians of 3. Output in sampling_capped_raking_ab.txt.
-import os, sys, time
-import numpy as np, torch
+import os
+import time
+
+import numpy as np
+import torch
+
 import skdpflow.raking as R
 import skdpflow.synthesizer as S
 from skdpflow import DPFlowSynthesizer, load_demo, load_demo_domain

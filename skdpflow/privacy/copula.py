@@ -174,8 +174,9 @@ def cell_reliability(cells: Any, d: int, rows: int = RELIABILITY_ROWS) -> np.nda
 def second_moments(lo: np.ndarray, hi: np.ndarray, means: bool = False) -> np.ndarray:
     """The released statistic before noise: ``(S_ij for i < j, S_ii / sqrt(2))``.
 
-    ``S = sum_rows z z^T`` of the clipped scores (:func:`clipped_scores`); the pairs in the row-major order of
-    ``np.triu_indices(d, 1)``, then the diagonal. Shape ``(d (d + 1) / 2,)``.
+    ``S = sum_rows z z^T`` of the clipped scores (:func:`clipped_scores`); the pairs in the
+    row-major order of ``np.triu_indices(d, 1)``, then the diagonal. Shape
+    ``(d (d + 1) / 2,)``.
     """
     z = clipped_scores(lo, hi, means)
     s = z.T @ z
