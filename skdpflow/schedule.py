@@ -85,6 +85,11 @@ class Schedule:
     histogram_bins: int
     noise_ratio: float | None = None  # sigma sqrt(p) / B projected for the chosen model
 
+    @property
+    def copula_only(self) -> bool:
+        """DP-SGD skipped: the model is the DP copula over the DP marginals."""
+        return self.steps == 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -506,7 +506,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             cells, moments = self._encode_chunks(
                 source, n_local, fitted["type_layer_"], fitted["encoder_"],
                 fitted["schedule_"].copula_share > 0 and data.shape[1] >= 2,
-                means=fitted["schedule_"].steps == 0)
+                means=fitted["schedule_"].copula_only)
         try:
             correlation, fitted["copula_info_"] = self._release_copula(
                 lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm,
@@ -829,7 +829,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             return np.eye(n_dims), {}
         z_c = ledger.share_noise(schedule.copula_share)
         reliability = None
-        if schedule.steps == 0 and n_dims >= 2:
+        if schedule.copula_only and n_dims >= 2:
             reliability = cell_reliability(lambda z: encoder.cells(encoder.decode(z))[:2],
                                            n_dims)
         if lo is None:
@@ -1287,8 +1287,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """What was read from the released outputs alone after training (no budget)."""
         out = []
         flow = self.flow_
-        if flow is not None and self.steps_ == 0 and flow.n_heads and flow.n_cont \
-                and bool(flow.cont_mean_coef.any()):
+        if flow is not None and self.steps_ == 0 and flow.heads_shift_continuous:
             out.append("DP-SGD skipped (the model is the copula over the released marginals): "
                        "the continuous features' conditional variances widened so that each "
                        "has variance 1")

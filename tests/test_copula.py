@@ -13,7 +13,7 @@ from scipy.special import ndtr as _ndtr
 from scipy.special import ndtri as _ndtri
 from scipy.stats import chi2
 
-from skdpflow import DPFlowSynthesizer
+from skdpflow import DPFlowSynthesizer, synthesizer
 from skdpflow.privacy.copula import (
     CLIP,
     cell_means,
@@ -457,10 +457,7 @@ def test_a_file_of_the_previous_format_is_refused_cleanly(tmp_path):
 def _binary_pair_fit(epsilon: float, noise_seed: int, monkeypatch) -> DPFlowSynthesizer:
     """A binary column tied to a numerical one (latent correlation 0.9), 2,000 rows, the
     privacy noise seeded (tests only)."""
-    from skdpflow import synthesizer
-    from skdpflow.privacy.randomness import SeededNoise as Seeded
-
-    monkeypatch.setattr(synthesizer, "SecureNoise", lambda: Seeded(noise_seed))
+    monkeypatch.setattr(synthesizer, "SecureNoise", lambda: SeededNoise(noise_seed))
     frame = _pair(2000, rho=0.9)
     frame["b"] = np.where(frame["b"] > 1.0, "yes", "no")
     domain = {"a": PAIR_DOMAIN["a"], "b": {"type": "categorical", "categories": ["no", "yes"]}}
@@ -477,8 +474,6 @@ def test_only_a_fit_that_skips_dp_sgd_releases_the_copula_only_estimate(monkeypa
     trained, _ = _binary_pair_fit(20.0, 0, monkeypatch)
     assert trained.schedule_.steps > 0
     assert trained.copula_info_["scores"] == "midpoint"
-    from skdpflow import synthesizer
-
     sharp, plain = [], []
     for noise_seed in range(4):
         copula_only, frame = _binary_pair_fit(0.3, noise_seed, monkeypatch)

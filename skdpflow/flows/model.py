@@ -409,7 +409,7 @@ class SharedConditionerFlow(nn.Module):
         factors (ones when nothing is to do).
         """
         factors = torch.ones(self.n_cont, dtype=torch.float64)
-        if not (self.n_heads and self.n_cont and bool(self.cont_mean_coef.any())):
+        if not self.heads_shift_continuous:
             return factors
         dtype = next(self.conditioner.parameters()).dtype
         z = torch.randn(n_samples, self.n_heads, generator=generator, dtype=dtype,
@@ -423,6 +423,12 @@ class SharedConditionerFlow(nn.Module):
         self.base_cholesky.copy_((cholesky * factors[:, None].to(cholesky.device)).to(
             self.base_cholesky))
         return factors
+
+    @property
+    def heads_shift_continuous(self) -> bool:
+        """Whether the continuous features' start depends on the heads' cells (a base
+        correlation links them)."""
+        return bool(self.n_heads and self.n_cont and self.cont_mean_coef.any())
 
     def _independent_heads(self) -> bool:
         return not (bool(self.head_mean_coef.any()) or bool((self.head_scale != 1).any()))
@@ -782,7 +788,7 @@ class SharedConditionerFlow(nn.Module):
         if cells is None:
             cells = _Cells(x.new_zeros(x.shape[0], 0))
         shift = None  # the mean of the continuous features given the heads' cells
-        if self.n_heads and bool(self.cont_mean_coef.any()):
+        if self.heads_shift_continuous:
             shift = cells.sum_of(self.cont_mean_coef.double().T).to(x.dtype)
         if not inverse:
             x, total = self._whiten(x if shift is None else x - shift)

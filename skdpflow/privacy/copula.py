@@ -352,26 +352,21 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
                                "floored": int(np.sum(var < floor))}
 
 
-def posterior_means(x: np.ndarray, tau: Any, bounds: tuple[float, float] | None = None
-                    ) -> np.ndarray:
-    """Posterior means of normal means ``x_k ~ N(theta_k, tau_k^2)`` under the fitted prior.
+def posterior_means(x: np.ndarray, tau: float) -> np.ndarray:
+    """Posterior means of normal means ``x_k ~ N(theta_k, tau^2)`` under the fitted prior.
 
     The prior is the nonparametric maximum-likelihood estimate (Kiefer and Wolfowitz,
-    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]`` (within ``bounds``,
-    where the means are known to lie), spaced at most ``min(tau) / 2`` (:data:`PRIOR_GRID`
-    to :data:`PRIOR_GRID_MAX` points), weights fitted by :data:`PRIOR_EM_STEPS` EM steps
-    from uniform (Jiang and Zhang, 2009; each value with its own noise std ``tau_k``, a
-    scalar for all alike). Each posterior mean lies in the grid's span. Deterministic
-    post-processing of ``x`` and the public ``tau``.
+    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]``, spaced at most
+    ``tau / 2`` (:data:`PRIOR_GRID` to :data:`PRIOR_GRID_MAX` points), weights fitted by
+    :data:`PRIOR_EM_STEPS` EM steps from uniform (Jiang and Zhang, 2009). Each posterior
+    mean lies in the grid's span. Deterministic post-processing of ``x`` and the public
+    ``tau``.
     """
-    tau = np.broadcast_to(np.asarray(tau, dtype=float), x.shape)
     low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    if bounds is not None:
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    spacing = float(tau.min()) / 2.0
-    points = int(min(max(PRIOR_GRID, math.ceil((high - low) / spacing) + 1), PRIOR_GRID_MAX))
+    points = int(min(max(PRIOR_GRID, math.ceil((high - low) / (tau / 2.0)) + 1),
+                     PRIOR_GRID_MAX))
     grid = np.linspace(low, high, points)
-    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau[:, None])
+    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau)
     lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
     weights = np.full(points, 1.0 / points)
     for _ in range(PRIOR_EM_STEPS):
