@@ -78,15 +78,23 @@ def test_the_seed_in_file_attack_no_longer_tells_neighbours_apart(tmp_path, mixe
             assert not same, (guess, len(candidate))
 
 
-def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mixed_domain):
+@pytest.mark.parametrize("model", ["trained", "copula_only"])
+def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mixed_domain,
+                                                      model):
     """The whole saved state, field by field, except the released noisy arrays, the flow
-    weights and what is computed from the noisy row count."""
+    weights and what is computed from the noisy row count. ``copula_only``: the schedule
+    skips DP-SGD and the model is the copula (its sharper estimate, the variance matching
+    and the post-processing after it)."""
     d, d_plus = _neighbours(mixed_frame)
     states = []
     for i, frame in enumerate((d, d_plus)):
-        synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=0, **FAST)
-        states.append(_saved_state(synth.fit(frame, domain=mixed_domain),
-                                   tmp_path / f"{i}.skdpflow"))
+        if model == "trained":
+            synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-4, random_state=0, **FAST)
+        else:
+            synth = DPFlowSynthesizer(epsilon=0.2, delta=1e-4, random_state=0, verbose=False)
+        synth.fit(frame, domain=mixed_domain)
+        assert (synth.steps_ == 0) == (model == "copula_only")
+        states.append(_saved_state(synth, tmp_path / f"{i}.skdpflow"))
     a, b = states
     assert set(a) == set(b)
     noisy = {"marginals", "flow", "fitted", "marginals_info", "ledger"}
