@@ -18,7 +18,7 @@ from skdpflow import DPFlowSynthesizer
 from skdpflow.cli import main
 from skdpflow.synthesizer import _from_state
 
-FAST = dict(epochs=1, batch_size=64, n_stages=3, hidden_size=16, verbose=False)
+FAST = {"epochs": 1, "batch_size": 64, "n_stages": 3, "hidden_size": 16, "verbose": False}
 SEED = 1_234_567  # a seed a person would type, and easy to find in bytes
 
 
