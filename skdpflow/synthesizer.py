@@ -1161,21 +1161,30 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         """Blocks of ``sizes`` rows of the weighted model: rows of the flow, each kept with
         probability ``min(w, W) / W`` (exact rejection sampling).
 
-        Candidates and their uniforms are drawn in order from the one seeded generator, and
-        the flow runs on slices of whole row blocks, so the rows depend on the seed and the
-        sizes only, whatever the number of threads.
+        Candidates and their uniforms are drawn in order from the one seeded generator, in
+        batches sized from the rows still wanted in all (at most ``SAMPLE_CHUNK``), and the
+        flow runs on slices of whole row blocks, so the rows depend on the seed and the
+        sizes only, whatever the number of threads. With several threads, the flow of the
+        next batch runs in the pool while this thread decodes the block before it.
         """
         flow = self.flow_
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        acceptance = max(weights.acceptance, 1e-3)
 
-        def candidates(size: int) -> np.ndarray:
-            base = draw(size)
-            uniforms = torch.rand(size, generator=generator, dtype=torch.float64).numpy()
+        def submit(want: int) -> tuple:
+            """Draw the candidates for ``want`` more kept rows; start their flow."""
+            n = int(min(SAMPLE_CHUNK, want / acceptance * 1.1 + 64))
+            base = draw(n)
+            uniforms = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
             if pool is None:
                 with torch.no_grad():
-                    y = flow.inverse(base)
-            else:
-                y = torch.cat([f.result() for f in _submit_inverse(pool, flow, base, threads)])
+                    return [flow.inverse(base)], uniforms
+            return _submit_inverse(pool, flow, base, threads), uniforms
+
+        def collect(pending: tuple) -> np.ndarray:
+            """The kept rows of submitted candidates."""
+            parts, uniforms = pending
+            y = torch.cat([p if isinstance(p, torch.Tensor) else p.result() for p in parts])
             y = y.double().numpy()
             # A row the flow's float32 arithmetic left non-finite (rare) is rejected.
             ok = np.isfinite(y).all(axis=1)
@@ -1188,17 +1197,22 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         try:
             with torch_threads(1) if pool is not None else contextlib.nullcontext():
                 kept = np.zeros((0, flow.features))
+                remaining = sum(sizes)  # rows not yet yielded
+                pending = None
                 for size in sizes:
                     while len(kept) < size:
-                        want = size - len(kept)
-                        n = int(min(SAMPLE_CHUNK, want / max(weights.acceptance, 1e-3)
-                                    * 1.1 + 64))
-                        kept = np.concatenate([kept, candidates(n)])
-                    yield decode(kept[:size])
-                    kept = kept[size:]
+                        if pending is None:
+                            pending = submit(remaining - len(kept))
+                        kept = np.concatenate([kept, collect(pending)])
+                        pending = None
+                    block, kept = kept[:size], kept[size:]
+                    remaining -= size
+                    if remaining > len(kept):  # the next batch's flow, during the decode
+                        pending = submit(remaining - len(kept))
+                    yield decode(block)
         finally:
             if pool is not None:
-                pool.shutdown()
+                pool.shutdown(cancel_futures=True)
 
     # ---------------------------------------------------------------- score
     @_in_threads
