@@ -442,10 +442,10 @@ class SharedConditionerFlow(nn.Module):
         if self._independent_heads():
             return self.head_log_widths[lo:hi].to(cells.dtype) + bias
         # In the cells' precision: float32 when sampling (erfc three times as fast; the
-        # masses keep about 6 digits, the cells' choice is made in float64 after the
-        # softmax), float64 when scoring in float64.
-        # Laid out cell-major, (cells, B) in memory: the heads' softmax and cumulative sums
-        # then run along rows of B values (returned as its (B, cells) transposed view).
+        # masses keep about 6 digits, as the float32 softmax that picks the cells),
+        # float64 when scoring in float64. Laid out cell-major, (cells, B) in memory: the
+        # heads' softmax then runs along rows of B values (returned as its (B, cells)
+        # transposed view).
         work = torch.float64 if cells.dtype == torch.float64 else torch.float32
         mean = cells.sum_of(self.head_mean_coef[j].to(work))[None, :]
         cuts = torch.special.ndtri(self._edges(j)).to(work)[:, None]  # -inf ... inf
