@@ -333,6 +333,47 @@ def test_posterior_means_stay_between_zero_and_the_extremes_and_follow_clear_val
     np.testing.assert_array_equal(posterior_means(x, 0.1), means)
 
 
+def test_posterior_means_weigh_each_value_by_its_own_noise_within_the_span():
+    rng = np.random.default_rng(7)
+    truth = np.where(rng.random(400) < 0.2, rng.uniform(-0.9, 0.9, 400), 0.0)
+    tau = np.where(rng.random(400) < 0.3, 3.0, 0.05)  # a third of the values mostly noise
+    x = truth + rng.normal(0.0, 1.0, 400) * tau
+    means = posterior_means(x, tau, span=(-1.0, 1.0))
+    assert means.min() >= -1.0 and means.max() <= 1.0
+    noisy, clear = tau > 1, tau < 1
+    # The noisy values go to about the prior's mean; the clear ones keep about their own.
+    assert np.abs(means[noisy]).mean() < 0.1
+    assert np.square(means[noisy] - truth[noisy]).mean() < 0.1 * np.square(
+        np.clip(x[noisy], -1, 1) - truth[noisy]).mean()
+    assert np.square(means[clear] - truth[clear]).mean() < 0.8 * np.square(
+        x[clear] - truth[clear]).mean()
+    # One std for all, as a float or an array, is the same estimate.
+    np.testing.assert_array_equal(posterior_means(x, 0.2), posterior_means(x, np.full(400, 0.2)))
+
+
+def test_pairs_of_nearly_constant_columns_are_not_amplified_into_correlations():
+    """kddcup99's failure: many flags with about 1% of rows in one value (``a ~ 0.07``),
+    independent of everything. Divided by ``a_i a_j``, their pairs' leftover noise became
+    strong spurious correlations; each with its own noise std it goes to about 0, while a
+    strong pair between regular dimensions keeps its value."""
+    d, n_hat, std = 24, 1000.0, 60.0
+    a = np.where(np.arange(d) < 12, 0.07, 1.0)  # 12 rare flags, then 12 regular dimensions
+    upper = np.triu_indices(d, 1)
+    rare = (upper[0] < 12) & (upper[1] < 12)
+    strong = (upper[0] == 12) & (upper[1] == 13)
+    spurious = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        truth = np.where(strong, 0.8, 0.0)
+        cov = truth * a[upper[0]] * a[upper[1]]  # the cell-mean scores' covariance
+        noisy = np.concatenate([cov * n_hat + rng.normal(0.0, std, len(cov)),
+                                (a * n_hat + rng.normal(0.0, std, d)) / math.sqrt(2)])
+        corr, _ = shrunk_correlation(noisy, std, n_hat, d, reliability=a)
+        assert corr[12, 13] == pytest.approx(0.8, abs=0.1)
+        spurious.append(np.abs(corr[upper][rare]).mean())
+    assert np.mean(spurious) < 0.1
+
+
 def test_without_reliabilities_the_pairs_get_one_factor():
     # The flow's start (DP-SGD trains from it): the positive-part James-Stein factor.
     d, n_hat, std = 20, 1000.0, 100.0

@@ -62,11 +62,16 @@ sharply, with the same sensitivity and noise:
   of its rows in one value (``a ~ 0.37``) keeps about 0.61 of its latent correlation with a
   numerical one.
 * **Each pair shrunk by its own evidence.** After the same test of "no signal at all"
-  (``sum c_ij^2`` below ``q_m tau^2``: every pair 0), each pair's covariance (all with the
-  same noise std ``tau``) is replaced by its posterior mean under the prior that best
-  explains all ``m`` noisy pairs together, then turned into a correlation: the
-  nonparametric maximum-likelihood prior of Kiefer and Wolfowitz (1956) on a grid, fitted
-  by EM (empirical Bayes, Jiang and Zhang 2009).
+  (``sum c_ij^2`` below ``q_m tau^2``: every pair 0), each pair is turned into a
+  correlation ``y_ij = c_ij f_ij`` (``f_ij`` the pair's factor: the scores' variances and
+  the reliabilities), whose noise std is its own, ``tau f_ij``, and replaced by its
+  posterior mean under the prior on ``[-1, 1]`` that best explains all ``m`` noisy pairs
+  together: the nonparametric maximum-likelihood prior of Kiefer and Wolfowitz (1956) on a
+  grid, fitted by EM with each pair's own std (empirical Bayes, Jiang and Zhang 2009). A
+  pair of nearly constant columns (``a_i`` and ``a_j`` small, ``f_ij`` large) is mostly
+  noise and goes to the prior's mean; shrunk in covariance units and then multiplied by
+  ``f_ij``, its leftover noise had become a strong spurious correlation (kddcup99, with
+  many near-constant flags: quality 0.786 against 0.801, 30 seeds).
   Dependence between columns is sparse, a few pairs near 1 among many near 0; one
   James-Stein factor shrinks the strong pairs as much as the noise (0.18-0.27 on
   bank_marketing's 1,000 rows), the fitted prior pulls noise to 0 and keeps the strong
@@ -328,11 +333,10 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     elif energy <= float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2:
         rho = np.zeros_like(cov)
     elif reliability is not None and pairs >= PRIOR_MIN_PAIRS:
-        # In the scores' covariance units, where every pair has the same noise std. (In
-        # correlation units, each pair with its own noise std, and only the dimensions of
-        # at most two cells corrected: bank_marketing's AUROC 0.564 against 0.603, 30
-        # seeds; the two were measured together, see cell_reliability.)
-        rho = posterior_means(cov, tau) * factor
+        # In correlation units, each pair with its own noise std, under one prior on a
+        # correlation's range (see the module docstring; docs/benchmarks.md, "A sharper
+        # copula, tried and reverted", for the variants measured).
+        rho = posterior_means(cov * factor, tau * factor, span=(-1.0, 1.0))
     else:
         rho = (1.0 - float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2 / energy) * cov * factor
     if tau == 0:
@@ -352,21 +356,34 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
                                "floored": int(np.sum(var < floor))}
 
 
-def posterior_means(x: np.ndarray, tau: float) -> np.ndarray:
-    """Posterior means of normal means ``x_k ~ N(theta_k, tau^2)`` under the fitted prior.
+def posterior_means(x: np.ndarray, tau: float | np.ndarray,
+                    span: tuple[float, float] | None = None) -> np.ndarray:
+    """Posterior means of normal means ``x_k ~ N(theta_k, tau_k^2)`` under the fitted prior.
 
     The prior is the nonparametric maximum-likelihood estimate (Kiefer and Wolfowitz,
-    1956): atoms on an even grid spanning ``[min(x, 0), max(x, 0)]``, spaced at most
-    ``tau / 2`` (:data:`PRIOR_GRID` to :data:`PRIOR_GRID_MAX` points), weights fitted by
-    :data:`PRIOR_EM_STEPS` EM steps from uniform (Jiang and Zhang, 2009). Each posterior
-    mean lies in the grid's span. Deterministic post-processing of ``x`` and the public
-    ``tau``.
+    1956): atoms on an even grid spanning ``span`` (by default ``[min(x, 0), max(x, 0)]``),
+    spaced at most ``min(tau) / 2`` (:data:`PRIOR_GRID` to :data:`PRIOR_GRID_MAX` points),
+    weights fitted by :data:`PRIOR_EM_STEPS` EM steps from uniform (Jiang and Zhang, 2009),
+    each value with its own std. Each posterior mean lies in the grid's span. Deterministic
+    post-processing of ``x`` and the public ``tau``.
+
+    Parameters
+    ----------
+    x : ndarray, shape ``(m,)``
+    tau : float or ndarray of shape ``(m,)``
+        The noise std, one for all or one per value (positive).
+    span : (float, float) or None, default=None
+        Where the means can lie (the prior's support).
     """
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    points = int(min(max(PRIOR_GRID, math.ceil((high - low) / (tau / 2.0)) + 1),
+    tau = np.broadcast_to(np.asarray(tau, dtype=float), x.shape)
+    if span is None:
+        low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    else:
+        low, high = span
+    points = int(min(max(PRIOR_GRID, math.ceil((high - low) / (float(tau.min()) / 2.0)) + 1),
                      PRIOR_GRID_MAX))
     grid = np.linspace(low, high, points)
-    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau)
+    log_lik = -0.5 * np.square((x[:, None] - grid[None, :]) / tau[:, None])
     lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
     weights = np.full(points, 1.0 / points)
     for _ in range(PRIOR_EM_STEPS):
