@@ -1,37 +1,34 @@
-"""suite.py with the copula-only shrinkage in correlation units, heteroscedastic (experiment).
+"""The A/B of the copula-only shrinkage (docs/benchmarks.md, "A sharper copula, tried and
+reverted"; raw output in copula_hetero_shrinkage.txt and copula_hetero_shrinkage_runs/).
 
-HETERO=1: each pair's corrected correlation y = cov * factor has noise std tau * factor; the
-NPMLE prior lives on [-1, 1] (a correlation's range), EM with each pair's own std; the
-posterior means replace posterior_means(cov, tau) * factor."""
-import inspect, math, os, sys
-import numpy as np
-sys.path.insert(0, "/work/main/benchmarks")
-import skdpflow.privacy.copula as C
+``benchmarks/suite.py`` with ``COPULA_SHRINKAGE=covariance``: the estimate before commit
+c6dbe05 (each pair's covariance shrunk under one NPMLE prior with a common noise std, then
+multiplied by its factor) patched in; without it, the default (each pair in correlation
+units with its own noise std, the prior on [-1, 1]). Run from the repository root:
 
-def posterior_means_hetero(y, s):
-    low, high = -1.0, 1.0
-    points = int(min(max(C.PRIOR_GRID, math.ceil(2.0 / (float(s.min()) / 2.0)) + 1),
-                     C.PRIOR_GRID_MAX))
-    grid = np.linspace(low, high, points)
-    log_lik = -0.5 * np.square((y[:, None] - grid[None, :]) / s[:, None])
-    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
-    weights = np.full(points, 1.0 / points)
-    for _ in range(C.PRIOR_EM_STEPS):
-        post = lik * weights
-        post /= post.sum(axis=1, keepdims=True)
-        weights = post.mean(axis=0)
-    post = lik * weights
-    post /= post.sum(axis=1, keepdims=True)
-    return post @ grid
+    COPULA_SHRINKAGE=covariance SKDPFLOW_THREADS=1 OMP_NUM_THREADS=1 python \\
+        benchmarks/results/copula_hetero_shrinkage_variant.py --methods skdpflow \\
+        --datasets bank_marketing default_credit_card kddcup99_10pct --sizes 1000 \\
+        --epsilons 1 --seeds 20 ... 49 --out /tmp/before
+    # and the same without COPULA_SHRINKAGE, --out /tmp/after
+"""
+import inspect
+import os
+import sys
+from pathlib import Path
 
-if os.environ.get("HETERO") == "1":
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import skdpflow.privacy.copula as C  # noqa: E402
+
+if os.environ.get("COPULA_SHRINKAGE") == "covariance":
     src = inspect.getsource(C.shrunk_correlation)
-    old = "rho = posterior_means(cov, tau) * factor"
-    assert old in src
-    src = src.replace(old, "rho = posterior_means_hetero(cov * factor, tau * factor)")
-    ns = dict(vars(C)); ns["posterior_means_hetero"] = posterior_means_hetero
-    exec(src, ns)
-    C.shrunk_correlation = ns["shrunk_correlation"]
-print("variant HETERO", os.environ.get("HETERO"), flush=True)
-import suite
+    new = "rho = posterior_means(cov * factor, tau * factor, span=(-1.0, 1.0))"
+    assert new in src
+    src = src.replace(new, "rho = posterior_means(cov, tau) * factor")
+    namespace = dict(vars(C))
+    exec(src, namespace)
+    C.shrunk_correlation = namespace["shrunk_correlation"]
+print("copula shrinkage:", os.environ.get("COPULA_SHRINKAGE", "default"), flush=True)
+import suite  # noqa: E402
+
 suite.main()
