@@ -415,7 +415,7 @@ class SharedConditionerFlow(nn.Module):
         z = torch.randn(n_samples, self.n_heads, generator=generator, dtype=dtype,
                         device=self.head_bias.device)
         _, cells = self._heads_inverse(z)
-        shift = cells.sum_of(self.cont_mean_coef.double().T)
+        shift = self._continuous_shift(cells, torch.float64)
         cholesky = self.base_cholesky.double()
         conditional = cholesky.square().sum(1)
         wanted = (1.0 - shift.var(0).cpu()).clamp_min(1e-2)
@@ -423,6 +423,11 @@ class SharedConditionerFlow(nn.Module):
         self.base_cholesky.copy_((cholesky * factors[:, None].to(cholesky.device)).to(
             self.base_cholesky))
         return factors
+
+    def _continuous_shift(self, cells: _Cells, dtype: torch.dtype) -> Tensor:
+        """The continuous features' start mean given the heads' cells, ``(B, n_cont)``: a sum
+        of one coefficient row per head."""
+        return cells.sum_of(self.cont_mean_coef.to(dtype).T)
 
     @property
     def heads_shift_continuous(self) -> bool:
@@ -791,9 +796,9 @@ class SharedConditionerFlow(nn.Module):
             cells = _Cells(x.new_zeros(x.shape[0], 0))
         shift = None  # the mean of the continuous features given the heads' cells
         if self.heads_shift_continuous:
-            # In x's precision: a sum of one coefficient per head (float64 took a twelfth
-            # of the stages' time when sampling in float32).
-            shift = cells.sum_of(self.cont_mean_coef.to(x.dtype).T)
+            # In x's precision (float64 took a twelfth of the stages' time when sampling in
+            # float32).
+            shift = self._continuous_shift(cells, x.dtype)
         if not inverse:
             x, total = self._whiten(x if shift is None else x - shift)
             total = total.expand(x.shape[0])

@@ -106,8 +106,9 @@ CLIP = 3.0
 MIN_EIGENVALUE = 1e-3
 # Pure noise is shrunk to exactly 0 with this probability (see shrunk_correlation).
 NOISE_QUANTILE = 0.99
-# The empirical-Bayes prior of the pairs: atoms on a grid over the noisy values (at least
-# PRIOR_GRID, spaced at most half the noise std, at most PRIOR_GRID_MAX), EM steps.
+# The empirical-Bayes prior of the pairs: atoms on a grid over where the means can lie (at
+# least PRIOR_GRID, spaced at most half the smallest noise std, at most PRIOR_GRID_MAX), EM
+# steps.
 PRIOR_GRID = 201
 PRIOR_GRID_MAX = 1001
 PRIOR_EM_STEPS = 500
@@ -163,12 +164,13 @@ def cell_reliability(cells: Any, d: int, rows: int = RELIABILITY_ROWS) -> np.nda
     built from the released marginals), from a fixed public seed: it reads no data.
 
     Every dimension is corrected, a nominal column's categories too (each is an interval of
-    its latent dimension, so the first-order correction holds for their order there). On the
-    copula-only model (1,000 rows, epsilon 1, 30 seeds) this against correcting only the
-    dimensions with at most two coarse cells: bank_marketing 1-way TVD 0.089 / 0.098, 2-way
-    0.193 / 0.205, AUROC 0.603 / 0.564; default_credit_card 2-way 0.337 / 0.336, AUROC
-    0.587 / 0.596; kddcup99 (16 seeds) quality 0.788 / 0.796, AUROC 0.655 / 0.668
-    (docs/benchmarks.md).
+    its latent dimension, so the first-order correction holds for their order there). It
+    was chosen with the pairs then shrunk in covariance units (1,000 rows, epsilon 1, 30
+    seeds), against correcting only the dimensions with at most two coarse cells:
+    bank_marketing 1-way TVD 0.089 / 0.098, 2-way 0.193 / 0.205, AUROC 0.603 / 0.564;
+    default_credit_card 2-way 0.337 / 0.336, AUROC 0.587 / 0.596; kddcup99 (16 seeds)
+    quality 0.788 / 0.796, AUROC 0.655 / 0.668. With each pair shrunk in correlation units
+    (the default since), see docs/benchmarks.md, "A sharper copula, tried and reverted".
     """
     z = np.random.default_rng(0).standard_normal((rows, d))
     lo, hi = cells(z)
@@ -299,7 +301,8 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     d : int
     reliability : ndarray, shape ``(d,)``, or None
         Given: the copula-only model's estimate, each pair divided by ``sqrt(a_i a_j)``
-        (:func:`cell_reliability`) and shrunk by its posterior mean (:func:`posterior_means`).
+        (:func:`cell_reliability`) and replaced by its posterior mean in correlation units,
+        with its own noise std (:func:`posterior_means`).
         None: the scores' correlations, all pairs shrunk by one positive-part James-Stein
         factor.
 
@@ -328,9 +331,10 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
     upper = np.triu_indices(d, 1)
     factor = scale[upper[0]] * scale[upper[1]]  # a pair's covariance to its correlation
     energy = float(np.square(cov).sum())
+    noise_energy = float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2
     if tau == 0:
         rho = cov * factor
-    elif energy <= float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2:
+    elif energy <= noise_energy:
         rho = np.zeros_like(cov)
     elif reliability is not None and pairs >= PRIOR_MIN_PAIRS:
         # In correlation units, each pair with its own noise std, under one prior on a
@@ -338,7 +342,7 @@ def shrunk_correlation(noisy: np.ndarray, std: float, n_hat: float, d: int,
         # copula, tried and reverted", for the variants measured).
         rho = posterior_means(cov * factor, tau * factor, span=(-1.0, 1.0))
     else:
-        rho = (1.0 - float(chi2.ppf(NOISE_QUANTILE, pairs)) * tau**2 / energy) * cov * factor
+        rho = (1.0 - noise_energy / energy) * cov * factor
     if tau == 0:
         shrinkage = 1.0
     else:
