@@ -55,7 +55,8 @@ from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.copula import cell_reliability, release_correlation, release_moments, second_moments
+from .privacy.copula import (cell_reliability, release_correlation, release_moments, row_bound,
+                             second_moments)
 from .privacy.domain_estimation import (
     OTHER,
     OTHER_WARN_SHARE,
@@ -497,6 +498,10 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         _warn_other_share(fitted["domain_"], fitted["marginals_"], discovery)
         fitted["encoder_"] = TableEncoder(fitted["domain_"], fitted["marginals_"])
         n_hat = fitted["marginals_info_"]["n_rows_estimate"]
+        # The copula-only model's cell reliabilities and row bound: from the encoder alone.
+        reliability = self._copula_reliability(fitted["encoder_"], fitted["schedule_"],
+                                               data.shape[1])
+        bound = None if reliability is None else row_bound(reliability)
         cells = moments = None
         if source is None:
             lo, hi, _ = fitted["encoder_"].cells(typed)
@@ -506,11 +511,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             cells, moments = self._encode_chunks(
                 source, n_local, fitted["type_layer_"], fitted["encoder_"],
                 fitted["schedule_"].copula_share > 0 and data.shape[1] >= 2,
-                means=fitted["schedule_"].copula_only)
+                means=fitted["schedule_"].copula_only, bound=bound)
         try:
             correlation, fitted["copula_info_"] = self._release_copula(
                 lo, hi, n_hat, data.shape[1], ledger, noise, fitted["schedule_"], comm,
-                moments=moments, encoder=fitted["encoder_"])
+                moments=moments, n_dims=fitted["encoder_"].n_dims, reliability=reliability,
+                bound=bound)
             edges = _precise_release_edges(fitted["encoder_"], fitted["marginals_info_"])
             raked = _rakeable_dims(fitted["encoder_"], fitted["marginals_info_"])
             fitted.update(self._train(lo, hi, edges, raked, n_hat,
@@ -616,12 +622,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         return schema, declared, n_rows
 
     def _encode_chunks(self, source: TableSource, n_local: int, type_layer: TypeLayer,
-                       encoder: TableEncoder, copula: bool, *, means: bool = False
-                       ) -> tuple[DiskCells, np.ndarray | None]:
+                       encoder: TableEncoder, copula: bool, *, means: bool = False,
+                       bound: float | None = None) -> tuple[DiskCells, np.ndarray | None]:
         """One pass: every chunk's cells appended to a file on disk (float32), and with
         ``copula`` the copula's exact statistic summed over the chunks (from the float64
-        cells, as an in-memory fit computes it; of the cell means with ``means``). The file
-        is removed on any failure."""
+        cells, as an in-memory fit computes it; of the cell means with ``means``, rows
+        bounded by ``bound``). The file is removed on any failure."""
         cells = DiskCells(n_local, encoder.n_dims)
         try:
             moments = None
@@ -629,7 +635,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                 lo, hi, _ = encoder.cells(type_layer.transform(chunk))
                 cells.append(lo, hi)
                 if copula and encoder.n_dims >= 2:
-                    part = second_moments(lo, hi, means)
+                    part = second_moments(lo, hi, means, bound)
                     moments = part if moments is None else moments + part
             return cells, moments
         except BaseException:
@@ -812,36 +818,45 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ledger.record(release)
         return marginals, info
 
+    @staticmethod
+    def _copula_reliability(encoder: TableEncoder, schedule: Schedule, n_columns: int
+                            ) -> np.ndarray | None:
+        """The cells' reliabilities where the schedule skips DP-SGD (the copula is then the
+        whole model, estimated the sharper way: :mod:`skdpflow.privacy.copula`, "The
+        copula-only model"), from ``encoder`` alone (built from the released marginals);
+        else None."""
+        n_dims = encoder.n_dims
+        if (schedule.copula_share <= 0 or n_columns < 2 or not schedule.copula_only
+                or n_dims < 2):
+            return None
+        return cell_reliability(lambda z: encoder.cells(encoder.decode(z))[:2], n_dims)
+
     def _release_copula(self, lo: np.ndarray | None, hi: np.ndarray | None, n_hat: float,
                         n_columns: int, ledger: PrivacyLedger, noise: PrivacyNoise,
                         schedule: Schedule, comm: Communicator | None, *,
-                        moments: np.ndarray | None = None, encoder: TableEncoder
+                        moments: np.ndarray | None = None, n_dims: int,
+                        reliability: np.ndarray | None = None, bound: float | None = None
                         ) -> tuple[np.ndarray, dict]:
         """One Gaussian release of the latent correlations: the flow's base ``N(0, R)``.
 
         ``moments`` (with ``lo`` and ``hi`` None): the exact statistic, summed over chunks.
-        Where the schedule skips DP-SGD the copula is the whole model, and the release is
-        estimated the sharper way (:mod:`skdpflow.privacy.copula`, "The copula-only model"):
-        the cells' reliabilities come from ``encoder`` (built from the released marginals).
+        ``reliability`` and ``bound`` (:meth:`_copula_reliability`,
+        :func:`~skdpflow.privacy.copula.row_bound`): the copula-only model's estimate and
+        row bound; None: midpoint scores, ``B = d``.
         """
-        n_dims = encoder.n_dims
         if schedule.copula_share <= 0 or n_columns < 2:
             return np.eye(n_dims), {}
         z_c = ledger.share_noise(schedule.copula_share)
-        reliability = None
-        if schedule.copula_only and n_dims >= 2:
-            reliability = cell_reliability(lambda z: encoder.cells(encoder.decode(z))[:2],
-                                           n_dims)
         if lo is None:
             if n_dims < 2:
                 return np.eye(n_dims), {"dims": n_dims, "pairs": 0}
             correlation, info, release = release_moments(moments, n_dims, z_c, noise, n_hat,
                                                          schedule.copula_share, comm,
-                                                         reliability)
+                                                         reliability, bound)
         else:
             correlation, info, release = release_correlation(lo, hi, z_c, noise, n_hat,
                                                              schedule.copula_share, comm,
-                                                             reliability)
+                                                             reliability, bound)
         if release is not None:
             ledger.record(release)
         return correlation, info

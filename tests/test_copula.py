@@ -11,16 +11,18 @@ import pytest
 import torch
 from scipy.special import ndtr as _ndtr
 from scipy.special import ndtri as _ndtri
-from scipy.stats import chi2
+from scipy.stats import chi2, norm
 
 from skdpflow import DPFlowSynthesizer, synthesizer
 from skdpflow.privacy.copula import (
     CLIP,
+    ROW_BOUND_FACTOR,
     cell_means,
     cell_reliability,
     clipped_scores,
     posterior_means,
     release_correlation,
+    row_bound,
     second_moments,
     shrunk_correlation,
 )
@@ -61,34 +63,75 @@ class _Spy:
 
 # ----------------------------------------------------------------- sensitivity
 @pytest.mark.parametrize("d", [2, 3, 10])
-def test_one_row_moves_the_released_vector_by_at_most_the_sensitivity(d):
+@pytest.mark.parametrize("row_bound_share", [None, 0.6])
+def test_one_row_moves_the_released_vector_by_at_most_the_sensitivity(d, row_bound_share):
     """Brute force over add/remove of one row: the released vector (pairs, squares / sqrt 2)
     moves by at most B / sqrt(2), its upper triangle alone too, and a row with every score
-    clipped reaches the bound exactly (it is tight)."""
+    clipped reaches the bound exactly (it is tight). ``B = d``, or a smaller bound (the
+    copula-only model's), cell-mean scores then."""
     rng = np.random.default_rng(d)
-    bound = d / math.sqrt(2.0)
+    b = None if row_bound_share is None else row_bound_share * d
+    means = b is not None
+    bound = (d if b is None else b) / math.sqrt(2.0)
     pairs = d * (d - 1) // 2
     lo, hi = _cells(rng, 50, d)
-    base = second_moments(lo, hi)
+    base = second_moments(lo, hi, means, b)
     assert base.shape == (pairs + d,)
     worst = worst_upper = 0.0
     for _ in range(300):
         x_lo, x_hi = _cells(rng, 1, d, extreme=rng.random())
-        added = second_moments(np.vstack([lo, x_lo]), np.vstack([hi, x_hi]))
-        removed = second_moments(lo[1:], hi[1:])  # removing a row of D
+        added = second_moments(np.vstack([lo, x_lo]), np.vstack([hi, x_hi]), means, b)
+        removed = second_moments(lo[1:], hi[1:], means, b)  # removing a row of D
         for diff in (added - base, base - removed):
             worst = max(worst, float(np.linalg.norm(diff)))
             worst_upper = max(worst_upper, float(np.linalg.norm(diff[:pairs])))
     assert worst <= bound * (1 + 1e-12)
     assert worst_upper <= bound * (1 + 1e-12)
     assert worst > 0.5 * bound
-    # Every coordinate at an end: scores clipped to +-3, the row scaled to ||z||^2 = d.
+    # Every coordinate at an end: scores clipped to +-3, the row scaled to ||z||^2 = B.
     edge = (rng.random((1, d)) < 0.5).astype(float)
-    added = second_moments(np.vstack([lo, edge]), np.vstack([hi, edge]))
+    added = second_moments(np.vstack([lo, edge]), np.vstack([hi, edge]), means, b)
     corner = added - base
     assert np.linalg.norm(corner) == pytest.approx(bound, rel=1e-9)
-    assert np.linalg.norm(corner[:pairs]) == pytest.approx(math.sqrt((d * d - d) / 2),
-                                                           rel=1e-9)
+    if b is None:
+        assert np.linalg.norm(corner[:pairs]) == pytest.approx(math.sqrt((d * d - d) / 2),
+                                                               rel=1e-9)
+
+
+def test_the_copula_only_row_bound_is_the_cell_means_expected_norm_and_sets_the_noise():
+    """``B = ROW_BOUND_FACTOR * sum a_i`` (at most d): for latent normal rows the cell means'
+    mean squared norm is ``sum a_i`` whatever the correlation (here 0.9 between two
+    columns); the release's sensitivity and noise follow B."""
+    edges = [np.array([0.0, 0.88, 1.0]), np.array([0.0, 0.3, 0.5, 1.0]),
+             np.linspace(0.0, 1.0, 33)]
+
+    def cells(z):
+        u = norm.cdf(z)
+        k = [np.clip(np.searchsorted(e, u[:, j], side="right") - 1, 0, len(e) - 2)
+             for j, e in enumerate(edges)]
+        lo = np.stack([e[kj] for e, kj in zip(edges, k)], 1)
+        hi = np.stack([e[kj + 1] for e, kj in zip(edges, k)], 1)
+        return lo, hi
+
+    a = cell_reliability(cells, 3)
+    assert a[0] < 0.5 < a[1] < 0.9 < a[2]  # a binary column keeps least
+    assert row_bound(a) == pytest.approx(ROW_BOUND_FACTOR * a.sum())
+    assert row_bound(np.ones(4)) <= 4
+    rng = np.random.default_rng(3)
+    latent = rng.standard_normal((40_000, 3))
+    latent[:, 1] = 0.9 * latent[:, 0] + math.sqrt(1 - 0.81) * latent[:, 1]
+    m = np.clip(cell_means(*cells(latent)), -CLIP, CLIP)
+    assert np.square(m).sum(1).mean() == pytest.approx(a.sum(), rel=0.02)
+    lo, hi = cells(latent[:500])
+    spy = _Spy()
+    _, info, release = release_correlation(lo, hi, 2.0, spy, 500.0, reliability=a,
+                                           bound=row_bound(a))
+    [(_, std, _)] = spy.draws
+    assert release.l2_sensitivity == pytest.approx(row_bound(a) / math.sqrt(2))
+    assert std == pytest.approx(2.0 * row_bound(a) / math.sqrt(2))
+    assert info["row_bound"] == release.details["row_bound"] == pytest.approx(row_bound(a))
+    z = clipped_scores(lo, hi, means=True, bound=row_bound(a))
+    assert np.square(z).sum(1).max() <= row_bound(a) * (1 + 1e-12)
 
 
 def test_scores_are_clipped_and_rows_bounded():

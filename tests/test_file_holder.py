@@ -16,6 +16,7 @@ import torch
 
 from skdpflow import DPFlowSynthesizer
 from skdpflow.cli import main
+from skdpflow.privacy.copula import cell_reliability, row_bound
 from skdpflow.synthesizer import _from_state
 
 FAST = {"epochs": 1, "batch_size": 64, "n_stages": 3, "hidden_size": 16, "verbose": False}
@@ -45,9 +46,16 @@ def _walk(state, prefix=""):
         yield prefix, state
 
 
-def _encoder_dims(state: dict) -> int:
-    """The encoder's dimension count, rebuilt from a saved state's released marginals alone."""
-    return _from_state(DPFlowSynthesizer, state).encoder_.n_dims
+def _copula_bound(state: dict, copula_only: bool) -> tuple[int, float]:
+    """The copula's dimension count and row bound, rebuilt from a saved state's released
+    marginals alone: ``B = D``, or for the copula-only model the bound of the cell
+    reliabilities of the encoder built from them."""
+    encoder = _from_state(DPFlowSynthesizer, state).encoder_
+    if not copula_only:
+        return encoder.n_dims, float(encoder.n_dims)
+    reliability = cell_reliability(lambda z: encoder.cells(encoder.decode(z))[:2],
+                                   encoder.n_dims)
+    return encoder.n_dims, row_bound(reliability)
 
 
 def test_nothing_seed_like_is_stored(tmp_path, mixed_frame, mixed_domain):
@@ -114,7 +122,8 @@ def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mix
         assert la[key] == lb[key], key
     # The releases' public parts; the shares of the histograms, copula and DP-SGD, and
     # DP-SGD's rate and steps, follow the noisy row count (post-processing of a release).
-    # The copula's dimensions D (so its ``reads`` and its sensitivity B / sqrt(2), B = D)
+    # The copula's dimensions D (so its ``reads``) and its row bound B (so its sensitivity
+    # B / sqrt(2): B = D, or the copula-only model's bound from the cells' reliabilities)
     # follow the encoder built from the noisy marginals (a numerical value gets a mode of
     # its own where its released mass reaches ATOM_THRESHOLD): checked against each
     # model's own released marginals instead of across the neighbours.
@@ -123,10 +132,13 @@ def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mix
         assert ra["columns"] == rb["columns"]
         if ra["name"].startswith("copula"):
             for release, model_state in ((ra, a), (rb, b)):
-                dims = _encoder_dims(model_state)
+                dims, bound = _copula_bound(model_state, model == "copula_only")
                 assert model_state["fitted"]["copula_info_"]["dims"] == dims
                 assert f"of {dims} clipped latent" in release["reads"]
-                assert release["l2_sensitivity"] == pytest.approx(dims / math.sqrt(2))
+                assert release["l2_sensitivity"] == pytest.approx(bound / math.sqrt(2))
+                assert release["details"]["row_bound"] == pytest.approx(bound)
+                if model == "copula_only":  # the cell means' norm, under D
+                    assert bound < dims
         else:
             for key in ("reads", "l2_sensitivity"):
                 assert ra[key] == rb[key], key

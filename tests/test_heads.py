@@ -44,9 +44,11 @@ def _cell_of(u: float, edges: list[float]) -> int:
     return int(np.clip(np.searchsorted(edges, u, side="right") - 1, 0, len(edges) - 2))
 
 
-# Without and with the lookup table, and with the heads' conditioner calls in 2 groups.
-VARIANTS = pytest.mark.parametrize("lookup, groups", [(False, 0), (True, 0), (True, 2)],
-                                   ids=["heads", "lookup", "groups"])
+# Without and with the lookup table, and with the heads' conditioner calls in 2 groups and in
+# one (the default: no head's call sees a cell, so its hidden layer is the same for all rows).
+VARIANTS = pytest.mark.parametrize("lookup, groups",
+                                   [(False, 0), (True, 0), (True, 2), (True, 1)],
+                                   ids=["heads", "lookup", "groups", "one_group"])
 
 
 @VARIANTS

@@ -95,6 +95,9 @@ def test_a_streamed_copula_only_fit_has_the_in_memory_releases(seeded, tmp_path)
     streamed = estimator().fit(source, domain=MIXED_DOMAIN)
     assert reference.schedule_.steps == 0
     assert streamed.copula_info_["scores"] == reference.copula_info_["scores"] == "cell-mean"
+    # The row bound of the cell means' norm, on both paths.
+    assert streamed.copula_info_["row_bound"] == reference.copula_info_["row_bound"]
+    assert reference.copula_info_["row_bound"] < reference.copula_info_["dims"]
     _assert_same_releases(streamed, reference)
 
 
