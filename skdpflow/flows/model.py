@@ -778,19 +778,22 @@ class SharedConditionerFlow(nn.Module):
             # A copy even where x.T is already contiguous (one feature): updated in place.
             state = x[rows].T.clone(memory_format=torch.contiguous_format)  # (D, b)
             b = state.shape[1]
-            # [1; x[cond]] and [1; h]: the ones rows are written once per block.
+            # [1; x[cond]] and [1; h]: the ones rows are written once per block. The layers
+            # write into buffers kept for the block (fresh blocks of a few MB each cost
+            # page faults).
             inputs = x.new_ones(d + 1, b)
             hid = x.new_ones(hidden + 1, b)
-            block_extra = None if extra is None else extra[:, rows]
+            h = x.new_empty(hidden, b)
+            block_extra = None if extra is None else extra[:, rows].contiguous()
             for cond, transformed, w_in, w_out in plans:
                 torch.index_select(state, 0, cond, out=inputs[1 : 1 + len(cond)])
                 if block_extra is None:
-                    h = torch.mm(w_in, inputs[: 1 + len(cond)])
+                    torch.mm(w_in, inputs[: 1 + len(cond)], out=h)
                 else:
-                    h = torch.addmm(block_extra, w_in, inputs[: 1 + len(cond)])
+                    torch.addmm(block_extra, w_in, inputs[: 1 + len(cond)], out=h)
                 for layer in middle:
                     if isinstance(layer, Tensor):
-                        h = torch.mm(layer, hid)
+                        torch.mm(layer, hid, out=h)
                     else:
                         _activation(layer, h, hid[1:])
                 params = torch.mm(w_out, hid)  # (P * D_t, b): knot-major
