@@ -55,8 +55,13 @@ from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
-from .privacy.copula import (cell_reliability, release_correlation, release_moments, row_bound,
-                             second_moments)
+from .privacy.copula import (
+    cell_reliability,
+    release_correlation,
+    release_moments,
+    row_bound,
+    second_moments,
+)
 from .privacy.domain_estimation import (
     OTHER,
     OTHER_WARN_SHARE,

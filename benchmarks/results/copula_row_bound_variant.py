@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import skdpflow.privacy.copula as C  # noqa: E402
+import skdpflow.privacy.copula as C
 
 C.ROW_BOUND_FACTOR = float(os.environ.get("ROW_BOUND_FACTOR", C.ROW_BOUND_FACTOR))
 print("row bound factor:", C.ROW_BOUND_FACTOR, flush=True)
-import suite  # noqa: E402
+import suite
 
 suite.main()

@@ -11,7 +11,7 @@ import sys
 import time
 
 sys.path.insert(0, sys.argv[1])
-from skdpflow import DPFlowSynthesizer  # noqa: E402
+from skdpflow import DPFlowSynthesizer
 
 m = DPFlowSynthesizer.load("/work/scratch/adult_default_now.skdpflow")
 m.set_params(n_jobs=int(sys.argv[2]))
@@ -23,4 +23,4 @@ for _ in range(5):
     ts.append(time.perf_counter() - t)
 ts.sort()
 print(sys.argv[1], "n_jobs", sys.argv[2],
-      "median %.0f rows/s (best %.0f)" % (200_000 / ts[2], 200_000 / ts[0]), flush=True)
+      f"median {200_000 / ts[2]:.0f} rows/s (best {200_000 / ts[0]:.0f})", flush=True)
