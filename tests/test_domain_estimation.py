@@ -85,7 +85,12 @@ def test_rare_values_and_outliers_are_never_released():
 
 
 def test_small_tables_refuse_bounds_chosen_by_noise(mixed_frame, mixed_domain):
-    small = mixed_frame[["age", "score", "when"]].head(60)
+    # 20 rows (17 with a score): the bounds' noise std is 13.3 at the finest level and the
+    # threshold 69.6 (5.2 std), so even with every row in one bucket a column clears it with
+    # probability about 4e-5. (With 60 rows, 52 scores, ``score`` cleared it in 5 of 100
+    # fits, and the message then rightly left it out: the noise is secret, so the test
+    # failed at random.)
+    small = mixed_frame[["age", "score", "when"]].head(20)
     synth = DPFlowSynthesizer(epsilon=1.0, delta=1e-2, random_state=0,
                               domain_epsilon_fraction=0.2, **FAST)
     with pytest.raises(DomainEstimateError, match="dominated by noise") as info:
