@@ -1190,24 +1190,38 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         flow = self.flow_
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
         acceptance = max(weights.acceptance, 1e-3)
+        # Where the weights read only the heads' cells (the usual case), the rejection step
+        # runs right after the heads, and the continuous stages only on the kept rows (the
+        # same rows, for about 1 / acceptance less of the stages' work).
+        early = flow.decides_on_heads(weights.dims)
 
         def submit(want: int) -> tuple:
             """Draw the candidates for ``want`` more kept rows; start their flow."""
             n = int(min(SAMPLE_CHUNK, want / acceptance * 1.1 + 64))
             base = draw(n)
             uniforms = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+            accept = None
+            if early:
+                def accept(start: int, x: torch.Tensor) -> torch.Tensor:
+                    return torch.from_numpy(
+                        weights.keep(x.double().numpy(), uniforms[start : start + len(x)]))
             if pool is None:
                 with torch.no_grad():
-                    return [flow.inverse(base)], uniforms
-            return _submit_inverse(pool, flow, base, threads), uniforms
+                    return [flow.inverse(base, accept)], uniforms, early
+            return _submit_inverse(pool, flow, base, threads, accept), uniforms, early
 
         def collect(pending: tuple) -> np.ndarray:
             """The kept rows of submitted candidates."""
-            parts, uniforms = pending
+            parts, uniforms, kept = pending
             y = torch.cat([p if isinstance(p, torch.Tensor) else p.result() for p in parts])
             y = y.double().numpy()
             # A row the flow's float32 arithmetic left non-finite (rare) is rejected.
             ok = np.isfinite(y).all(axis=1)
+            if kept:  # the weights were applied in the flow
+                if not ok.all():
+                    _warn_non_finite(int((~ok).sum()))
+                    return y[ok]
+                return y
             if not ok.all():
                 _warn_non_finite(int((~ok).sum()))
                 y = np.where(ok[:, None], y, 0.0)
@@ -1471,15 +1485,22 @@ def _warn_non_finite(count: int) -> None:
 
 
 def _submit_inverse(pool: ThreadPoolExecutor, flow: SharedConditionerFlow, z: torch.Tensor,
-                    threads: int) -> list:
-    """The flow's inverse of ``z`` in the pool, one future per slice of whole row blocks."""
-    return [pool.submit(_inverse, flow, z[lo:hi])
+                    threads: int, accept: Callable | None = None) -> list:
+    """The flow's inverse of ``z`` in the pool, one future per slice of whole row blocks
+    (``accept``: the flow's early rejection step, called with row numbers of ``z``)."""
+    return [pool.submit(_inverse, flow, z[lo:hi],
+                        None if accept is None else functools.partial(_from, accept, lo))
             for lo, hi in _slices(len(z), threads, FLOW_SLICE)]
 
 
-def _inverse(flow: SharedConditionerFlow, z: torch.Tensor) -> torch.Tensor:
+def _from(accept: Callable, offset: int, start: int, x: torch.Tensor) -> torch.Tensor:
+    return accept(offset + start, x)
+
+
+def _inverse(flow: SharedConditionerFlow, z: torch.Tensor,
+             accept: Callable | None = None) -> torch.Tensor:
     with torch.no_grad():  # per thread: autograd's mode is thread-local
-        return flow.inverse(z)
+        return flow.inverse(z, accept)
 
 
 def _warn_other_share(domain: Domain, marginals: list, threshold: float | None) -> None:

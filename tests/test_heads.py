@@ -153,6 +153,53 @@ def test_float32_sampling_picks_the_float64_cells(lookup: bool, groups: int) -> 
     assert torch.equal(flow.inverse(z.float()[block:]), x32[block:].float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_accept_runs_the_stages_on_the_kept_rows_only_and_keeps_the_same_rows(dtype) -> None:
+    """inverse(z, accept), the rejection step after the heads, against the slow twin: the
+    whole inverse, then the rows accept would keep, decided on those rows' heads. Over more
+    than one block (accept gets each block's first row number), calibrated, with a base
+    correlation."""
+    from skdpflow.flows import model as flow_module
+
+    flow = _flow(True, head_groups=1, calibration_knots=16)
+    a = torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
+    cov = a @ a.T + 5 * torch.eye(5)
+    flow.set_base_correlation(cov / cov.diagonal().sqrt().outer(cov.diagonal().sqrt()))
+    bins = np.linspace(0.0, 1.0, 9)  # the continuous features only, as a fit calibrates
+    flow.calibrate(n_samples=4096, generator=torch.Generator().manual_seed(3),
+                   edges=[None, None, bins, None, bins])
+    flow = flow.to(dtype).requires_grad_(False)
+    n = 2 * flow_module._FAST_BLOCK_ROWS + 1000
+    z = torch.randn(n, 5, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    uniforms = torch.rand(n, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen = []
+
+    def accept(start: int, x: Tensor) -> Tensor:
+        seen.append((start, len(x)))
+        assert torch.equal(x[:, [2, 4]], torch.zeros_like(x[:, [2, 4]]))  # heads only
+        # Keep a row with a probability set by its first head's cell (as the weights do).
+        u0 = torch.special.ndtr(x[:, 3].double())
+        return uniforms[start : start + len(x)] < torch.where(u0 < 0.2, 0.3, 0.8)
+
+    full = flow.inverse(z)
+    kept = uniforms < torch.where(torch.special.ndtr(full[:, 3].double()) < 0.2, 0.3, 0.8)
+    out = flow.inverse(z, accept)
+    block = flow_module._FAST_BLOCK_ROWS
+    assert seen == [(0, block), (block, block), (2 * block, 1000)]
+    assert 0.3 * n < len(out) < 0.9 * n and len(out) == int(kept.sum())
+    torch.testing.assert_close(out[:, [3, 1, 0]], full[kept][:, [3, 1, 0]], atol=0, rtol=0)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out, full[kept], atol=tol, rtol=0)
+    # Decided on the heads only: not where a raked feature is continuous or calibrated.
+    assert flow.decides_on_heads([3, 1]) and not flow.decides_on_heads([3, 2])
+    assert not flow.decides_on_heads([])
+    with torch.no_grad():
+        flow.calibration_to[:, 3] = flow.calibration_to[:, 3] * 0.9
+    assert not flow.decides_on_heads([3, 1])
+    with pytest.raises(ValueError, match="heads"):
+        SharedConditionerFlow(3, n_stages=2).inverse(torch.zeros(4, 3), accept)
+
+
 def test_untrained_heads_sample_their_released_masses_and_continuous_is_the_copula() -> None:
     flow = SharedConditionerFlow(5, discrete=HEADS)  # zero output layer: the start
     n = 200_000

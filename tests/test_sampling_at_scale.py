@@ -119,8 +119,8 @@ def test_non_finite_rows_of_the_flow_are_drawn_again(model, monkeypatch, weighte
     inverse = type(model.flow_).inverse
     calls = {"n": 0}
 
-    def spoiled(self, z):
-        x = inverse(self, z)
+    def spoiled(self, z, accept=None):
+        x = inverse(self, z, accept)
         calls["n"] += 1
         if calls["n"] == 1:  # the first block: a few rows broken
             x = x.clone()
@@ -153,6 +153,31 @@ def test_weighted_sampling_gives_the_same_rows_with_any_threads(model, monkeypat
                                       check_exact=True)
     model.set_params(n_jobs=1)
     assert not model.sample(n, random_state=8).equals(expected)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_rejection_after_the_heads_keeps_the_rows_of_rejection_after_the_flow(model,
+                                                                              monkeypatch,
+                                                                              n_jobs):
+    """The weights read only the heads' cells, so the rejection step runs right after the
+    heads and the stages on the kept rows only: the same rows as rejecting after the whole
+    flow (its slow twin), up to float32 rounding in the stages."""
+    weights = model.category_weights_
+    assert weights is not None and model.flow_.decides_on_heads(weights.dims)
+    monkeypatch.setattr(synthesizer_module, "SAMPLE_CHUNK", 2 * 8192)
+    n = 3 * 2 * 8192 + 1000
+    model.set_params(n_jobs=n_jobs)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(model.flow_), "decides_on_heads", lambda self, dims: False)
+        late = model.sample(n, random_state=11)
+    early = model.sample(n, random_state=11)
+    model.set_params(n_jobs=1)
+    assert len(early) == len(late) == n
+    discrete = ["city", "flag", "one"]
+    pd.testing.assert_frame_equal(early[discrete], late[discrete], check_exact=True)
+    numeric = early.drop(columns=discrete)
+    same = (numeric == late[numeric.columns]) | (numeric.isna() & late[numeric.columns].isna())
+    assert float(same.to_numpy().mean()) > 0.999
 
 
 def test_slices_are_whole_flow_blocks():

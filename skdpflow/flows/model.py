@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -1102,33 +1103,66 @@ class SharedConditionerFlow(nn.Module):
                                          inverse=False)
         return self._join(z_cont, z_heads), total + ladj_heads + ladj_calibration
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, accept: Callable[[int, Tensor], Tensor] | None = None
+                ) -> Tensor:
         """Map latent values back to data.
 
         Parameters
         ----------
         z : Tensor
             Latent values, shape ``(B, features)``.
+        accept : callable or None, default=None
+            Keep only some rows, decided from the discrete heads alone (a rejection step
+            that reads only the heads' features, :meth:`decides_on_heads`): called as
+            ``accept(start, x)`` on each block of rows from row ``start`` of ``z``, with
+            ``x`` ``(b, features)`` holding the block's heads' features (the other columns
+            0), it returns a ``(b,)`` boolean mask. The continuous stages then run on the
+            kept rows only. Needs heads and no autograd.
 
         Returns
         -------
         Tensor
-            Data, shape ``(B, features)``.
+            Data, shape ``(B, features)``; with ``accept``, the kept rows in order.
         """
+        if accept is not None and (not self.n_heads or self._needs_autograd(z)):
+            raise ValueError("accept needs discrete heads and no autograd")
         if z.shape[0] > _FAST_BLOCK_ROWS and not self._needs_autograd(z):
             # Block by block, heads and stages together: each block's intermediates stay
             # in cache (about 1.1 times as fast on Adult's shape); rows are independent, and
             # the fast stages already run in these blocks, so the rows are the same.
-            return torch.cat([self.inverse(z[start : start + _FAST_BLOCK_ROWS])
-                              for start in range(0, z.shape[0], _FAST_BLOCK_ROWS)])
+            return torch.cat([
+                self.inverse(z[start : start + _FAST_BLOCK_ROWS],
+                             None if accept is None else _shifted(accept, start))
+                for start in range(0, z.shape[0], _FAST_BLOCK_ROWS)])
         if not self.n_heads:
             x, _ = self._continuous(z, None, inverse=True, need_ladj=False)
         else:
             x_heads, cells = self._heads_inverse(z.index_select(1, self.head_index))
+            if accept is not None:
+                partial = z.new_zeros(z.shape[0], self.features)
+                partial.index_copy_(1, self.head_index, x_heads)
+                kept = accept(0, partial).to(z.device).nonzero().squeeze(1)
+                z, x_heads = z.index_select(0, kept), x_heads.index_select(0, kept)
+                cells = cells.take(kept, z)
             x_cont, _ = self._continuous(z.index_select(1, self.cont_index), cells,
                                          inverse=True, need_ladj=False)
             x = self._join(x_cont, x_heads)
         return self._calibration(x, inverse=False)[0] if self.calibrated else x
+
+    def decides_on_heads(self, features: list[int]) -> bool:
+        """Whether a rejection step reading only ``features`` can run after the heads
+        (:meth:`inverse`'s ``accept``): they are all heads' features, which the marginal
+        calibration leaves as the heads sample them."""
+        if not self.n_heads or not features:
+            return False
+        heads = set(self.head_index.tolist())
+        if not set(features) <= heads:
+            return False
+        if self.calibrated:
+            moved = (self.calibration_from != self.calibration_to).any(dim=0)
+            if bool(moved[list(features)].any()):
+                return False
+        return True
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-row log-density ``log N(z; 0, I) + log |det dz/dx|`` (whitening included).
@@ -1201,6 +1235,11 @@ class _Cells:
         self._stacked: Tensor | None = None  # the units so far as (B, heads) indices
         self.hidden: dict[int, Tensor] = {}  # a head group's last hidden layer (fast paths)
 
+    def take(self, index: Tensor, like: Tensor) -> _Cells:
+        """The cells of the rows ``index`` (fast paths), as a fresh batch like ``like``."""
+        assert self.units is not None, "fast paths keep the chosen units"
+        return _Cells(like, [unit.index_select(0, index) for unit in self.units])
+
     def one_hot(self) -> Tensor:
         assert self.onehot is not None, "module paths keep the one-hot cells"
         return self.onehot
@@ -1261,6 +1300,12 @@ def _log_cell_mass(t: Tensor, lower: Tensor | None = None) -> Tensor:
     below_hi = torch.where(positive[:, hi], 1.0 - tail[:, hi], tail[:, hi])
     mass = torch.where(positive[:, lo], tail[:, lo] - tail[:, hi], below_hi - tail[:, lo])
     return mass.clamp_min_(1e-300).log_()
+
+
+def _shifted(accept: Callable[[int, Tensor], Tensor], offset: int
+             ) -> Callable[[int, Tensor], Tensor]:
+    """``accept`` for a block that starts ``offset`` rows into the caller's rows."""
+    return lambda start, x: accept(offset + start, x)
 
 
 def _activation(layer: nn.Module, h: Tensor, out: Tensor) -> None:
