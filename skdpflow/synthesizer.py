@@ -8,7 +8,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -1207,13 +1207,13 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                         weights.keep(x.double().numpy(), uniforms[start : start + len(x)]))
             if pool is None:
                 with torch.no_grad():
-                    return [flow.inverse(base, accept)], uniforms, early
+                    return [_done(flow.inverse(base, accept))], uniforms, early
             return _submit_inverse(pool, flow, base, threads, accept), uniforms, early
 
         def collect(pending: tuple) -> np.ndarray:
             """The kept rows of submitted candidates."""
             parts, uniforms, kept = pending
-            y = torch.cat([p if isinstance(p, torch.Tensor) else p.result() for p in parts])
+            y = torch.cat([p.result() for p in parts])
             y = y.double().numpy()
             # A row the flow's float32 arithmetic left non-finite (rare) is rejected.
             ok = np.isfinite(y).all(axis=1)
@@ -1491,6 +1491,13 @@ def _submit_inverse(pool: ThreadPoolExecutor, flow: SharedConditionerFlow, z: to
     return [pool.submit(_inverse, flow, z[lo:hi],
                         None if accept is None else functools.partial(_from, accept, lo))
             for lo, hi in _slices(len(z), threads, FLOW_SLICE)]
+
+
+def _done(value: torch.Tensor) -> Future:
+    """A future already holding ``value`` (the one-thread path, as the pool's)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _from(accept: Callable, offset: int, start: int, x: torch.Tensor) -> torch.Tensor:
