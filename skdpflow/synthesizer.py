@@ -52,7 +52,7 @@ from .encoding import (
     typed_column,
 )
 from .enforcement import Enforcer, released_mass
-from .flows.model import SharedConditionerFlow
+from .flows.model import SharedConditionerFlow, shifted_accept
 from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.copula import (
@@ -1207,23 +1207,22 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                         weights.keep(x.double().numpy(), uniforms[start : start + len(x)]))
             if pool is None:
                 with torch.no_grad():
-                    return [_done(flow.inverse(base, accept))], uniforms, early
-            return _submit_inverse(pool, flow, base, threads, accept), uniforms, early
+                    return [_done(flow.inverse(base, accept))], uniforms
+            return _submit_inverse(pool, flow, base, threads, accept), uniforms
 
         def collect(pending: tuple) -> np.ndarray:
             """The kept rows of submitted candidates."""
-            parts, uniforms, kept = pending
+            parts, uniforms = pending
             y = torch.cat([p.result() for p in parts])
             y = y.double().numpy()
             # A row the flow's float32 arithmetic left non-finite (rare) is rejected.
             ok = np.isfinite(y).all(axis=1)
-            if kept:  # the weights were applied in the flow
-                if not ok.all():
-                    _warn_non_finite(int((~ok).sum()))
-                    return y[ok]
-                return y
-            if not ok.all():
+            spoiled = not ok.all()
+            if spoiled:
                 _warn_non_finite(int((~ok).sum()))
+            if early:  # the weights were applied in the flow
+                return y[ok] if spoiled else y
+            if spoiled:
                 y = np.where(ok[:, None], y, 0.0)
                 return y[weights.keep(y, uniforms) & ok]
             return y[weights.keep(y, uniforms)]
@@ -1346,7 +1345,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             out.append(f"{recentred} of {flow.n_heads} discrete head(s) recentred to their "
                        "released masses")
         if flow is not None and flow.calibrated:
-            moved = int((flow.calibration_from != flow.calibration_to).any(dim=0).sum())
+            moved = int(flow.calibration_moved().sum())
             out.append(f"marginal calibration of {moved} numerical dimension(s) to their "
                        "released histograms")
         weights = self.category_weights_
@@ -1489,7 +1488,7 @@ def _submit_inverse(pool: ThreadPoolExecutor, flow: SharedConditionerFlow, z: to
     """The flow's inverse of ``z`` in the pool, one future per slice of whole row blocks
     (``accept``: the flow's early rejection step, called with row numbers of ``z``)."""
     return [pool.submit(_inverse, flow, z[lo:hi],
-                        None if accept is None else functools.partial(_from, accept, lo))
+                        None if accept is None else shifted_accept(accept, lo))
             for lo, hi in _slices(len(z), threads, FLOW_SLICE)]
 
 
@@ -1498,10 +1497,6 @@ def _done(value: torch.Tensor) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-def _from(accept: Callable, offset: int, start: int, x: torch.Tensor) -> torch.Tensor:
-    return accept(offset + start, x)
 
 
 def _inverse(flow: SharedConditionerFlow, z: torch.Tensor,

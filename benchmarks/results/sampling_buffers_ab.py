@@ -1,6 +1,8 @@
 """In-process medians for the A/B of sampling_buffers_ab.sh (docs/benchmarks.md, "Sampling
 throughput and memory", layer buffers): ``sample(200,000)`` five times on one loaded model,
-median and best rows/s. Run once per side, alternating, the suite's background runs paused:
+median and best rows/s (``python sampling_buffers_ab.py TREE N_JOBS [MODEL]``; also the
+child of sampling_early_rejection_ab.py). Run once per side, alternating, the suite's
+background runs paused:
 
     for r in 1 2; do for j in 1 2; do
       PYTHONPATH=/tmp/base python benchmarks/results/sampling_buffers_ab.py /tmp/base $j
@@ -13,7 +15,9 @@ import time
 sys.path.insert(0, sys.argv[1])
 from skdpflow import DPFlowSynthesizer
 
-m = DPFlowSynthesizer.load("/work/scratch/adult_default_now.skdpflow")
+# The model file (third argument; the A/B of the layer buffers used this one).
+m = DPFlowSynthesizer.load(sys.argv[3] if len(sys.argv) > 3
+                           else "/work/scratch/adult_default_now.skdpflow")
 m.set_params(n_jobs=int(sys.argv[2]))
 m.sample(20000, random_state=0)
 ts = []

@@ -11,24 +11,14 @@ Run from the repository root with the machine otherwise idle (other runs SIGSTOP
     python benchmarks/results/sampling_early_rejection_ab.py MODEL --before /tmp/base
 """
 import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-CHILD = r'''
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from skdpflow import DPFlowSynthesizer
-m = DPFlowSynthesizer.load(sys.argv[2])
-m.set_params(n_jobs=int(sys.argv[3]))
-m.sample(20_000, random_state=0)
-ts = []
-for _ in range(5):
-    t = time.perf_counter()
-    m.sample(200_000, random_state=1)
-    ts.append(time.perf_counter() - t)
-ts.sort()
-print(200_000 / ts[2])
-'''
+# The child: sampling_buffers_ab.py (one loaded model, sample(200,000) five times, the
+# median), given the tree to import and the model file.
+CHILD = Path(__file__).with_name("sampling_buffers_ab.py")
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model")
@@ -40,9 +30,9 @@ results: dict = {}
 for p in range(args.passes):
     for jobs in (1, 2):
         for side, tree in (("before", args.before), ("after", args.after)):
-            out = subprocess.run([sys.executable, "-c", CHILD, tree, args.model, str(jobs)],
+            out = subprocess.run([sys.executable, str(CHILD), tree, str(jobs), args.model],
                                  capture_output=True, text=True, check=True)
-            rate = float(out.stdout.split()[-1])
+            rate = float(re.search(r"median (\d+) rows/s", out.stdout).group(1))
             results.setdefault((jobs, side), []).append(rate)
             print(f"pass {p + 1} n_jobs {jobs} {side:6s} {rate:,.0f} rows/s", flush=True)
 print("\n| n_jobs | before (rows/s) | after (rows/s) | after / before |")

@@ -606,7 +606,7 @@ class SharedConditionerFlow(nn.Module):
         ``(1, 1)``; the upper side is computed on ``1 - u = Phi(-x)`` so that both tails keep
         their precision. In float64 whatever the input's dtype.
         """
-        moved = (self.calibration_from != self.calibration_to).any(dim=0)
+        moved = self.calibration_moved()
         if not bool(moved.all()):  # only the calibrated features: the others pass as they are
             idx = moved.nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -616,6 +616,11 @@ class SharedConditionerFlow(nn.Module):
                 self.calibration_to.index_select(1, idx), inverse)
             return x.index_copy(1, idx, out), ladj
         return self._calibrate_features(x, self.calibration_from, self.calibration_to, inverse)
+
+    def calibration_moved(self) -> Tensor:
+        """``(features,)`` booleans: the features the marginal calibration moves (``g`` not
+        the identity)."""
+        return (self.calibration_from != self.calibration_to).any(dim=0)
 
     @staticmethod
     def _calibrate_features(x: Tensor, knots_from: Tensor, knots_to: Tensor, inverse: bool
@@ -1132,7 +1137,7 @@ class SharedConditionerFlow(nn.Module):
             # the fast stages already run in these blocks, so the rows are the same.
             return torch.cat([
                 self.inverse(z[start : start + _FAST_BLOCK_ROWS],
-                             None if accept is None else _shifted(accept, start))
+                             None if accept is None else shifted_accept(accept, start))
                 for start in range(0, z.shape[0], _FAST_BLOCK_ROWS)])
         if not self.n_heads:
             x, _ = self._continuous(z, None, inverse=True, need_ladj=False)
@@ -1158,11 +1163,7 @@ class SharedConditionerFlow(nn.Module):
         heads = set(self.head_index.tolist())
         if not set(features) <= heads:
             return False
-        if self.calibrated:
-            moved = (self.calibration_from != self.calibration_to).any(dim=0)
-            if bool(moved[list(features)].any()):
-                return False
-        return True
+        return not (self.calibrated and bool(self.calibration_moved()[list(features)].any()))
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-row log-density ``log N(z; 0, I) + log |det dz/dx|`` (whitening included).
@@ -1302,9 +1303,10 @@ def _log_cell_mass(t: Tensor, lower: Tensor | None = None) -> Tensor:
     return mass.clamp_min_(1e-300).log_()
 
 
-def _shifted(accept: Callable[[int, Tensor], Tensor], offset: int
-             ) -> Callable[[int, Tensor], Tensor]:
-    """``accept`` for a block that starts ``offset`` rows into the caller's rows."""
+def shifted_accept(accept: Callable[[int, Tensor], Tensor], offset: int
+                   ) -> Callable[[int, Tensor], Tensor]:
+    """:meth:`SharedConditionerFlow.inverse`'s ``accept`` for rows that start ``offset``
+    rows into the caller's rows."""
     return lambda start, x: accept(offset + start, x)
 
 
