@@ -372,3 +372,89 @@ def test_recentering_gives_the_heads_their_released_masses_and_keeps_the_flow_ex
         with torch.no_grad():
             torch.testing.assert_close(flow.log_prob(row[None])[0], expected, atol=1e-9,
                                        rtol=1e-9)
+
+
+def _log_mass_reference(lo: float, hi: float) -> float:
+    """``log(Phi(hi) - Phi(lo))`` with 50 digits (mpmath)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    mass = mpmath.ncdf(hi) - mpmath.ncdf(lo)
+    return float(mpmath.log(mass)) if mass > 0 else -math.inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_major_log_masses_match_fifty_digits(dtype) -> None:
+    """The sampling paths' cell masses (one erfc per inner edge, the cell across 0 told by
+    the edges' signs) against mpmath, for cells in both tails (where ``Phi(hi) - Phi(lo)``
+    in floats cancels), across 0, with an edge at 0 exactly, and far out; the layout of the
+    module paths (_log_cell_mass) against the same reference."""
+    from skdpflow.flows.model import _SQRT_HALF, _log_cell_mass, _log_cell_mass_cell_major
+
+    columns = [[-30.0, -9.0, -8.5, -2.0, 0.0, 0.5, 7.0, 7.5, 12.0],
+               [-1.0, -0.5, -0.25, 0.0, 1e-3, 0.3, 2.0, 6.0, 40.0],
+               [-40.0, -12.0, -6.0, -5.9, -3.0, -1e-3, 1e-3, 3.0, 9.0]]
+    inner = torch.tensor(columns, dtype=torch.float64).T  # (edges - 2, B): increasing
+    expected = torch.tensor([[_log_mass_reference(lo, hi)
+                              for lo, hi in zip([-math.inf, *col], [*col, math.inf])]
+                             for col in columns], dtype=torch.float64).T  # (cells, B)
+    got = _log_cell_mass_cell_major((inner * _SQRT_HALF).to(dtype)).double()
+    edges = torch.cat((torch.full((1, 3), -math.inf, dtype=torch.float64), inner,
+                       torch.full((1, 3), math.inf, dtype=torch.float64)))
+    module = _log_cell_mass(edges.to(dtype).T).T.double()
+    # Where the reference fits the dtype (masses above its smallest normal number).
+    fits = expected > math.log(torch.finfo(dtype).tiny) + 1.0
+    assert bool(fits.any()) and bool((~fits).any())
+    rel = 1e-12 if dtype == torch.float64 else 2e-5
+    for value in (got, module):
+        assert torch.isfinite(value[fits]).all()
+        err = (value[fits] - expected[fits]).abs()
+        assert float(err.max()) < rel * 100, float(err.max())  # log: absolute = relative
+        # Below: that tiny (or the module path's floor of 1e-300), never above.
+        assert bool((value[~fits] < math.log(torch.finfo(dtype).tiny) + 20.0).all())
+
+
+@pytest.mark.parametrize("limit", [3, 1 << 20], ids=["two_tables", "all_tables"])
+@pytest.mark.parametrize("groups", [0, 1])
+def test_head_tables_give_the_cells_and_values_of_the_heads_computed_row_by_row(
+        limit: int, groups: int, monkeypatch) -> None:
+    """The first heads read their probabilities from per-combination tables when sampling:
+    against the slow twin (no tables, every head's softmax computed for each row), the same
+    cells and values, and the same probability sums (recenter_heads); the tables follow the
+    parameters when they change, and are not pickled."""
+    import copy
+    import pickle
+
+    from skdpflow.flows import model as flow_module
+
+    flow = _flow(True, head_groups=groups)
+    a = torch.randn(5, 5, generator=torch.Generator().manual_seed(2))
+    cov = a @ a.T + 5 * torch.eye(5)
+    flow.set_base_correlation(cov / cov.diagonal().sqrt().outer(cov.diagonal().sqrt()))
+    flow.requires_grad_(False)
+    z = torch.randn(5000, 3, generator=torch.Generator().manual_seed(8))
+
+    def heads(of: SharedConditionerFlow, tables: bool) -> tuple[Tensor, Tensor, list]:
+        monkeypatch.setattr(flow_module, "HEAD_TABLE_COMBINATIONS", limit if tables else 0)
+        sums: list = []
+        x, cells = of._heads_inverse(z, prob_sums=sums)
+        return x, torch.stack(cells.units, 1), sums
+
+    monkeypatch.setattr(flow_module, "HEAD_TABLE_COMBINATIONS", limit)
+    assert len(flow._head_tables(torch.float64)) == (2 if limit == 3 else 3)
+    before = None
+    for _ in range(2):  # the flow as built, then with a head's bias moved (the same cache)
+        x_slow, cells_slow, sums_slow = heads(copy.deepcopy(flow), tables=False)
+        x_fast, cells_fast, sums_fast = heads(flow, tables=True)
+        assert torch.equal(cells_fast, cells_slow)
+        torch.testing.assert_close(x_fast, x_slow, atol=1e-12, rtol=0)
+        for fast, slow in zip(sums_fast, sums_slow):
+            torch.testing.assert_close(fast, slow, atol=1e-9, rtol=0)
+        if before is not None:  # the second head moved with its bias
+            assert bool((x_fast[:, 1] != before[:, 1]).any())
+        before = x_fast
+        with torch.no_grad():
+            flow.head_bias[3:5] += torch.tensor([1.5, -1.5])  # the second head's cells
+    assert "_tables" in flow.__dict__
+    assert "_tables" not in copy.deepcopy(flow).__dict__
+    assert "_tables" not in pickle.loads(pickle.dumps(flow)).__dict__
