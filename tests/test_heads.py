@@ -410,8 +410,10 @@ def test_cell_major_log_masses_match_fifty_digits(dtype) -> None:
         assert torch.isfinite(value[fits]).all()
         err = (value[fits] - expected[fits]).abs()
         assert float(err.max()) < rel * 100, float(err.max())  # log: absolute = relative
-        # Below: that tiny (or the module path's floor of 1e-300), never above.
-        assert bool((value[~fits] < math.log(torch.finfo(dtype).tiny) + 20.0).all())
+        # Below them: at most tiny ** 0.85 (1e-262 in float64, 7e-33 in float32), never
+        # more (the sampling path caps the tails where erfc is still a normal number, the
+        # module path's floor is 1e-300).
+        assert bool((value[~fits] < 0.85 * math.log(torch.finfo(dtype).tiny)).all())
 
 
 @pytest.mark.parametrize("limit", [3, 1 << 20], ids=["two_tables", "all_tables"])

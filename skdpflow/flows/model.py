@@ -1391,7 +1391,12 @@ def _log_cell_mass_cell_major(t: Tensor) -> Tensor:
     n_cells, b = t.shape[0] + 1, t.shape[1]
     g = t.new_empty(n_cells + 1, b)
     g[0], g[-1] = 0.0, 0.0
-    torch.special.erfc(t.abs(), out=g[1:-1])
+    # |t| is capped where erfc is still a normal number (float32: erfc(9) = 4e-37; float64:
+    # erfc(26) = 6e-296), so no pass meets subnormal numbers (slow on CPUs; on Adult a head
+    # with 3% of its tails beyond the cap took 0.23 ms for the erfc of 8,192 rows, 0.20
+    # capped); a cell beyond the cap has a mass below that number either way.
+    cap = 9.0 if t.dtype == torch.float32 else 26.0
+    torch.special.erfc(t.abs().clamp_max_(cap), out=g[1:-1])
     torch.copysign(g[1:-1], t, out=g[1:-1])
     sign = t.new_empty(n_cells + 1, b)
     sign[0], sign[-1] = -1.0, 1.0
