@@ -1231,17 +1231,17 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             with torch_threads(1) if pool is not None else contextlib.nullcontext():
                 kept = np.zeros((0, flow.features))
                 remaining = sum(sizes)  # rows not yet yielded
-                pending = None
+                pending = submit(remaining) if remaining else None
                 for size in sizes:
                     while len(kept) < size:
-                        if pending is None:
-                            pending = submit(remaining - len(kept))
                         kept = np.concatenate([kept, collect(pending)])
-                        pending = None
+                        # The next batch goes to the pool as soon as this one is in, so the
+                        # pool never waits for a decode (the rows still wanted, and so the
+                        # batches and the rows, are the same whenever it is drawn).
+                        pending = (submit(remaining - len(kept)) if remaining > len(kept)
+                                   else None)
                     block, kept = kept[:size], kept[size:]
                     remaining -= size
-                    if remaining > len(kept):  # the next batch's flow, during the decode
-                        pending = submit(remaining - len(kept))
                     yield decode(block)
         finally:
             if pool is not None:
