@@ -9,6 +9,9 @@ default Adult fit at epsilon 1 (the category weights keep about 71% of the flow'
 Run from the repository root with the machine otherwise idle (other runs SIGSTOPped)::
 
     python benchmarks/results/sampling_early_rejection_ab.py MODEL --before /tmp/base
+
+Any two trees can be compared with ``--before`` and ``--after`` (the heads' tables of
+session 9: ``sampling_head_tables_ab.txt``).
 """
 import argparse
 import re
