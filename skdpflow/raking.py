@@ -25,7 +25,7 @@ the same rows (relative error about ``sd(w) / (W sqrt(rows))``, below 1e-3 at th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import ndtr
@@ -74,6 +74,8 @@ class CategoryWeights:
     log_factors: list[np.ndarray]
     log_cap: float
     log_norm: float
+    # Each edge as a value of a dtype (keep_values), per dtype: derived, never saved.
+    _thresholds: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, z: np.ndarray, dims: list[int], edges: list[np.ndarray]) -> CategoryWeights:
@@ -129,7 +131,28 @@ class CategoryWeights:
 
     def keep(self, z: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """Rejection step: which rows of ``z`` to keep, given one uniform per row."""
-        return np.log(np.maximum(uniforms, 1e-300)) < self.log_weights(z) - self.log_cap
+        return self._keep(self.log_weights(z), uniforms)
+
+    def keep_values(self, z: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """:meth:`keep` of rows ``z`` in their own dtype (the flow's float32 rows), with the
+        same cells as ``keep(z.astype(float64))`` exactly, without ``ndtr``: each cell edge
+        is compared in ``z``'s dtype (see :func:`value_thresholds`). Where the thresholds
+        cannot be placed (float64, whose neighbouring values ``ndtr`` does not order
+        exactly), :meth:`keep` itself."""
+        if z.dtype not in self._thresholds:
+            try:
+                self._thresholds[z.dtype] = [value_thresholds(e, z.dtype) for e in self.edges]
+            except ValueError:  # float64: ndtr moves by rounding between neighbours
+                self._thresholds[z.dtype] = None
+        cuts = self._thresholds[z.dtype]
+        if cuts is None:
+            return self.keep(z.astype(float), uniforms)
+        codes = [np.clip(np.searchsorted(t, z[:, d], side="right") - 1, 0, len(t) - 2)
+                 for d, t in zip(self.dims, cuts)]
+        return self._keep(self.log_weights_of_cells(codes), uniforms)
+
+    def _keep(self, log_weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(uniforms, 1e-300)) < log_weights - self.log_cap
 
     def to_dict(self) -> dict:
         return {"dims": list(self.dims), "edges": [e.tolist() for e in self.edges],
@@ -153,6 +176,46 @@ def _weighted_quantile(values: np.ndarray, counts: np.ndarray, q: float) -> floa
     i = int(np.searchsorted(ends, below, side="right"))
     j = int(np.searchsorted(ends, below + 1, side="right")) if below + 1 < ends[-1] else i
     return float(v[i] + (position - below) * (v[j] - v[i]))
+
+
+def value_thresholds(edges: np.ndarray, dtype: np.dtype, window: int = 256) -> np.ndarray:
+    """For each edge ``e`` in ``u = Phi(z)``, the least value ``t`` of ``dtype`` with
+    ``ndtr(t) >= e``, ``ndtr`` taken in float64 as the decode takes it (``-inf`` for an edge
+    at 0).
+
+    Then, for every value ``x`` of ``dtype``, ``x >= t`` exactly when ``ndtr(x) >= e``, and
+    ``searchsorted(t, x, "right") - 1`` (clipped) is the cell the decode locates from
+    ``ndtr(x)``, without ``ndtr``. Checked on the ``window`` values of the dtype on each side
+    of every ``t`` (farther out ``ndtr(x)`` is farther from ``e`` than any rounding):
+    ``ValueError`` if ``ndtr`` were not monotone there.
+    """
+    edges = np.asarray(edges, dtype=float)
+    lo, hi = np.full(len(edges), -40.0), np.full(len(edges), 40.0)  # ndtr: 0 ... 1
+    for _ in range(100):  # bisection in float64
+        mid = 0.5 * (lo + hi)
+        above = ndtr(mid) >= edges
+        hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    t = hi.astype(dtype)
+    low, high = np.array(-np.inf, dtype=dtype), np.array(np.inf, dtype=dtype)
+    inner = edges > 0.0
+    for _ in range(64):  # to the least value of the dtype that is above the edge
+        short = ndtr(t.astype(float)) < edges
+        below = np.nextafter(t, low)
+        loose = inner & ~short & (ndtr(below.astype(float)) >= edges)
+        if not (short.any() or loose.any()):
+            break
+        t = np.where(short, np.nextafter(t, high), np.where(loose, below, t))
+    else:
+        raise ValueError("no value of the dtype places a cell edge")
+    t[~inner] = -np.inf
+    up, down = t.copy(), t.copy()
+    for _ in range(window):
+        down = np.nextafter(down, low)
+        if (ndtr(down[inner].astype(float)) >= edges[inner]).any() or (
+                ndtr(up.astype(float)) < edges).any():
+            raise ValueError("ndtr is not monotone around a cell edge")
+        up = np.nextafter(up, high)
+    return t
 
 
 def _cells(z: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -1203,8 +1203,9 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             accept = None
             if early:
                 def accept(start: int, x: torch.Tensor) -> torch.Tensor:
+                    # In the flow's float32, the cells the decode would locate (exactly).
                     return torch.from_numpy(
-                        weights.keep(x.double().numpy(), uniforms[start : start + len(x)]))
+                        weights.keep_values(x.numpy(), uniforms[start : start + len(x)]))
             if pool is None:
                 with torch.no_grad():
                     return [_done(flow.inverse(base, accept))], uniforms

@@ -113,3 +113,45 @@ def test_weighted_quantile_is_the_quantile_of_the_repeated_values():
         q = float(rng.random())
         assert _weighted_quantile(values, counts, q) == pytest.approx(
             np.quantile(np.repeat(values, counts), q), abs=1e-12)
+
+
+EDGES_HARD = np.array([0.0, 1e-12, 1e-7, 0.25, 0.5, 0.8961627728277362, 0.9093658586913849,
+                       1.0 - 1e-7, 1.0 - 1e-12, 1.0])
+
+
+def test_float32_thresholds_place_values_in_the_cells_the_decode_locates() -> None:
+    """The early rejection compares the flow's float32 values with each edge's least float32
+    value above it, instead of ndtr(value) with the edge: the slow twin is the decode's own
+    location (ndtr in float64, then searchsorted), on random values, on every threshold and
+    its neighbours, on tiny cells at both ends, and on non-finite values."""
+    from skdpflow.raking import _cells, value_thresholds
+
+    f32 = np.dtype(np.float32)
+    t = value_thresholds(EDGES_HARD, f32)
+    assert t.dtype == f32 and t[0] == -np.inf and np.all(np.diff(t[1:]) > 0)
+    rng = np.random.default_rng(0)
+    finite = t[np.isfinite(t)]
+    x = np.concatenate([
+        (rng.standard_normal(300_000) * 3).astype(f32),
+        finite, np.nextafter(finite, np.float32(-np.inf)), np.nextafter(finite, np.float32(np.inf)),
+        np.array([np.nan, np.inf, -np.inf, 40.0, -40.0, 0.0, -0.0], dtype=f32)])
+    expected = _cells(x.astype(float), EDGES_HARD)
+    got = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(EDGES_HARD) - 2)
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) == len(EDGES_HARD) - 1  # every cell is reached
+
+
+def test_keep_values_keeps_the_rows_keep_keeps_in_either_dtype(raked) -> None:
+    """keep_values on float32 rows (thresholds) and on float64 rows (where ndtr does not
+    order neighbouring values exactly, it falls back to keep) against keep on the same
+    values in float64; the thresholds are not part of the saved state."""
+    weights, _ = raked
+    rng = np.random.default_rng(3)
+    z = _pool(50_000, 7).astype(np.float32)
+    uniforms = rng.random(len(z))
+    expected = weights.keep(z.astype(float), uniforms)
+    assert 0.2 < expected.mean() < 0.95
+    np.testing.assert_array_equal(weights.keep_values(z, uniforms), expected)
+    np.testing.assert_array_equal(weights.keep_values(z.astype(float), uniforms), expected)
+    assert np.dtype(np.float32) in weights._thresholds
+    assert "_thresholds" not in weights.to_dict()
