@@ -180,6 +180,22 @@ def test_rejection_after_the_heads_keeps_the_rows_of_rejection_after_the_flow(mo
     assert float(same.to_numpy().mean()) > 0.999
 
 
+def test_the_rows_of_a_seed_do_not_depend_on_earlier_calls(model, tmp_path):
+    """The heads' probability tables and the category weights' float32 thresholds are caches
+    built on first use: a seed gives the same rows from a freshly loaded model and from one
+    that sampled a large batch before."""
+    path = tmp_path / "model.skdpflow"
+    model.save(path)
+    fresh = DPFlowSynthesizer.load(path)
+    assert "_tables" not in fresh.flow_.__dict__ and not fresh.category_weights_._thresholds
+    first = fresh.sample(300, random_state=5)
+    assert fresh.flow_.__dict__.get("_tables") and fresh.category_weights_._thresholds
+    used = DPFlowSynthesizer.load(path)
+    used.sample(20_000, random_state=1)
+    pd.testing.assert_frame_equal(used.sample(300, random_state=5), first, check_exact=True)
+    pd.testing.assert_frame_equal(model.sample(300, random_state=5), first, check_exact=True)
+
+
 def test_slices_are_whole_flow_blocks():
     from skdpflow.synthesizer import _slices
 
