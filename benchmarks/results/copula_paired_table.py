@@ -21,6 +21,8 @@ VARIANTS = [
     ("k05", ["eig0.001", "base"], "row bound 0.5 sum a_i"),
     ("r03k07", ["r03base"], "row bound 0.7 sum a_i, 1,000 rows, epsilon 0.3"),
     ("r3kk07", ["r3kbase"], "row bound 0.7 sum a_i, 3,000 rows, epsilon 0.3"),
+    ("s40", ["eig0.001", "base"], "copula 0.4 of the releases' budget (session 9)"),
+    ("r03s40", ["r03base"], "copula 0.4 of the releases' budget, epsilon 0.3 (session 9)"),
 ]
 
 
