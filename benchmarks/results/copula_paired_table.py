@@ -23,6 +23,7 @@ VARIANTS = [
     ("r3kk07", ["r3kbase"], "row bound 0.7 sum a_i, 3,000 rows, epsilon 0.3"),
     ("s40", ["eig0.001", "base"], "copula 0.4 of the releases' budget (session 9)"),
     ("r03s40", ["r03base"], "copula 0.4 of the releases' budget, epsilon 0.3 (session 9)"),
+    ("r3ks40", ["r3kbase"], "copula 0.4 of the releases' budget, 3,000 rows, epsilon 0.3"),
 ]
 
 
