@@ -1207,8 +1207,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
                     return torch.from_numpy(
                         weights.keep_values(x.numpy(), uniforms[start : start + len(x)]))
             if pool is None:
-                with torch.no_grad():
-                    return [_done(flow.inverse(base, accept))], uniforms
+                return [_done(_inverse(flow, base, accept))], uniforms
             return _submit_inverse(pool, flow, base, threads, accept), uniforms
 
         def collect(pending: tuple) -> np.ndarray:

@@ -37,7 +37,7 @@ import torch
 from scipy.special import ndtr, ndtri
 from torch import Tensor, nn
 
-from skdpflow.flows.splines import rational_quadratic_spline_knot_major
+from skdpflow.flows.splines import cumulative_sum, rational_quadratic_spline_knot_major
 
 __all__ = ["SharedConditionerFlow"]
 
@@ -1039,7 +1039,7 @@ class SharedConditionerFlow(nn.Module):
                 p = torch.softmax(self._head_logits(chosen, j, fast).T.to(work), dim=0)
                 if prob_sums is not None:
                     prob_sums.append(p.sum(1, dtype=torch.float64))
-                cum = _cumulative(p)
+                cum = cumulative_sum(p)
                 # The first cell whose cumulative mass exceeds v (searchsorted, right=True).
                 k = (cum <= vj).sum(0).clamp_(max=n_cells - 1)
                 p_k = p.gather(0, k[None, :])[0]
@@ -1098,7 +1098,7 @@ class SharedConditionerFlow(nn.Module):
             like = torch.zeros(combinations, 1, dtype=dtype, device=device)
             p = torch.softmax(self._head_logits(_Cells(like, units), j, fast).T.to(dtype),
                               dim=0).contiguous()
-            tables.append((p, _cumulative(p)))
+            tables.append((p, cumulative_sum(p)))
             combinations *= self.head_cells[j]
         self._tables = (key, [t.detach().clone() for t in state], tables)
         return tables
@@ -1404,13 +1404,6 @@ def _log_cell_mass_cell_major(t: Tensor) -> Tensor:
     mass = g[:-1] - g[1:]
     mass += sign[1:] - sign[:-1]  # 2 across 0, else 0 exactly
     return mass.clamp_min_(0.0).log_().sub_(_LOG_2)
-
-
-def _cumulative(p: Tensor) -> Tensor:
-    """Cumulative sums along dim 0 of cell-major ``(cells, B)`` probabilities: one product
-    with a lower-triangular matrix of ones (5 times as fast as cumsum along dim 0 here)."""
-    n = p.shape[0]
-    return torch.ones(n, n, dtype=p.dtype, device=p.device).tril_() @ p
 
 
 def shifted_accept(accept: Callable[[int, Tensor], Tensor], offset: int
