@@ -74,8 +74,11 @@ class HistogramSpec:
         return len(self.atoms) + max(len(self.edges) - 1, 0) + int(self.nullable)
 
 
-def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32) -> HistogramSpec:
-    """Bins for one column, from its public domain only."""
+def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32,
+                   unit_bins: int = MAX_UNIT_BINS) -> HistogramSpec:
+    """Bins for one column, from its public domain only: ``n_bins`` equal bins for a number
+    (in its public transform), one bin per value for an integer column with at most
+    ``unit_bins`` values."""
     if col.type in ("categorical", "boolean"):
         other = col.categories.index(col.other) if col.other is not None else None
         return HistogramSpec(name, "discrete", len(col.categories), col.nullable, other=other)
@@ -84,7 +87,7 @@ def histogram_spec(name: str, col: ColumnDomain, n_bins: int = 32) -> HistogramS
     if hi == lo:
         return HistogramSpec(name, "numerical", nullable=col.nullable, atoms=np.array([lo]),
                              edges=np.array([]), integer=integer)
-    if integer and hi - lo + 1 <= MAX_UNIT_BINS:
+    if integer and hi - lo + 1 <= unit_bins:
         values = np.arange(lo, hi + 1)
         edges = column_transform(col).forward(np.append(values - 0.5, hi + 0.5))
         return HistogramSpec(name, "numerical", nullable=col.nullable, atoms=np.array([]),

@@ -36,13 +36,14 @@ Why these rules (see docs/design.md, "The schedule", for the measurements):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from .marginals import MAX_UNIT_BINS
 from .privacy.accounting import PrivacyBudgetError
 
 __all__ = ["AUTO", "COUNT_SHARE", "Schedule", "auto_schedule", "domain_share",
-           "flow_parameter_count", "releases_shares"]
+           "flow_parameter_count", "histogram_bins", "releases_shares"]
 
 AUTO = "auto"
 # Share of the Rényi budget spent on the row count, released before anything else.
@@ -56,6 +57,13 @@ MIN_TRAIN_SHARE = 0.1
 MODEL_SIZES = ((64, 8), (32, 8), (16, 8), (16, 4), (8, 4))
 MAX_BATCH = 1024
 MIN_STEPS = 200
+# The released histograms' bins (:func:`histogram_bins`): at most HISTOGRAM_BINS equal bins
+# for a number (one per value for an integer column with at most MAX_UNIT_BINS values), and
+# no more bins than hold BIN_NOISE_STDS standard deviations of the counts' noise each, on
+# average, down to MIN_HISTOGRAM_BINS.
+HISTOGRAM_BINS = 32
+MIN_HISTOGRAM_BINS = 8
+BIN_NOISE_STDS = 2.0
 LARGE_TABLE_EPOCHS = 6.0
 BASE_LEARNING_RATE = 1e-2
 # The rows-times-epsilon at which the shares reach their large-table values.
@@ -84,6 +92,9 @@ class Schedule:
     n_bins: int
     histogram_bins: int
     noise_ratio: float | None = None  # sigma sqrt(p) / B projected for the chosen model
+    # Integer columns with at most this many values get one histogram bin per value (model
+    # files written before it was in the schedule used MAX_UNIT_BINS).
+    unit_bins: int = MAX_UNIT_BINS
 
     @property
     def copula_only(self) -> bool:
@@ -99,6 +110,25 @@ def flow_parameter_count(n_dims: int, hidden_size: int, n_bins: int,
     """Parameters of :class:`~skdpflow.flows.model.SharedConditionerFlow` (two hidden layers)."""
     d, h = n_dims, hidden_size
     return (2 * d + stage_features + 1) * h + (h + 1) * h + (h + 1) * d * (3 * n_bins - 1)
+
+
+def histogram_bins(n_hat: float, count_std: float) -> tuple[int, int]:
+    """Bins of a numerical column's released histogram, and the most values an integer column
+    may have to get one bin per value, from the noisy row count and the noise std of each
+    released count (both public).
+
+    A histogram's noise does not shrink with its bins: each of ``k`` bins gets noise of std
+    ``count_std`` while holding ``n_hat / k`` rows on average, so the released marginal's
+    error grows about as ``k count_std / n_hat`` and its bins' coarseness falls as ``1 / k``.
+    The rule keeps the bins at ``n_hat / (BIN_NOISE_STDS count_std)`` at most: within
+    ``[MIN_HISTOGRAM_BINS, HISTOGRAM_BINS]`` for equal bins, up to ``MAX_UNIT_BINS`` for
+    unit bins. Exact counts (``count_std`` 0) keep the most.
+    """
+    if count_std <= 0:
+        return HISTOGRAM_BINS, MAX_UNIT_BINS
+    held = n_hat / (BIN_NOISE_STDS * count_std)
+    bins = int(min(max(held, MIN_HISTOGRAM_BINS), HISTOGRAM_BINS))
+    return bins, int(min(max(held, bins), MAX_UNIT_BINS))
 
 
 def _noise_scale(n_hat: float, epsilon: float) -> float:
@@ -152,7 +182,7 @@ def batch_and_steps(n_hat: float) -> tuple[int, int]:
 
 def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
                   overrides: dict[str, Any] | None = None, *, size_model: bool = True,
-                  heads: bool = False) -> Schedule:
+                  heads: bool = False, count_noise_for: Any = None) -> Schedule:
     """The schedule for a table of about ``n_hat`` rows and ``n_dims`` encoded dimensions.
 
     Parameters
@@ -175,6 +205,10 @@ def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
     heads : bool, default=False
         The discrete heads' shares (:func:`releases_shares`): the copula kept on large
         tables, the histograms at least :data:`HEADS_MIN_MARGINALS`.
+    count_noise_for : callable ``(marginals_share) -> std`` or None
+        The noise std of each count of the 1-way histograms released with that share of the
+        budget left (the ledger's); the histograms' bins follow it (:func:`histogram_bins`).
+        None: :data:`HISTOGRAM_BINS` and :data:`MAX_UNIT_BINS`.
     """
     given = {k: v for k, v in (overrides or {}).items() if v != AUTO}
     marginals, copula = releases_shares(n_hat, epsilon, n_dims, heads=heads)
@@ -185,7 +219,6 @@ def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
     rate = min(1.0, batch / max(n_hat, 1.0))
     if "epochs" in given:
         steps = max(1, int(round(given["epochs"] / rate)))
-    histogram_bins = int(given.get("histogram_bins", 32))
     train = 1.0 - marginals - copula
     if train < MIN_TRAIN_SHARE and "copula_fraction" not in given:
         copula = max(0.0, 1.0 - marginals - MIN_TRAIN_SHARE)  # explicit shares come first
@@ -198,9 +231,9 @@ def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
     sizes = list(dict.fromkeys(sizes))
     if not math.isfinite(epsilon) or n_dims == 0 or not size_model:
         hidden, bins = sizes[0]
-        return Schedule(marginals, copula, train, batch, steps,
-                        given.get("learning_rate", BASE_LEARNING_RATE), hidden, bins,
-                        histogram_bins)
+        return _with_bins(Schedule(marginals, copula, train, batch, steps,
+                                   given.get("learning_rate", BASE_LEARNING_RATE), hidden,
+                                   bins, HISTOGRAM_BINS), n_hat, given, count_noise_for)
     sigma = sigma_for(train, rate, steps) if train > 0 else math.inf
     expected = rate * n_hat
     ratios = [sigma * math.sqrt(flow_parameter_count(n_dims, h, k)) / expected
@@ -214,9 +247,23 @@ def auto_schedule(n_hat: float, n_dims: int, epsilon: float, sigma_for: Any,
         # DP-SGD cannot learn here: the releases get its share (scaled up together).
         total = marginals + copula
         marginals, copula = marginals / total, copula / total
-        return Schedule(marginals, copula, 0.0, batch, 0, 0.0, hidden, bins,
-                        histogram_bins, ratio)
+        return _with_bins(Schedule(marginals, copula, 0.0, batch, 0, 0.0, hidden, bins,
+                                   HISTOGRAM_BINS, ratio), n_hat, given, count_noise_for)
     learning_rate = given.get("learning_rate",
                               BASE_LEARNING_RATE * min(1.0, NOISE_RATIO / ratio))
-    return Schedule(marginals, copula, train, batch, steps, learning_rate, hidden, bins,
-                    histogram_bins, ratio)
+    return _with_bins(Schedule(marginals, copula, train, batch, steps, learning_rate, hidden,
+                               bins, HISTOGRAM_BINS, ratio), n_hat, given, count_noise_for)
+
+
+def _with_bins(plan: Schedule, n_hat: float, given: dict[str, Any],
+               count_noise_for: Any) -> Schedule:
+    """``plan`` with the histograms' bins for its final marginals share (an explicit
+    ``histogram_bins`` kept; integer columns with at most that many values always get
+    one bin per value)."""
+    bins, unit = HISTOGRAM_BINS, MAX_UNIT_BINS
+    if count_noise_for is not None and plan.marginals_share > 0:
+        bins, unit = histogram_bins(n_hat, count_noise_for(plan.marginals_share))
+    if "histogram_bins" in given:
+        bins = int(given["histogram_bins"])
+        unit = max(unit, bins)
+    return replace(plan, histogram_bins=bins, unit_bins=unit)

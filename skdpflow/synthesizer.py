@@ -53,7 +53,7 @@ from .encoding import (
 )
 from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow, shifted_accept
-from .marginals import bin_index, histogram_spec, release_marginals
+from .marginals import MAX_UNIT_BINS, bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.copula import (
     cell_reliability,
@@ -243,9 +243,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         missingness are read exactly from the data (as most synthesizers do), which the
         guarantee does not cover; a ``DataDerivedDomainWarning`` and ``privacy_report()``
         say so.
-    histogram_bins : int, default=32
-        Bins of the released histogram of a numerical column (integer columns with at most
-        100 values get one bin per value).
+    histogram_bins : int or "auto", default="auto"
+        Bins of the released histogram of a numerical column. ``"auto"``: 32, fewer where
+        the histograms' noise is large against the noisy row count (at least 8; the rule:
+        :func:`~skdpflow.schedule.histogram_bins`); integer columns with few enough values
+        (at most 100, fewer under the same noise rule, never fewer than the bins) get one
+        bin per value. ``schedule_`` says what was chosen.
     accountant : {"rdp"}, default="rdp"
         How the budget is turned into noise and back: Rényi DP at one order fixed before
         the first release (:mod:`skdpflow.privacy.ledger`), the form that stays valid when
@@ -322,7 +325,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         "discrete_model": Options(frozenset({"heads", "dequantized"})),
         "marginals_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "copula_fraction": auto_or(Interval(Real, 0, 1, closed="left")),
-        "histogram_bins": Interval(Integral, 2, None),
+        "histogram_bins": auto_or(Interval(Integral, 2, None)),
         "domain_epsilon_fraction": auto_or(Interval(Real, 0, 1, closed="neither")),
         "privacy": Options(frozenset({"strict", "domain_from_data"})),
         "accountant": Options(frozenset({"rdp"})),
@@ -349,7 +352,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         discrete_model: str = "heads",
         marginals_fraction: float | str = "auto",
         copula_fraction: float | str = "auto",
-        histogram_bins: int = 32,
+        histogram_bins: int | str = "auto",
         domain_epsilon_fraction: float | str = "auto",
         privacy: str = "strict",
         accountant: str = "rdp",
@@ -708,7 +711,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ledger.plan([], schedule=reference)
         return ledger
 
-    def _auto_schedule(self, n_hat: float, n_dims: int, sigma_for: Any = None) -> Schedule:
+    def _auto_schedule(self, n_hat: float, n_dims: int, sigma_for: Any = None,
+                       count_noise_for: Any = None) -> Schedule:
         """:func:`~skdpflow.schedule.auto_schedule` with this estimator's explicit values and
         discrete model: the one rule both the ledger's plan (no ``sigma_for``: shares, batch
         and steps only) and the fit's schedule follow."""
@@ -717,7 +721,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
             "marginals_fraction", "copula_fraction", "histogram_bins")}
         return auto_schedule(n_hat, n_dims, self.epsilon, sigma_for, overrides,
                              size_model=sigma_for is not None,
-                             heads=self.discrete_model == "heads")
+                             heads=self.discrete_model == "heads",
+                             count_noise_for=count_noise_for)
 
     def _release_row_count(self, n_local: int, ledger: PrivacyLedger,
                            noise: PrivacyNoise, comm: Communicator | None) -> float:
@@ -793,7 +798,12 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         def sigma_for(share: float, sample_rate: float, steps: int) -> float:
             return ledger.dpsgd_noise_for(share * left, sample_rate, steps)
 
-        plan = self._auto_schedule(n_count, n_dims, sigma_for)
+        def count_noise_for(share: float) -> float:  # as _release_marginals will draw it
+            if not ledger.private:
+                return 0.0
+            return ledger.share_noise(share * left) * math.sqrt(len(domain.columns))
+
+        plan = self._auto_schedule(n_count, n_dims, sigma_for, count_noise_for)
         # The shares of what is left, as shares of the whole budget (for the report).
         return dataclasses.replace(plan, marginals_share=plan.marginals_share * left,
                                    copula_share=plan.copula_share * left,
@@ -807,8 +817,8 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ``typed_chunks``: the typed table in one or more chunks; the exact bin counts are
         summed over them, the noise added once to the totals.
         """
-        specs = [histogram_spec(name, domain[name], schedule.histogram_bins)
-                 for name in domain.columns]
+        specs = [histogram_spec(name, domain[name], schedule.histogram_bins,
+                                schedule.unit_bins) for name in domain.columns]
         counts = [np.zeros(spec.size, dtype=np.int64) for spec in specs]
         for typed in typed_chunks:
             for spec, total in zip(specs, counts):
@@ -1676,7 +1686,8 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_.estimated = tuple(state["estimated"])
     est.type_layer_ = TypeLayer(est.domain_)
     bins = state["fitted"]["schedule_"]["histogram_bins"]
-    specs = [histogram_spec(n, est.domain_[n], bins) for n in est.domain_.columns]
+    unit = state["fitted"]["schedule_"].get("unit_bins", MAX_UNIT_BINS)
+    specs = [histogram_spec(n, est.domain_[n], bins, unit) for n in est.domain_.columns]
     est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
     est.encoder_ = TableEncoder(est.domain_, est.marginals_)

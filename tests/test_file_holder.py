@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from skdpflow import DPFlowSynthesizer
+from skdpflow import DPFlowSynthesizer, Domain
 from skdpflow.cli import main
+from skdpflow.marginals import histogram_spec
 from skdpflow.privacy.copula import cell_reliability, row_bound
 from skdpflow.synthesizer import _from_state
 
@@ -115,8 +116,18 @@ def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mix
     for key in set(a) - noisy:
         assert a[key] == b[key], key
     assert a["marginals_info"].keys() == b["marginals_info"].keys()
-    for key in ("histograms", "bins", "l2_sensitivity", "noise_std"):
+    for key in ("histograms", "l2_sensitivity", "noise_std"):
         assert a["marginals_info"][key] == b["marginals_info"][key], key
+    # The histograms' bins follow the noisy row count and the noise (the schedule's
+    # histogram_bins and unit_bins): each state's released arrays have exactly the shapes
+    # of the bins its own schedule gives the declared domain.
+    for state in (a, b):
+        plan = state["fitted"]["schedule_"]
+        domain = Domain.from_dict(state["domain"])
+        sizes = [histogram_spec(name, domain[name], plan["histogram_bins"],
+                                plan["unit_bins"]).size for name in domain.columns]
+        assert [tuple(m.shape) for m in state["marginals"]] == [(k,) for k in sizes]
+        assert state["marginals_info"]["bins"] == sum(sizes)
     la, lb = a["ledger"], b["ledger"]
     for key in ("epsilon", "delta", "selection_delta", "order"):
         assert la[key] == lb[key], key
@@ -139,12 +150,17 @@ def test_one_added_row_changes_no_stored_non_dp_field(tmp_path, mixed_frame, mix
                 assert release["details"]["row_bound"] == pytest.approx(bound)
                 if model == "copula_only":  # the cell means' norm, under D
                     assert bound < dims
+        elif ra["name"].startswith("1-way histograms"):  # its bins: each state's own
+            assert ra["l2_sensitivity"] == rb["l2_sensitivity"]
+            for release, model_state in ((ra, a), (rb, b)):
+                info = model_state["marginals_info"]
+                assert release["reads"] == (f"bin counts of {info['histograms']} columns, "
+                                            f"{info['bins']} bins")
         else:
             for key in ("reads", "l2_sensitivity"):
                 assert ra[key] == rb[key], key
     assert la["releases"][0] == lb["releases"][0]  # the row-count release: all public
     assert [m.dtype for m in a["marginals"]] == [m.dtype for m in b["marginals"]]
-    assert [m.shape for m in a["marginals"]] == [m.shape for m in b["marginals"]]
 
 
 def test_fit_leaves_torch_and_numpy_global_random_state_alone(mixed_frame, mixed_domain):
@@ -163,7 +179,11 @@ def test_global_seeds_do_not_make_private_fits_repeat(mixed_frame, mixed_domain)
         torch.manual_seed(0)
         fits.append(DPFlowSynthesizer(epsilon=1.0, delta=1e-4, **FAST).fit(
             mixed_frame, domain=mixed_domain))
-    counts = [np.concatenate([m.noisy_counts for m in f.marginals_]) for f in fits]
+    # the categories' histograms (their bins are the declared categories; a numerical
+    # column's follow the noisy row count)
+    counts = [np.concatenate([m.noisy_counts for m in f.marginals_
+                              if m.spec.kind == "discrete"]) for f in fits]
+    assert len(counts[0]) >= 4
     assert np.mean(counts[0] != counts[1]) > 0.5
 
 

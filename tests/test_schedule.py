@@ -12,8 +12,13 @@ import torch
 from skdpflow import DPFlowSynthesizer
 from skdpflow.flows.model import SharedConditionerFlow
 from skdpflow.privacy.ledger import PrivacyLedger
+import skdpflow.schedule as schedule_module
+from skdpflow.marginals import MAX_UNIT_BINS
 from skdpflow.schedule import (
+    BIN_NOISE_STDS,
     COUNT_SHARE,
+    HISTOGRAM_BINS,
+    MIN_HISTOGRAM_BINS,
     HEADS_MIN_MARGINALS,
     MAX_NOISE_RATIO,
     MIN_MARGINALS,
@@ -21,6 +26,7 @@ from skdpflow.schedule import (
     auto_schedule,
     batch_and_steps,
     flow_parameter_count,
+    histogram_bins,
     releases_shares,
 )
 
@@ -144,3 +150,89 @@ def test_the_heads_histograms_get_at_least_their_own_least_share():
     plan = auto_schedule(32_561, 10, 1.0, None, {"marginals_fraction": 0.15},
                          size_model=False, heads=True)
     assert plan.marginals_share == 0.15
+
+
+def test_histogram_bins_hold_a_few_noise_stds_each():
+    """No more bins than hold BIN_NOISE_STDS noise stds of rows each: within
+    [MIN_HISTOGRAM_BINS, HISTOGRAM_BINS] for equal bins, up to MAX_UNIT_BINS for unit bins;
+    exact counts keep the most; more rows per unit of noise never mean fewer bins."""
+    assert histogram_bins(1_000, 0.0) == (HISTOGRAM_BINS, MAX_UNIT_BINS)
+    assert histogram_bins(1e6, 20.0) == (HISTOGRAM_BINS, MAX_UNIT_BINS)
+    assert histogram_bins(10.0, 20.0) == (MIN_HISTOGRAM_BINS, MIN_HISTOGRAM_BINS)
+    std = 25.0
+    held = 20.5  # rows per noise std (n_hat / (BIN_NOISE_STDS std)) between the limits
+    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (20, 20)
+    held = 50.0  # above HISTOGRAM_BINS: the equal bins stop there, unit bins go on
+    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (HISTOGRAM_BINS, 50)
+    previous = (0, 0)
+    for n in np.geomspace(10, 1e7, 200):
+        bins, unit = histogram_bins(n, std)
+        assert MIN_HISTOGRAM_BINS <= bins <= HISTOGRAM_BINS and bins <= unit <= MAX_UNIT_BINS
+        assert bins >= previous[0] and unit >= previous[1]
+        previous = (bins, unit)
+
+
+def _integer_table(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(seed)
+    age = rng.integers(20, 70, n)  # 50 values
+    df = pd.DataFrame({"age": age, "c": np.where(age + rng.normal(0, 5, n) > 45, "x", "y")})
+    domain = {"age": {"type": "numerical", "min": 20, "max": 69, "integer": True},
+              "c": {"type": "categorical", "categories": ["x", "y"]}}
+    return df, domain
+
+
+def test_the_fit_bins_its_histograms_by_the_noise_it_draws(monkeypatch):
+    """The rule sees the noisy row count and exactly the noise std the histograms' release
+    then draws, and the released histograms have the bins it chose: a 50-value integer
+    column gets equal bins on a small table at epsilon 0.5, one bin per value without noise."""
+    seen = []
+
+    def spy(n_hat, count_std):
+        seen.append((n_hat, count_std))
+        return histogram_bins(n_hat, count_std)
+
+    monkeypatch.setattr(schedule_module, "histogram_bins", spy)
+    df, domain = _integer_table(800)
+    synth = DPFlowSynthesizer(epsilon=0.5, random_state=0, verbose=False).fit(df, domain=domain)
+    assert len(seen) == 1
+    n_hat, count_std = seen[0]
+    assert count_std == pytest.approx(synth.marginals_info_["noise_std"], rel=1e-12)
+    assert abs(n_hat - 800) < 10 * count_std  # the released count, not a bin count
+    bins, unit = histogram_bins(n_hat, count_std)
+    assert (synth.schedule_.histogram_bins, synth.schedule_.unit_bins) == (bins, unit)
+    assert unit < 50
+    age = synth.marginals_[0].spec
+    assert len(age.edges) == bins + 1  # equal bins, not one per value
+
+    exact = DPFlowSynthesizer(epsilon=math.inf, random_state=0, verbose=False).fit(
+        df, domain=domain)
+    assert (exact.schedule_.histogram_bins, exact.schedule_.unit_bins) == (
+        HISTOGRAM_BINS, MAX_UNIT_BINS)
+    assert len(exact.marginals_[0].spec.edges) == 50 + 1  # one bin per value
+
+
+def test_explicit_histogram_bins_win_and_a_loaded_model_keeps_its_bins(tmp_path):
+    df, domain = _integer_table(800)
+    synth = DPFlowSynthesizer(epsilon=1.0, random_state=0, verbose=False,
+                              histogram_bins=12).fit(df, domain=domain)
+    assert synth.schedule_.histogram_bins == 12 and synth.schedule_.unit_bins >= 12
+    auto = DPFlowSynthesizer(epsilon=1.0, random_state=0, verbose=False).fit(df, domain=domain)
+    for fitted in (synth, auto):
+        path = tmp_path / "m.skdpflow"
+        fitted.save(path)
+        loaded = DPFlowSynthesizer.load(path)
+        assert loaded.schedule_ == fitted.schedule_
+        for a, b in zip(loaded.marginals_, fitted.marginals_):
+            assert np.array_equal(a.spec.edges, b.spec.edges)
+        pd.testing.assert_frame_equal(loaded.sample(300, random_state=1),
+                                      fitted.sample(300, random_state=1))
+    # A file written before the schedule held unit_bins was binned with MAX_UNIT_BINS.
+    from skdpflow.synthesizer import _from_state, _state
+
+    exact = DPFlowSynthesizer(epsilon=math.inf, random_state=0, verbose=False).fit(
+        df, domain=domain)
+    state = _state(exact)
+    del state["fitted"]["schedule_"]["unit_bins"]
+    old = _from_state(DPFlowSynthesizer, state)
+    assert old.schedule_.unit_bins == MAX_UNIT_BINS
+    assert len(old.marginals_[0].spec.edges) == 50 + 1
