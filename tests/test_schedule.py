@@ -19,6 +19,7 @@ from skdpflow.schedule import (
     COUNT_SHARE,
     HISTOGRAM_BINS,
     MIN_HISTOGRAM_BINS,
+    UNIT_BIN_FACTOR,
     HEADS_MIN_MARGINALS,
     MAX_NOISE_RATIO,
     MIN_MARGINALS,
@@ -153,17 +154,20 @@ def test_the_heads_histograms_get_at_least_their_own_least_share():
 
 
 def test_histogram_bins_hold_a_few_noise_stds_each():
-    """No more bins than hold BIN_NOISE_STDS noise stds of rows each: within
-    [MIN_HISTOGRAM_BINS, HISTOGRAM_BINS] for equal bins, up to MAX_UNIT_BINS for unit bins;
-    exact counts keep the most; more rows per unit of noise never mean fewer bins."""
+    """No more equal bins than hold BIN_NOISE_STDS noise stds of rows each, within
+    [MIN_HISTOGRAM_BINS, HISTOGRAM_BINS]; unit bins up to UNIT_BIN_FACTOR times that (at
+    most MAX_UNIT_BINS); exact counts keep the most; more rows per unit of noise never
+    mean fewer bins."""
     assert histogram_bins(1_000, 0.0) == (HISTOGRAM_BINS, MAX_UNIT_BINS)
     assert histogram_bins(1e6, 20.0) == (HISTOGRAM_BINS, MAX_UNIT_BINS)
     assert histogram_bins(10.0, 20.0) == (MIN_HISTOGRAM_BINS, MIN_HISTOGRAM_BINS)
     std = 25.0
-    held = 20.5  # rows per noise std (n_hat / (BIN_NOISE_STDS std)) between the limits
-    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (20, 20)
-    held = 50.0  # above HISTOGRAM_BINS: the equal bins stop there, unit bins go on
-    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (HISTOGRAM_BINS, 50)
+    held = 20.5  # bins of BIN_NOISE_STDS noise stds (n_hat / (BIN_NOISE_STDS std))
+    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (
+        20, int(UNIT_BIN_FACTOR * held))
+    held = 40.0  # above HISTOGRAM_BINS: the equal bins stop there, unit bins go on
+    assert histogram_bins(held * BIN_NOISE_STDS * std, std) == (
+        HISTOGRAM_BINS, min(int(UNIT_BIN_FACTOR * held), MAX_UNIT_BINS))
     previous = (0, 0)
     for n in np.geomspace(10, 1e7, 200):
         bins, unit = histogram_bins(n, std)
@@ -184,7 +188,7 @@ def _integer_table(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
 def test_the_fit_bins_its_histograms_by_the_noise_it_draws(monkeypatch):
     """The rule sees the noisy row count and exactly the noise std the histograms' release
     then draws, and the released histograms have the bins it chose: a 50-value integer
-    column gets equal bins on a small table at epsilon 0.5, one bin per value without noise."""
+    column gets equal bins on a small table at epsilon 0.3, one bin per value without noise."""
     seen = []
 
     def spy(n_hat, count_std):
@@ -193,7 +197,7 @@ def test_the_fit_bins_its_histograms_by_the_noise_it_draws(monkeypatch):
 
     monkeypatch.setattr(schedule_module, "histogram_bins", spy)
     df, domain = _integer_table(800)
-    synth = DPFlowSynthesizer(epsilon=0.5, random_state=0, verbose=False).fit(df, domain=domain)
+    synth = DPFlowSynthesizer(epsilon=0.3, random_state=0, verbose=False).fit(df, domain=domain)
     assert len(seen) == 1
     n_hat, count_std = seen[0]
     assert count_std == pytest.approx(synth.marginals_info_["noise_std"], rel=1e-12)

@@ -215,7 +215,10 @@ def test_same_seed_private_fits_draw_different_noise(mixed_frame, mixed_domain):
     """The privacy noise never follows random_state: same seed, different releases."""
     a = DPFlowSynthesizer(delta=1e-3, random_state=3, **FAST).fit(mixed_frame, domain=mixed_domain)
     b = DPFlowSynthesizer(delta=1e-3, random_state=3, **FAST).fit(mixed_frame, domain=mixed_domain)
-    counts = [np.concatenate([m.noisy_counts for m in fit.marginals_]) for fit in (a, b)]
+    # the categories' histograms (a numerical column's bins follow the noisy row count)
+    counts = [np.concatenate([m.noisy_counts for m in fit.marginals_
+                              if m.spec.kind == "discrete"]) for fit in (a, b)]
+    assert len(counts[0]) >= 4
     assert np.mean(counts[0] != counts[1]) > 0.5
     wa, wb = a.flow_.state_dict(), b.flow_.state_dict()
     assert any(wa[k].shape != wb[k].shape or not torch.equal(wa[k], wb[k]) for k in wa)
@@ -472,8 +475,12 @@ def test_sampled_categories_and_modes_have_their_released_masses(fitted):
     flow = synth.flow_
     shifted = sum(bool(flow.head_bias[lo:hi].any())
                   for lo, hi in zip(flow.head_offsets[:-1], flow.head_offsets[1:]))
-    assert shifted >= 1
-    assert f"{shifted} of {flow.n_heads} discrete head(s) recentred" in said
+    # How many heads DP-SGD moved more than recentring's 0.02 depends on the secret noise
+    # (rarely none at this size: 1 of 57 fits seen); the report names exactly those.
+    if shifted:
+        assert f"{shifted} of {flow.n_heads} discrete head(s) recentred" in said
+    else:
+        assert "recentred" not in said
     fake = synth.sample(40_000, random_state=3)
     for name in ("city", "flag"):
         codec = next(c for c in synth.encoder_.codecs if c.name == name)

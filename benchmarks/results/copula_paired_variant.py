@@ -13,7 +13,13 @@ Variants, from the environment:
 - ``ROW_BOUND_FACTOR``: the copula-only row bound ``B`` as a multiple of the cell means'
   expected squared norm (``skdpflow.privacy.copula.ROW_BOUND_FACTOR``);
 - the budget split, through the suite's ``--params`` (explicit ``marginals_fraction`` and
-  ``copula_fraction``, scaled up together when DP-SGD is skipped).
+  ``copula_fraction``, scaled up together when DP-SGD is skipped);
+- ``BIN_NOISE_STDS`` and ``UNIT_BIN_FACTOR``: the histograms' bins rule
+  (``skdpflow.schedule.histogram_bins``; where the code has it).
+
+Run against an older tree (the "before" side) with ``PYTHONPATH`` pointing at a ``git
+archive`` of it (its ``skdpflow`` and ``benchmarks``) and ``SKDPFLOW_DATA`` at the data.
+``paired_cells.py`` prints the paired differences of two outputs, cell by cell.
 
 Run at ``f886576`` (docs/benchmarks.md, "Paired A/B of the copula-only model"); the
 outputs are in ``copula_paired_runs/``, one file per variant.
@@ -36,6 +42,11 @@ from skdpflow.privacy.randomness import SeededNoise
 
 C.MIN_EIGENVALUE = float(os.environ.get("MIN_EIGENVALUE", C.MIN_EIGENVALUE))
 C.ROW_BOUND_FACTOR = float(os.environ.get("ROW_BOUND_FACTOR", C.ROW_BOUND_FACTOR))
+import skdpflow.schedule as _schedule
+
+for _name in ("BIN_NOISE_STDS", "UNIT_BIN_FACTOR"):
+    if _name in os.environ:
+        setattr(_schedule, _name, float(os.environ[_name]))
 print("min eigenvalue:", C.MIN_EIGENVALUE, "row bound factor:", C.ROW_BOUND_FACTOR,
       flush=True)
 import suite
