@@ -25,6 +25,10 @@ Why these rules (see docs/design.md, "The schedule", for the measurements):
   is far above it (:data:`MAX_NOISE_RATIO`), DP-SGD is skipped, its share goes to the
   releases, and the model is the DP Gaussian copula over the DP marginals (estimated
   the sharper way of :mod:`skdpflow.privacy.copula`, "The copula-only model").
+* **Histogram bins follow the noise.** Each count of the 1-way histograms gets noise of the
+  same std whatever the bins, so a numerical column gets no more equal bins than hold two
+  noise stds of rows each (8 to 32), and an integer column one bin per value only up to
+  twice that many values (at most 100): :func:`histogram_bins`.
 * **Batch and steps.** Large expected batches and a few hundred steps (De et al., 2022;
   Ponomareva et al., 2023, "How to DP-fy ML", Sec. 5.4): in the high-noise regime the noise of
   the mean gradient, ``sigma / B``, falls as the batch grows while the subsampled Gaussian's
