@@ -14,7 +14,7 @@ Variants, from the environment:
   expected squared norm (``skdpflow.privacy.copula.ROW_BOUND_FACTOR``);
 - the budget split, through the suite's ``--params`` (explicit ``marginals_fraction`` and
   ``copula_fraction``, scaled up together when DP-SGD is skipped);
-- ``BIN_NOISE_STDS`` and ``UNIT_BIN_FACTOR``: the histograms' bins rule
+- ``BIN_NOISE_STDS``, ``UNIT_BIN_FACTOR`` and ``MIN_HISTOGRAM_BINS``: the histograms' bins rule
   (``skdpflow.schedule.histogram_bins``; where the code has it).
 
 Run against an older tree (the "before" side) with ``PYTHONPATH`` pointing at a ``git
@@ -44,7 +44,7 @@ C.MIN_EIGENVALUE = float(os.environ.get("MIN_EIGENVALUE", C.MIN_EIGENVALUE))
 C.ROW_BOUND_FACTOR = float(os.environ.get("ROW_BOUND_FACTOR", C.ROW_BOUND_FACTOR))
 import skdpflow.schedule as _schedule
 
-for _name in ("BIN_NOISE_STDS", "UNIT_BIN_FACTOR"):
+for _name in ("BIN_NOISE_STDS", "UNIT_BIN_FACTOR", "MIN_HISTOGRAM_BINS"):
     if _name in os.environ:
         setattr(_schedule, _name, float(os.environ[_name]))
 print("min eigenvalue:", C.MIN_EIGENVALUE, "row bound factor:", C.ROW_BOUND_FACTOR,
