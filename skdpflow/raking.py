@@ -147,8 +147,7 @@ class CategoryWeights:
         cuts = self._thresholds[z.dtype]
         if cuts is None:
             return self.keep(z.astype(float), uniforms)
-        codes = [np.clip(np.searchsorted(t, z[:, d], side="right") - 1, 0, len(t) - 2)
-                 for d, t in zip(self.dims, cuts)]
+        codes = [locate_cells(t, z[:, d]) for d, t in zip(self.dims, cuts)]
         return self._keep(self.log_weights_of_cells(codes), uniforms)
 
     def _keep(self, log_weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:

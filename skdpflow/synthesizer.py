@@ -53,7 +53,7 @@ from .encoding import (
 )
 from .enforcement import Enforcer, released_mass
 from .flows.model import SharedConditionerFlow, shifted_accept
-from .marginals import MAX_UNIT_BINS, bin_index, histogram_spec, release_marginals
+from .marginals import bin_index, histogram_spec, release_marginals
 from .privacy.accounting import PrivacyBudgetError
 from .privacy.copula import (
     cell_reliability,
@@ -73,7 +73,7 @@ from .privacy.domain_estimation import (
     other_share_message,
     unreliable_bounds_message,
 )
-from .privacy.histograms import release_histograms
+from .privacy.histograms import count_noise_std, release_histograms
 from .privacy.ledger import MAX_EPSILON, PrivacyLedger, Release, rdp_to_epsilon
 from .privacy.randomness import PrivacyNoise, SecureNoise, SeededNoise
 from .raking import CategoryWeights
@@ -801,7 +801,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         def count_noise_for(share: float) -> float:  # as _release_marginals will draw it
             if not ledger.private:
                 return 0.0
-            return ledger.share_noise(share * left) * math.sqrt(len(domain.columns))
+            return count_noise_std(ledger.share_noise(share * left), len(domain.columns))
 
         plan = self._auto_schedule(n_count, n_dims, sigma_for, count_noise_for)
         # The shares of what is left, as shares of the whole budget (for the report).
@@ -817,8 +817,7 @@ class DPFlowSynthesizer(DensityMixin, BaseEstimator):
         ``typed_chunks``: the typed table in one or more chunks; the exact bin counts are
         summed over them, the noise added once to the totals.
         """
-        specs = [histogram_spec(name, domain[name], schedule.histogram_bins,
-                                schedule.unit_bins) for name in domain.columns]
+        specs = _histogram_specs(domain, schedule)
         counts = [np.zeros(spec.size, dtype=np.int64) for spec in specs]
         for typed in typed_chunks:
             for spec, total in zip(specs, counts):
@@ -1658,6 +1657,13 @@ def _write_state(state: dict, path: Path) -> None:
         torch.save(state, handle)
 
 
+def _histogram_specs(domain: Domain, schedule: Schedule) -> list:
+    """The bins of every column's released histogram: the declared domain's, at the
+    schedule's bin counts (as the fit released them, and as a saved model rebuilds them)."""
+    return [histogram_spec(name, domain[name], schedule.histogram_bins, schedule.unit_bins)
+            for name in domain.columns]
+
+
 def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     """The estimator that :func:`_state` describes.
 
@@ -1685,10 +1691,10 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
     est.domain_.data_derived = tuple(state["data_derived"])
     est.domain_.estimated = tuple(state["estimated"])
     est.type_layer_ = TypeLayer(est.domain_)
-    bins = state["fitted"]["schedule_"]["histogram_bins"]
-    unit = state["fitted"]["schedule_"].get("unit_bins", MAX_UNIT_BINS)
-    specs = [histogram_spec(n, est.domain_[n], bins, unit) for n in est.domain_.columns]
-    est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in zip(specs, state["marginals"])]
+    # A file written before the schedule held unit_bins gets the dataclass's default.
+    schedule = Schedule(**state["fitted"]["schedule_"])
+    est.marginals_ = [ColumnMarginal(s, p.numpy()) for s, p in
+                      zip(_histogram_specs(est.domain_, schedule), state["marginals"])]
     est.marginals_info_ = state["marginals_info"]
     est.encoder_ = TableEncoder(est.domain_, est.marginals_)
     est.flow_ = None
@@ -1698,7 +1704,7 @@ def _from_state(cls: type, state: dict) -> DPFlowSynthesizer:
         est.flow_.eval().requires_grad_(False)
     est.ledger_ = PrivacyLedger.from_state_dict(state["ledger"])
     fitted = dict(state["fitted"])
-    fitted["schedule_"] = Schedule(**fitted["schedule_"])
+    fitted["schedule_"] = schedule
     if fitted["category_weights_"] is not None:
         fitted["category_weights_"] = CategoryWeights.from_dict(fitted["category_weights_"])
     for key, value in fitted.items():

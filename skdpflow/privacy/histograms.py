@@ -20,7 +20,13 @@ from .randomness import PrivacyNoise
 if TYPE_CHECKING:
     from ..distributed import Communicator
 
-__all__ = ["release_histograms"]
+__all__ = ["count_noise_std", "release_histograms"]
+
+
+def count_noise_std(noise_multiplier: float, n_histograms: int) -> float:
+    """The noise std of each count when ``n_histograms`` histograms are released together
+    at ``noise_multiplier`` (their L2 sensitivity is ``sqrt(n_histograms)``)."""
+    return noise_multiplier * math.sqrt(n_histograms)
 
 
 def release_histograms(
@@ -59,7 +65,7 @@ def release_histograms(
                                                                         strict=True)]
     m = len(counts)
     sensitivity = math.sqrt(m)
-    std = noise_multiplier * sensitivity
+    std = count_noise_std(noise_multiplier, m)
     if comm is None:
         noisy = [noise.discrete_gaussian(c, std).astype(float) for c in counts]
     else:
